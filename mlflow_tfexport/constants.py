@@ -1,0 +1,78 @@
+"""Names shared by the flavor, the registry and the runtimes, in one place."""
+
+from __future__ import annotations
+
+FLAVOR_NAME = "tfexport"
+PACKAGE = "mlflow_tfexport"
+SERVING_MODULE = "mlflow_tfexport.serving"
+
+# Files and folders inside a saved model directory.
+MODEL_DIR = "model"  # transformers weights (safetensors) + config
+TOKENIZER_DIR = "tokenizer"  # tokenizer.json + tokenizer_config.json
+CODE_DIR = "code"  # this package's runtime code, so serving needs no pip install of it
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.pt"
+VALIDATION_FILE = "validation.json"
+
+
+class Format:
+    """Values of ``FlavorKey.FORMAT`` and of the ``tfexport.format`` tag."""
+
+    TRANSFORMERS = "transformers"
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    NEURON = "neuron"
+
+
+class FlavorKey:
+    """Keys of the ``tfexport`` block in MLmodel."""
+
+    FORMAT = "format"
+    TASK = "task"
+    MODEL_FILE = "model_file"
+    TOKENIZER_DIR = "tokenizer_dir"
+    INPUT_NAMES = "input_names"
+    OUTPUT_NAMES = "output_names"
+    ID2LABEL = "id2label"
+    MAX_LENGTH = "max_length"
+    PAD_TOKEN_ID = "pad_token_id"
+    EOS_TOKEN_ID = "eos_token_id"
+    MASK_TOKEN_ID = "mask_token_id"
+    MODEL_TYPE = "model_type"
+    ARCHITECTURE = "architecture"
+    PROBLEM_TYPE = "problem_type"
+    TRACE_SHAPES = "trace_shapes"
+    OPSET = "opset"
+    NEURON_TARGET = "neuron_target"
+    TRANSFORMERS_VERSION = "transformers_version"
+    TORCH_VERSION = "torch_version"
+    EXECUTION_PROVIDERS = "execution_providers"
+
+
+class Tag:
+    """Registry tags (model version tags) written by this package."""
+
+    PREFIX = "tfexport."
+    FORMAT = "tfexport.format"
+    TASK = "tfexport.task"
+    OPSET = "tfexport.opset"
+    TRACE_SHAPE = "tfexport.trace_shape"
+    VALIDATED_SHAPE = "tfexport.validated_shape"
+    ATOL = "tfexport.atol"
+    MAX_ABS_DIFF = "tfexport.max_abs_diff"
+    VALIDATION = "tfexport.validation"
+    SOURCE = "tfexport.source"
+    EXPORT_KEY = "tfexport.export_key"
+    EXPORTER = "tfexport.exporter"
+    EXPORT_SECONDS = "tfexport.export_seconds"
+    VERSIONS = "tfexport.versions"
+    COMPILER_VERSION = "tfexport.compiler_version"
+    COMPILER_ARGS = "tfexport.compiler_args"
+    NEURON_TARGET = "tfexport.neuron_target"
+    OPTIMIZED = "tfexport.optimized"
+    QUANTIZED = "tfexport.quantized"
+    REQUEST = "tfexport.request"
+    REQUEST_STATUS = "tfexport.request.status"
+
+
+VALIDATION_PASSED = "passed"

@@ -1,0 +1,330 @@
+"""The ``tfexport`` flavor: save_model, log_model, load_model.
+
+A saved model holds the weights (safetensors) or the exported file, the
+tokenizer (``tokenizer.json``), this package's runtime code, and an MLmodel
+whose ``tfexport`` block (keys in ``FlavorKey``) tells the runtime everything
+it needs without importing transformers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from mlflow.models import Model, ModelInputExample, ModelSignature
+from mlflow.models.model import ModelInfo
+
+from mlflow_tfexport._lazy import require
+from mlflow_tfexport.constants import (
+    CODE_DIR,
+    FLAVOR_NAME,
+    MODEL_DIR,
+    SERVING_MODULE,
+    TOKENIZER_DIR,
+    FlavorKey,
+    Format,
+    Tag,
+)
+from mlflow_tfexport.environment import default_requirements, resolve_requirements, write_environment
+from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.signatures import task_signature
+from mlflow_tfexport.tasks import TEXT_INPUTS, TaskSpec, get_task, infer_task
+
+_PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
+# Architectures whose position ids start after the padding index (max positions - 2 usable).
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer", "ibert"}
+
+
+def get_default_pip_requirements(fmt: str = Format.TRANSFORMERS) -> list:
+    """What a variant of ``fmt`` needs to serve."""
+    return default_requirements(fmt)
+
+
+def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str]) -> tuple:
+    transformers = require("transformers")
+    if isinstance(model, transformers.Pipeline):
+        if tokenizer is None:
+            tokenizer = model.tokenizer
+        task = task or model.task
+        model = model.model
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise TfexportError(
+            f"Expected a transformers PreTrainedModel or Pipeline, received {type(model).__name__}. "
+            "Pass e.g. AutoModelForSequenceClassification.from_pretrained(...)."
+        )
+    if tokenizer is None:
+        raise TfexportError(
+            "tokenizer= is required when a model (not a Pipeline) is given, e.g. "
+            "log_model(model, tokenizer=AutoTokenizer.from_pretrained(...))."
+        )
+    return model, tokenizer, task
+
+
+def model_input_names(model: Any, tokenizer: Any) -> list:
+    """The text inputs the model's ``forward`` takes and the tokenizer produces."""
+    accepted = set(inspect.signature(model.forward).parameters)
+    produced = set(getattr(tokenizer, "model_input_names", TEXT_INPUTS)) | {"input_ids", "attention_mask"}
+    return [name for name in TEXT_INPUTS if name in accepted and name in produced]
+
+
+def max_length(model: Any, tokenizer: Any) -> int:
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and config.model_type in _OFFSET_POSITIONS:
+        limit -= 2
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    candidates = [int(v) for v in (limit, tok_max) if v and int(v) < 1_000_000]
+    return min(candidates) if candidates else 512
+
+
+def _token_id(tokenizer: Any, attr: str) -> Optional[int]:
+    value = getattr(tokenizer, attr, None)
+    return None if value is None else int(value)
+
+
+def model_facts(model: Any, tokenizer: Any, spec: TaskSpec) -> Dict[str, Any]:
+    """The flavor block entries that describe the model and tokenizer."""
+    transformers = require("transformers")
+    torch = require("torch")
+    config = model.config
+    pad = _token_id(tokenizer, "pad_token_id")
+    eos = _token_id(tokenizer, "eos_token_id")
+    if eos is None and getattr(config, "eos_token_id", None) is not None:
+        eos = int(config.eos_token_id if not isinstance(config.eos_token_id, list) else config.eos_token_id[0])
+    if pad is None:
+        pad = eos if eos is not None else 0
+    id2label = {str(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    return {
+        FlavorKey.TASK: spec.name,
+        FlavorKey.INPUT_NAMES: model_input_names(model, tokenizer),
+        FlavorKey.OUTPUT_NAMES: list(spec.output_names),
+        FlavorKey.ID2LABEL: id2label if spec.name in ("text-classification", "token-classification") else {},
+        FlavorKey.MAX_LENGTH: max_length(model, tokenizer),
+        FlavorKey.PAD_TOKEN_ID: pad,
+        FlavorKey.EOS_TOKEN_ID: eos,
+        FlavorKey.MASK_TOKEN_ID: _token_id(tokenizer, "mask_token_id"),
+        FlavorKey.MODEL_TYPE: config.model_type,
+        FlavorKey.ARCHITECTURE: type(model).__name__,
+        FlavorKey.PROBLEM_TYPE: getattr(config, "problem_type", None),
+        FlavorKey.TRANSFORMERS_VERSION: str(transformers.__version__),
+        FlavorKey.TORCH_VERSION: str(torch.__version__),
+    }
+
+
+def copy_runtime_code(path: str) -> None:
+    """Put this package's code in the model so serving needs no install of it."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    shutil.copytree(
+        package_dir,
+        os.path.join(path, CODE_DIR, os.path.basename(package_dir)),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+
+
+def check_no_pickle(path: str) -> None:
+    """Refuse pickle-based weight files: the source variant is safetensors only."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(_PICKLE_SUFFIXES):
+                raise TfexportError(
+                    f"Refusing to keep pickle-based file {os.path.join(root, name)} in the model; "
+                    "weights are saved as safetensors only."
+                )
+
+
+def save_tokenizer(tokenizer: Any, path: str) -> None:
+    target = os.path.join(path, TOKENIZER_DIR)
+    tokenizer.save_pretrained(target)
+    if not os.path.exists(os.path.join(target, "tokenizer.json")):
+        raise TfexportError(
+            f"The tokenizer {type(tokenizer).__name__} did not write a tokenizer.json; the serving "
+            "runtime needs a fast tokenizer. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        )
+
+
+def write_model(
+    path: str,
+    flavor_conf: Mapping[str, Any],
+    *,
+    requirements: Sequence[str],
+    signature: Optional[ModelSignature],
+    input_example: Optional[ModelInputExample],
+    metadata: Optional[Dict[str, Any]],
+    mlflow_model: Optional[Model] = None,
+    python_version: Optional[str] = None,
+    extra_index_urls: Sequence[str] = (),
+) -> Model:
+    """Write MLmodel (flavor + pyfunc), the code and the environment into ``path``."""
+    from mlflow import pyfunc
+
+    mlflow_model = mlflow_model or Model()
+    if signature is not None:
+        mlflow_model.signature = signature
+    if metadata is not None:
+        mlflow_model.metadata = metadata
+    if input_example is not None:
+        from mlflow.models.utils import _save_example
+
+        _save_example(mlflow_model, input_example, path)
+    copy_runtime_code(path)
+    mlflow_model.add_flavor(FLAVOR_NAME, code=CODE_DIR, **flavor_conf)
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module=SERVING_MODULE,
+        code=CODE_DIR,
+        python_env="python_env.yaml",
+        conda_env="conda.yaml",
+    )
+    write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+    return mlflow_model
+
+
+def save_model(
+    model: Any,
+    path: str,
+    *,
+    tokenizer: Any = None,
+    task: Optional[str] = None,
+    signature: Optional[ModelSignature] = None,
+    input_example: Optional[ModelInputExample] = None,
+    pip_requirements: Optional[Sequence[str]] = None,
+    extra_pip_requirements: Optional[Sequence[str]] = None,
+    metadata: Optional[Dict[str, Any]] = None,
+    mlflow_model: Optional[Model] = None,
+) -> None:
+    """Save a transformers model (or Pipeline) and its tokenizer as a tfexport model."""
+    model, tokenizer, task = _split_pipeline(model, tokenizer, task)
+    spec = get_task(task) if task else infer_task(type(model).__name__)
+    if os.path.exists(path) and os.listdir(path):
+        raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
+    os.makedirs(path, exist_ok=True)
+    conf = model_facts(model, tokenizer, spec)
+    conf[FlavorKey.FORMAT] = Format.TRANSFORMERS
+    conf[FlavorKey.MODEL_FILE] = MODEL_DIR
+    conf[FlavorKey.TOKENIZER_DIR] = TOKENIZER_DIR
+    model.save_pretrained(os.path.join(path, MODEL_DIR))
+    save_tokenizer(tokenizer, path)
+    check_no_pickle(os.path.join(path, MODEL_DIR))
+    check_no_pickle(os.path.join(path, TOKENIZER_DIR))
+    requirements = resolve_requirements(
+        default_requirements(Format.TRANSFORMERS), pip_requirements, extra_pip_requirements
+    )
+    if signature is None:
+        signature = task_signature(spec, getattr(model.config, "hidden_size", None))
+    write_model(
+        path,
+        conf,
+        requirements=requirements,
+        signature=signature,
+        input_example=input_example,
+        metadata=metadata,
+        mlflow_model=mlflow_model,
+    )
+
+
+def log_model(
+    model: Any,
+    *,
+    tokenizer: Any = None,
+    task: Optional[str] = None,
+    name: str = "model",
+    registered_model_name: Optional[str] = None,
+    signature: Optional[ModelSignature] = None,
+    input_example: Optional[ModelInputExample] = None,
+    pip_requirements: Optional[Sequence[str]] = None,
+    extra_pip_requirements: Optional[Sequence[str]] = None,
+    metadata: Optional[Dict[str, Any]] = None,
+    **kwargs: Any,
+) -> ModelInfo:
+    """Log a transformers model as a tfexport model in the active run.
+
+    Example:
+        >>> import mlflow, mlflow_tfexport
+        >>> with mlflow.start_run():
+        ...     info = mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="sentiment")
+
+    With ``registered_model_name`` the model is registered as a new version
+    tagged ``tfexport.format=transformers`` and ``tfexport.task``.
+    """
+    import sys
+
+    from mlflow_tfexport.registry import register_version
+
+    flavor_module = sys.modules[__name__]
+    info = Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=flavor_module,
+        tokenizer=tokenizer,
+        task=task,
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        metadata=metadata,
+        model=model,
+        **kwargs,
+    )
+    if registered_model_name:
+        conf = info.flavors[FLAVOR_NAME]
+        version = register_version(
+            registered_model_name,
+            info,
+            tags={Tag.FORMAT: Format.TRANSFORMERS, Tag.TASK: conf[FlavorKey.TASK]},
+        )
+        info.registered_model_version = int(version.version)
+    return info
+
+
+@dataclass
+class LoadedModel:
+    """The native objects of a tfexport model.
+
+    ``model`` is a ``PreTrainedModel`` (source), an ``onnxruntime.InferenceSession``
+    (onnx) or a ``torch.jit.ScriptModule`` (torchscript, neuron); ``tokenizer`` is
+    a transformers tokenizer for the source and a ``tokenizers.Tokenizer`` otherwise.
+    """
+
+    model: Any
+    tokenizer: Any
+    task: str
+    format: str
+    flavor_conf: Dict[str, Any]
+
+
+def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
+    """Load the native model object of any tfexport variant."""
+    from mlflow.artifacts import download_artifacts
+
+    from mlflow_tfexport.runtimes import load_runner
+    from mlflow_tfexport.serving import read_flavor_conf
+
+    local = download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
+    conf = read_flavor_conf(local)
+    fmt = conf[FlavorKey.FORMAT]
+    tok_dir = os.path.join(local, conf[FlavorKey.TOKENIZER_DIR])
+    if fmt == Format.TRANSFORMERS:
+        from mlflow_tfexport.runtimes.eager import load_transformers_model
+
+        transformers = require("transformers")
+        return LoadedModel(
+            load_transformers_model(local, conf),
+            transformers.AutoTokenizer.from_pretrained(tok_dir),
+            conf[FlavorKey.TASK],
+            fmt,
+            conf,
+        )
+    tokenizers = require("tokenizers")
+    runner = load_runner(local, conf, {})
+    native = getattr(runner, "session", None) or getattr(runner, "module", None) or runner
+    return LoadedModel(
+        native,
+        tokenizers.Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json")),
+        conf[FlavorKey.TASK],
+        fmt,
+        conf,
+    )

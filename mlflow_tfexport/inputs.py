@@ -1,0 +1,112 @@
+"""Turn what a pyfunc receives (list, str, dict, DataFrame, ndarray) into text columns.
+
+Accepts what ``mlflow models serve`` hands over for ``inputs``,
+``dataframe_split`` and ``dataframe_records``. Anything that is not text is
+rejected with ``BadInputError`` naming the row and the type received.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.tasks import TaskSpec
+
+
+def _check_strings(values: Sequence[Any], column: str) -> List[str]:
+    out: List[str] = []
+    for i, value in enumerate(values):
+        if isinstance(value, np.str_):
+            value = str(value)
+        if not isinstance(value, str):
+            raise BadInputError(
+                f"Column {column!r}, row {i}: expected text (a string), received "
+                f"{type(value).__name__} {value!r:.60}. Send strings, e.g. "
+                '{"inputs": ["great film", "dull plot"]}.'
+            )
+        out.append(value)
+    return out
+
+
+def _columns_from_mapping(data: Dict[str, Any], spec: TaskSpec) -> Dict[str, List[Any]]:
+    columns: Dict[str, List[Any]] = {}
+    for key, value in data.items():
+        if isinstance(value, (str, bytes)) or value is None or np.isscalar(value):
+            columns[str(key)] = [value]
+        else:
+            columns[str(key)] = list(value)
+    return columns
+
+
+def _columns(data: Any, spec: TaskSpec) -> Dict[str, List[Any]]:
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas ships with mlflow
+        pd = None  # type: ignore[assignment]
+    if pd is not None and isinstance(data, pd.DataFrame):
+        return {str(c): data[c].tolist() for c in data.columns}
+    if pd is not None and isinstance(data, pd.Series):
+        return {str(data.name if data.name is not None else 0): data.tolist()}
+    if isinstance(data, str):
+        return {"0": [data]}
+    if isinstance(data, dict):
+        return _columns_from_mapping(data, spec)
+    if isinstance(data, np.ndarray):
+        if data.ndim == 2 and data.shape[1] == 1:
+            data = data[:, 0]
+        if data.ndim != 1:
+            raise BadInputError(
+                f"Expected a 1-D array of strings, received an array of shape {data.shape}."
+            )
+        return {"0": data.tolist()}
+    if isinstance(data, (list, tuple)):
+        if data and all(isinstance(row, dict) for row in data):
+            keys: List[str] = []
+            for row in data:
+                keys.extend(k for k in row if k not in keys)
+            return {str(k): [row.get(k) for row in data] for k in keys}
+        return {"0": list(data)}
+    raise BadInputError(
+        f"Expected text: a string, a list of strings, a dict or a pandas DataFrame; "
+        f"received {type(data).__name__}."
+    )
+
+
+def _unwrap_single_row(columns: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
+    """``{"question": [[q1, q2]]}`` (a dict of lists seen as one row) -> ``{"question": [q1, q2]}``."""
+    if columns and all(len(v) == 1 and isinstance(v[0], (list, tuple, np.ndarray)) for v in columns.values()):
+        return {k: list(v[0]) for k, v in columns.items()}
+    return columns
+
+
+def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[List[str]]]:
+    """Return ``(texts, pairs)``; ``pairs`` is the second text column or None."""
+    columns = _unwrap_single_row(_columns(data, spec))
+    required = spec.text_columns
+    if all(c in columns for c in required):
+        first = columns[required[0]]
+        second = columns[required[1]] if len(required) > 1 else None
+    elif len(required) == 1 and len(columns) == 1:
+        first = next(iter(columns.values()))
+        second = None
+    elif len(required) == 1 and len(columns) == 2 and "text_pair" in columns and spec.optional_columns:
+        first = next(v for k, v in columns.items() if k != "text_pair")
+        second = None
+    else:
+        expected = " and ".join(repr(c) for c in required)
+        optional = f" (optionally {', '.join(map(repr, spec.optional_columns))})" if spec.optional_columns else ""
+        raise BadInputError(
+            f"Task {spec.name!r} expects column(s) {expected}{optional}; received column(s) "
+            f"{', '.join(repr(c) for c in columns) or 'none'}. Rename the column(s), or send "
+            "a plain list of strings for a single-text task."
+        )
+    if second is None and "text_pair" in spec.optional_columns and "text_pair" in columns:
+        second = columns["text_pair"]
+    texts = _check_strings(first, required[0])
+    pairs = None
+    if second is not None:
+        name = required[1] if len(required) > 1 else "text_pair"
+        pairs = _check_strings(second, name)
+    return texts, pairs

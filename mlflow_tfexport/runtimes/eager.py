@@ -1,0 +1,62 @@
+"""Eager transformers runner for the source variant (imports torch and transformers)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mlflow_tfexport._lazy import require
+from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.tasks import get_task
+
+
+class EagerRunner:
+    def __init__(self, model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> None:
+        self.torch = require("torch")
+        self.model = model.eval()
+        self.input_names: Tuple[str, ...] = tuple(input_names)
+        self.output_names: Tuple[str, ...] = tuple(output_names)
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names})
+        return {name: out[name].float().numpy() for name in self.output_names}
+
+    def generate(
+        self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int]
+    ) -> List[int]:
+        torch = self.torch
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=int(max_new_tokens),
+                min_new_tokens=0,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=eos_token_id,
+                pad_token_id=eos_token_id if eos_token_id is not None else 0,
+            )
+        return [int(t) for t in out[0, ids.shape[1]:].tolist()]
+
+    def describe(self) -> Dict[str, Any]:
+        return {"device": "cpu", "torch": self.torch.__version__}
+
+
+def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> Any:
+    """Load the saved transformers model (safetensors) with the task's auto class."""
+    transformers = require("transformers")
+    spec = get_task(flavor_conf[FlavorKey.TASK])
+    auto_cls = getattr(transformers, spec.auto_model)
+    path = os.path.join(model_dir, flavor_conf[FlavorKey.MODEL_FILE])
+    return auto_cls.from_pretrained(path).eval()
+
+
+def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> EagerRunner:
+    model = load_transformers_model(model_dir, flavor_conf)
+    spec = get_task(flavor_conf[FlavorKey.TASK])
+    return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], spec.output_names)

@@ -1,0 +1,140 @@
+"""The one pyfunc loader for every variant (source, ONNX, TorchScript, Neuron).
+
+``mlflow.pyfunc.load_model`` calls ``_load_pyfunc``; the returned object
+tokenizes with ``tokenizers``, runs the format's runner in batches and
+post-processes in numpy. Nothing here imports torch or transformers: only the
+runner of a torch-based format does, when it is loaded. Python 3.10-compatible.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from mlflow_tfexport.constants import FLAVOR_NAME, FlavorKey
+from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.inputs import parse_text_input
+from mlflow_tfexport.postprocess import POSTPROCESS, Context
+from mlflow_tfexport.runtimes import Runner, load_runner
+from mlflow_tfexport.runtimes.base import greedy_generate
+from mlflow_tfexport.tasks import TaskSpec, get_task
+from mlflow_tfexport.tokenization import TextEncoder, split_rows
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def read_flavor_conf(path: str) -> Dict[str, Any]:
+    """The ``tfexport`` block of the MLmodel file in ``path``."""
+    from mlflow.models import Model
+
+    from mlflow_tfexport.errors import NotATfexportModelError
+
+    model = Model.load(os.path.join(path, "MLmodel"))
+    if FLAVOR_NAME not in model.flavors:
+        raise NotATfexportModelError(
+            f"The model at {path} has flavors {sorted(model.flavors)}, not {FLAVOR_NAME!r}. "
+            "Log it with mlflow.tfexport.log_model first."
+        )
+    conf: Dict[str, Any] = model.flavors[FLAVOR_NAME]
+    return conf
+
+
+def make_encoder(path: str, conf: Mapping[str, Any], spec: TaskSpec) -> TextEncoder:
+    return TextEncoder(
+        os.path.join(path, conf[FlavorKey.TOKENIZER_DIR], "tokenizer.json"),
+        input_names=conf[FlavorKey.INPUT_NAMES],
+        max_length=int(conf[FlavorKey.MAX_LENGTH]),
+        pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]),
+        pair_strategy="only_second" if spec.name == "question-answering" else "longest_first",
+    )
+
+
+class TfexportPyfunc:
+    """``predict(data, params)`` with the same request and response for every format."""
+
+    def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
+        self.conf = dict(conf)
+        self.spec = get_task(conf[FlavorKey.TASK])
+        self.runner = runner
+        self.encoder = make_encoder(path, conf, self.spec)
+        self.id2label = {int(k): v for k, v in (conf.get(FlavorKey.ID2LABEL) or {}).items()}
+        self.batch_size = int(model_config.get("batch_size", DEFAULT_BATCH_SIZE))
+        self._defaults = self.spec.param_defaults()
+
+    def _params(self, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        merged = dict(self._defaults)
+        for key, value in (params or {}).items():
+            if key not in merged:
+                raise BadInputError(
+                    f"Unknown param {key!r} for task {self.spec.name!r}; accepted params: "
+                    f"{', '.join(sorted(merged))}."
+                )
+            if value is not None:
+                merged[key] = value
+        return merged
+
+    def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+        p = self._params(params)
+        texts, pairs = parse_text_input(model_input, self.spec)
+        if self.spec.generative:
+            return self._generate(texts, p)
+        rows: List[Any] = []
+        batch_size = int(p.get("batch_size") or 0) or self.batch_size
+        for start, stop in split_rows(len(texts), batch_size):
+            chunk_pairs = None if pairs is None else pairs[start:stop]
+            batch = self.encoder.encode(texts[start:stop], chunk_pairs, truncation=bool(p["truncation"]))
+            outputs = self.runner.run(batch.feeds)
+            ctx = Context(
+                encoder=self.encoder,
+                id2label=self.id2label,
+                problem_type=self.conf.get(FlavorKey.PROBLEM_TYPE),
+                mask_token_id=self.conf.get(FlavorKey.MASK_TOKEN_ID),
+                texts=texts[start:stop],
+                pairs=chunk_pairs,
+                params=p,
+            )
+            rows.extend(POSTPROCESS[self.spec.name](outputs, batch, ctx))
+        return self._format(rows)
+
+    def _format(self, rows: List[Any]) -> Any:
+        import pandas as pd
+
+        if self.spec.name == "feature-extraction":
+            if not rows:
+                return np.zeros((0, 0), dtype=np.float32)
+            return np.stack(rows)
+        if self.spec.name == "token-classification":
+            return rows
+        columns = [c for c, _ in self.spec.output_columns]
+        if not rows:
+            return pd.DataFrame(columns=columns)
+        return pd.DataFrame(rows)
+
+    def _generate(self, texts: List[str], p: Mapping[str, Any]) -> List[str]:
+        eos = self.conf.get(FlavorKey.EOS_TOKEN_ID)
+        max_new = int(p["max_new_tokens"])
+        if max_new < 0:
+            raise BadInputError(f"params max_new_tokens must be >= 0, received {max_new}.")
+        native = getattr(self.runner, "generate", None)
+        results = []
+        for text in texts:
+            batch = self.encoder.encode([text], truncation=bool(p["truncation"]))
+            prompt = batch.feeds["input_ids"][0].tolist()
+            if native is not None:
+                new = native(prompt, max_new_tokens=max_new, eos_token_id=eos)
+            else:
+                new = greedy_generate(self.runner, prompt, max_new_tokens=max_new, eos_token_id=eos)
+            full = self.encoder.decode(prompt + list(new))
+            prompt_len = len(self.encoder.decode(prompt))
+            results.append(text + full[prompt_len:])
+        return results
+
+
+def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> TfexportPyfunc:
+    """Entry point named by ``loader_module`` in every tfexport MLmodel."""
+    conf = read_flavor_conf(path)
+    config = dict(model_config or {})
+    runner = load_runner(path, conf, config)
+    return TfexportPyfunc(path, conf, runner, config)
