@@ -56,3 +56,7 @@ def _attach_to_mlflow() -> None:
 
 
 _attach_to_mlflow()
+
+from mlflow_tfexport.exporting import ExportResult, export  # noqa: E402
+
+__all__ += ["ExportResult", "export"]

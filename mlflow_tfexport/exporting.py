@@ -1,0 +1,332 @@
+"""``export()``: a logged source version -> a validated, tagged registry version.
+
+Stages: check options, load, export, validate, log, register. Everything that
+can be checked is checked before any work. The variant is written into a
+staging directory, validated with the same runner the pyfunc will use, logged
+inside an MLflow run, and only then registered, with its tags and report
+passed to ``create_model_version`` itself: a failure at any stage leaves the
+registry as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from mlflow_tfexport.constants import TOKENIZER_DIR, VALIDATION_FILE, FlavorKey, Format, Tag, VALIDATION_PASSED
+from mlflow_tfexport.environment import default_requirements
+from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export import ExportOptions, SourceModel, get_backend
+from mlflow_tfexport.export.base import Shape
+from mlflow_tfexport.registry import find_by_export_key, register_version
+from mlflow_tfexport.source import ResolvedSource, resolve_source
+from mlflow_tfexport.tasks import dummy_inputs, get_task
+from mlflow_tfexport.validate import ValidationReport, raise_for_failures, validate
+
+STAGES = ("load", "export", "validate", "log", "register")
+MAX_BUCKETS = 8
+Progress = Callable[[str, str], None]
+TraceShapeArg = Union[None, str, Tuple[int, int], Sequence[Union[str, Tuple[int, int]]]]
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` returns: the registered version, its URI and the validation report."""
+
+    model_version: ModelVersion
+    model_uri: str
+    report: Optional[ValidationReport]
+    created: bool = True
+    run_id: Optional[str] = None
+
+
+def _shape(value: Any) -> Shape:
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        if len(parts) != 2:
+            raise ExportError(f"trace_shape {value!r} is not BATCHxSEQUENCE, e.g. '1x128'.")
+        try:
+            value = (int(parts[0]), int(parts[1]))
+        except ValueError:
+            raise ExportError(f"trace_shape {value!r} must be two integers, e.g. '1x128'.") from None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ExportError(f"trace_shape {value!r} must be (batch, sequence), e.g. (1, 128).")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ExportError(f"trace_shape {tuple(value)!r} must hold integers, received {type(v).__name__}.")
+        if v <= 0:
+            raise ExportError(f"trace_shape {tuple(value)!r} must be positive, e.g. (1, 128).")
+    return (int(value[0]), int(value[1]))
+
+
+def parse_trace_shapes(trace_shape: TraceShapeArg) -> Tuple[Shape, ...]:
+    """``"1x128"``, ``(1, 128)``, ``"1x32,1x128"`` or a list of those -> sorted unique shapes."""
+    if trace_shape is None:
+        return ()
+    if isinstance(trace_shape, str):
+        items: List[Any] = [s for s in trace_shape.split(",") if s.strip()]
+    elif isinstance(trace_shape, tuple) and len(trace_shape) == 2 and all(isinstance(v, int) for v in trace_shape):
+        items = [trace_shape]
+    else:
+        items = list(trace_shape)
+    shapes = sorted({_shape(s.strip() if isinstance(s, str) else s) for s in items}, key=lambda s: (s[1], s[0]))
+    if len(shapes) > MAX_BUCKETS:
+        raise ExportError(f"{len(shapes)} trace shapes given; at most {MAX_BUCKETS} buckets are supported.")
+    return tuple(shapes)
+
+
+def check_atol(atol: Any) -> Optional[float]:
+    if atol is None:
+        return None
+    try:
+        value = float(atol)
+    except (TypeError, ValueError):
+        raise ExportError(f"atol must be a positive number, received {atol!r}; e.g. 1e-4.") from None
+    if isinstance(atol, bool) or not math.isfinite(value) or value <= 0:
+        raise ExportError(f"atol must be a positive number, received {atol!r}; e.g. 1e-4.")
+    return value
+
+
+def check_model_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or "/" in name or ":" in name:
+        raise ExportError(
+            f"Registered model name {name!r} is not allowed: it must be non-empty and contain no '/' or ':'."
+        )
+
+
+def export_key(source: ResolvedSource, options: ExportOptions) -> str:
+    payload = json.dumps({"source": source.identity, **options.key_fields()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def tool_versions(packages: Iterable[str]) -> str:
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ",".join(found)
+
+
+def _noop(stage: str, detail: str) -> None:
+    return None
+
+
+def describe(fmt: str, source: ResolvedSource, options: ExportOptions, report: ValidationReport) -> str:
+    what = {Format.ONNX: f"ONNX (opset {options.opset}, dynamic batch and sequence)"}.get(
+        fmt, f"{fmt} (trace shapes {', '.join(f'{b}x{s}' for b, s in options.trace_shapes)})"
+    )
+    return (
+        f"**{what}** export of `{source.canonical_uri}` "
+        f"({source.flavor_conf[FlavorKey.TASK]}, {source.flavor_conf.get(FlavorKey.ARCHITECTURE)}).\n\n"
+        f"Validated against the eager model on padded batches: **{'passed' if report.passed else 'failed'}**, "
+        f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g}).\n\n" + report.to_markdown()
+    )
+
+
+def load_source_model(source: ResolvedSource) -> SourceModel:
+    from mlflow_tfexport.runtimes.eager import load_transformers_model
+
+    model = load_transformers_model(source.local_path, source.flavor_conf)
+    return SourceModel(model, get_task(source.flavor_conf[FlavorKey.TASK]), source.flavor_conf, source.local_path)
+
+
+def run_validation(source: SourceModel, staging: str, conf: Dict[str, Any], shapes: Sequence[Shape], atol: float) -> ValidationReport:
+    from mlflow_tfexport.runtimes import load_runner
+    from mlflow_tfexport.runtimes.eager import EagerRunner
+
+    reference = EagerRunner(source.model, source.input_names, source.spec.output_names)
+    exported = load_runner(staging, conf, {})
+    feeds = [
+        dummy_inputs(
+            tuple(source.input_names), b, min(s, source.max_length),
+            vocab_size=source.vocab_size, pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=1000 + i,
+        )
+        for i, (b, s) in enumerate(shapes)
+    ]
+    return validate(reference.run, exported.run, feeds, source.spec.output_names, atol)
+
+
+def export(
+    model_uri: str,
+    format: str = Format.ONNX,
+    *,
+    opset: Optional[int] = None,
+    trace_shape: TraceShapeArg = None,
+    atol: Optional[float] = None,
+    registered_model_name: Optional[str] = None,
+    exporter: Optional[str] = None,
+    optimize: bool = False,
+    quantize: Optional[str] = None,
+    neuron_target: Optional[str] = None,
+    compiler_args: Sequence[str] = (),
+    force: bool = False,
+    progress: Optional[Progress] = None,
+) -> ExportResult:
+    """Export a logged tfexport source version and register the result as a new version.
+
+    Example:
+        >>> result = mlflow_tfexport.export("models:/sentiment/1", format="onnx", opset=17)
+        >>> result.model_version.version
+        '2'
+
+    Asking again for the same source and options returns the existing version
+    (``result.created`` is False) unless ``force=True``. Any failure raises a
+    ``TfexportError`` and registers nothing.
+    """
+    say = progress or _noop
+    backend = get_backend(format)
+    options = ExportOptions(
+        format=format,
+        opset=opset,
+        trace_shapes=parse_trace_shapes(trace_shape),
+        atol=check_atol(atol),
+        exporter=exporter,
+        optimize=bool(optimize),
+        quantize=quantize,
+        neuron_target=neuron_target,
+        compiler_args=tuple(compiler_args),
+    )
+    if registered_model_name is not None:
+        check_model_name(registered_model_name)
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="tfexport-") as workdir:
+        source = resolve_source(client, model_uri, dst_path=os.path.join(workdir, "source"))
+        name = registered_model_name or source.registered_name
+        if not name:
+            raise ExportError(
+                f"{model_uri} is not a registered model version; pass registered_model_name= to say "
+                "which registered model the export becomes a version of."
+            )
+        spec = get_task(source.flavor_conf[FlavorKey.TASK])
+        options = backend.check(options, source.flavor_conf, spec)
+        tolerance = options.atol if options.atol is not None else spec.atol
+        key = export_key(source, options)
+        if not force:
+            existing = find_by_export_key(client, name, key)
+            if existing:
+                mv = existing[0]
+                return ExportResult(mv, f"models:/{name}/{mv.version}", None, created=False, run_id=mv.run_id)
+        return _export_new(client, backend, source, options, tolerance, key, name, workdir, say)
+
+
+def _experiment_id(client: MlflowClient, source: ResolvedSource) -> Optional[str]:
+    if source.run_id:
+        try:
+            return str(client.get_run(source.run_id).info.experiment_id)
+        except MlflowException:
+            return None
+    return None
+
+
+def _export_new(
+    client: MlflowClient,
+    backend: Any,
+    source: ResolvedSource,
+    options: ExportOptions,
+    tolerance: float,
+    key: str,
+    name: str,
+    workdir: str,
+    say: Progress,
+) -> ExportResult:
+    import shutil
+
+    from mlflow_tfexport import variant
+
+    fmt = options.format
+    staging = os.path.join(workdir, "staging")
+    os.makedirs(staging)
+    started = time.perf_counter()
+    run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: key}
+    if source.run_id:
+        run_tags["tfexport.source_run_id"] = source.run_id
+    with mlflow.start_run(
+        experiment_id=_experiment_id(client, source),
+        run_name=f"export-{fmt}",
+        nested=mlflow.active_run() is not None,
+        tags=run_tags,
+    ) as run:
+        mlflow.log_params(
+            {"format": fmt, "opset": options.opset, "atol": tolerance, "source": source.canonical_uri,
+             "trace_shape": ",".join(f"{b}x{s}" for b, s in options.trace_shapes) or "dynamic",
+             "exporter": options.exporter}
+        )
+        say("load", source.canonical_uri)
+        loaded = load_source_model(source)
+        say("export", fmt)
+        artifact = backend.export(loaded, options, staging)
+        shutil.copytree(os.path.join(source.local_path, source.flavor_conf[FlavorKey.TOKENIZER_DIR]),
+                        os.path.join(staging, TOKENIZER_DIR))
+        conf = {k: v for k, v in source.flavor_conf.items() if k != "code"}
+        conf.update({FlavorKey.FORMAT: fmt, FlavorKey.MODEL_FILE: artifact.model_file,
+                     FlavorKey.TOKENIZER_DIR: TOKENIZER_DIR, **artifact.flavor_conf})
+        export_seconds = time.perf_counter() - started
+        say("validate", f"atol {tolerance:g}")
+        report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance)
+        report.extra.update({"format": fmt, "source": source.canonical_uri, "export_seconds": export_seconds})
+        mlflow.log_metrics({"max_abs_diff": report.max_abs_diff, "export_seconds": export_seconds})
+        mlflow.log_text(report.to_json(), VALIDATION_FILE)
+        raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
+        with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
+            f.write(report.to_json())
+        say("log", "model")
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=variant,
+            staged_dir=staging,
+            flavor_conf=conf,
+            requirements=artifact.requirements or default_requirements(fmt),
+            signature=source.signature,
+            python_version=artifact.python_version,
+            extra_index_urls=artifact.extra_index_urls,
+        )
+        tags = {
+            Tag.FORMAT: fmt,
+            Tag.TASK: conf[FlavorKey.TASK],
+            Tag.ATOL: f"{tolerance:g}",
+            Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
+            Tag.VALIDATION: VALIDATION_PASSED,
+            Tag.VALIDATED_SHAPE: ",".join(f"{b}x{s}" for b, s in report.shapes),
+            Tag.SOURCE: source.canonical_uri,
+            Tag.EXPORT_KEY: key,
+            Tag.EXPORT_SECONDS: f"{export_seconds:.2f}",
+            Tag.VERSIONS: tool_versions(
+                ["mlflow-tfexport", "torch", "transformers", "onnx", "onnxruntime", "mlflow"]
+            ),
+            **artifact.tags,
+        }
+        say("register", name)
+        mv = register_version(name, info, tags=tags, description=describe(fmt, source, options, report),
+                              client=client)
+        mv = _settle_duplicates(client, name, key, mv)
+        return ExportResult(mv, f"models:/{name}/{mv.version}", report, created=True, run_id=run.info.run_id)
+
+
+def _settle_duplicates(client: MlflowClient, name: str, key: str, mine: ModelVersion) -> ModelVersion:
+    """Two identical exports racing: the lowest version wins, later duplicates delete themselves."""
+    same = find_by_export_key(client, name, key)
+    if same and int(same[0].version) < int(mine.version):
+        client.delete_model_version(name, mine.version)
+        return same[0]
+    return mine
+
+
+if sys.version_info < (3, 10):  # pragma: no cover
+    raise ImportError("mlflow-tfexport needs Python 3.10 or newer")
