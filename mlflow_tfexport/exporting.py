@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -27,14 +27,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from mlflow_tfexport.constants import TOKENIZER_DIR, VALIDATION_FILE, FlavorKey, Format, Tag, VALIDATION_PASSED
+from mlflow_tfexport.constants import TOKENIZER_DIR, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.environment import default_requirements
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export import ExportOptions, SourceModel, get_backend
-from mlflow_tfexport.export.base import Shape
+from mlflow_tfexport.export.base import ExportedArtifact, Shape
 from mlflow_tfexport.registry import find_by_export_key, register_version
 from mlflow_tfexport.source import ResolvedSource, resolve_source
-from mlflow_tfexport.tasks import dummy_inputs, get_task
+from mlflow_tfexport.tasks import get_task
 from mlflow_tfexport.validate import ValidationReport, raise_for_failures, validate
 
 STAGES = ("load", "export", "validate", "log", "register")
@@ -140,26 +140,120 @@ def describe(fmt: str, source: ResolvedSource, options: ExportOptions, report: V
 
 
 def load_source_model(source: ResolvedSource) -> SourceModel:
+    return _load_source(source.local_path, source.flavor_conf)
+
+
+def _load_source(local_path: str, flavor_conf: Dict[str, Any]) -> SourceModel:
     from mlflow_tfexport.runtimes.eager import load_transformers_model
 
-    model = load_transformers_model(source.local_path, source.flavor_conf)
-    return SourceModel(model, get_task(source.flavor_conf[FlavorKey.TASK]), source.flavor_conf, source.local_path)
+    model = load_transformers_model(local_path, flavor_conf)
+    return SourceModel(model, get_task(flavor_conf[FlavorKey.TASK]), flavor_conf, local_path)
 
 
-def run_validation(source: SourceModel, staging: str, conf: Dict[str, Any], shapes: Sequence[Shape], atol: float) -> ValidationReport:
+def run_validation(
+    source: SourceModel, staging: str, conf: Dict[str, Any], shapes: Sequence[Shape], atol: float
+) -> ValidationReport:
+    from mlflow_tfexport.export.wrapper import source_inputs
     from mlflow_tfexport.runtimes import load_runner
     from mlflow_tfexport.runtimes.eager import EagerRunner
 
     reference = EagerRunner(source.model, source.input_names, source.spec.output_names)
     exported = load_runner(staging, conf, {})
-    feeds = [
-        dummy_inputs(
-            tuple(source.input_names), b, min(s, source.max_length),
-            vocab_size=source.vocab_size, pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=1000 + i,
-        )
-        for i, (b, s) in enumerate(shapes)
-    ]
+    feeds = [source_inputs(source, b, s, seed=1000 + i) for i, (b, s) in enumerate(shapes)]
     return validate(reference.run, exported.run, feeds, source.spec.output_names, atol)
+
+
+@dataclass
+class StagedExport:
+    """An exported, validated variant in a staging directory, before any logging or registration."""
+
+    conf: Dict[str, Any]  # the variant's tfexport flavor block
+    artifact: ExportedArtifact
+    report: ValidationReport
+    export_seconds: float
+
+
+def stage_export(
+    source_dir: str,
+    source_conf: Dict[str, Any],
+    backend: Any,
+    options: ExportOptions,
+    tolerance: float,
+    staging: str,
+    say: Progress = _noop,
+) -> StagedExport:
+    """Load the source in ``source_dir``, export it into ``staging`` (model file + tokenizer) and validate it.
+
+    ``options`` must already be completed by ``backend.check``. Never raises on a validation
+    mismatch: the report says so, and the caller decides.
+    """
+    import shutil
+
+    started = time.perf_counter()
+    loaded = _load_source(source_dir, source_conf)
+    say("export", options.format)
+    artifact = backend.export(loaded, options, staging)
+    shutil.copytree(
+        os.path.join(source_dir, source_conf[FlavorKey.TOKENIZER_DIR]), os.path.join(staging, TOKENIZER_DIR)
+    )
+    conf = {k: v for k, v in source_conf.items() if k != "code"}
+    conf.update({FlavorKey.FORMAT: options.format, FlavorKey.MODEL_FILE: artifact.model_file,
+                 FlavorKey.TOKENIZER_DIR: TOKENIZER_DIR, **artifact.flavor_conf})
+    export_seconds = time.perf_counter() - started
+    say("validate", f"atol {tolerance:g}")
+    report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance)
+    return StagedExport(conf, artifact, report, export_seconds)
+
+
+def export_to_directory(
+    source_dir: str,
+    path: str,
+    format: str = Format.ONNX,
+    *,
+    opset: Optional[int] = None,
+    atol: Optional[float] = None,
+    exporter: Optional[str] = None,
+    trace_shape: TraceShapeArg = None,
+) -> Tuple[Dict[str, Any], ValidationReport]:
+    """Export the tfexport source model saved in ``source_dir`` into a new model directory ``path``.
+
+    The same export and validation as ``export()``, without tracking or registry: ``path`` becomes
+    a complete MLflow model (loadable with ``mlflow.pyfunc.load_model``). Returns the variant's
+    flavor block and the validation report; a validation failure raises and leaves ``path`` absent.
+
+    Example:
+        >>> mlflow_tfexport.save_model(model, "bert-src", tokenizer=tok)
+        >>> conf, report = export_to_directory("bert-src", "bert-onnx", "onnx")
+    """
+    from mlflow_tfexport import variant
+    from mlflow_tfexport.serving import read_flavor_conf
+
+    backend = get_backend(format)
+    options = ExportOptions(format=format, opset=opset, trace_shapes=parse_trace_shapes(trace_shape),
+                            atol=check_atol(atol), exporter=exporter)
+    source_conf = read_flavor_conf(source_dir)
+    if source_conf.get(FlavorKey.FORMAT) != Format.TRANSFORMERS:
+        raise ExportError(
+            f"{source_dir} is already an exported variant (format {source_conf.get(FlavorKey.FORMAT)!r}); "
+            "export from its source model instead."
+        )
+    spec = get_task(source_conf[FlavorKey.TASK])
+    options = backend.check(options, source_conf, spec)
+    tolerance = options.atol if options.atol is not None else spec.atol
+    if os.path.exists(path) and os.listdir(path):
+        raise ExportError(f"Path {path!r} already exists and is not empty; choose a new path.")
+    with tempfile.TemporaryDirectory(prefix="tfexport-") as staging:
+        staged = stage_export(source_dir, source_conf, backend, options, tolerance, staging)
+        raise_for_failures(staged.report, f"the {format} export of {source_dir}")
+        with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
+            f.write(staged.report.to_json())
+        variant.save_model(
+            path, staged_dir=staging, flavor_conf=staged.conf,
+            requirements=staged.artifact.requirements or default_requirements(format),
+            signature=Model.load(os.path.join(source_dir, "MLmodel")).signature,
+            python_version=staged.artifact.python_version, extra_index_urls=staged.artifact.extra_index_urls,
+        )
+    return staged.conf, staged.report
 
 
 def export(
@@ -216,13 +310,13 @@ def export(
         spec = get_task(source.flavor_conf[FlavorKey.TASK])
         options = backend.check(options, source.flavor_conf, spec)
         tolerance = options.atol if options.atol is not None else spec.atol
-        key = export_key(source, options)
+        key = export_key(source, replace(options, atol=tolerance))
         if not force:
             existing = find_by_export_key(client, name, key)
             if existing:
                 mv = existing[0]
                 return ExportResult(mv, f"models:/{name}/{mv.version}", None, created=False, run_id=mv.run_id)
-        return _export_new(client, backend, source, options, tolerance, key, name, workdir, say)
+        return _export_new(client, backend, source, options, tolerance, key, name, workdir, say, force)
 
 
 def _experiment_id(client: MlflowClient, source: ResolvedSource) -> Optional[str]:
@@ -244,15 +338,13 @@ def _export_new(
     name: str,
     workdir: str,
     say: Progress,
+    force: bool = False,
 ) -> ExportResult:
-    import shutil
-
     from mlflow_tfexport import variant
 
     fmt = options.format
     staging = os.path.join(workdir, "staging")
     os.makedirs(staging)
-    started = time.perf_counter()
     run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: key}
     if source.run_id:
         run_tags["tfexport.source_run_id"] = source.run_id
@@ -268,17 +360,8 @@ def _export_new(
              "exporter": options.exporter}
         )
         say("load", source.canonical_uri)
-        loaded = load_source_model(source)
-        say("export", fmt)
-        artifact = backend.export(loaded, options, staging)
-        shutil.copytree(os.path.join(source.local_path, source.flavor_conf[FlavorKey.TOKENIZER_DIR]),
-                        os.path.join(staging, TOKENIZER_DIR))
-        conf = {k: v for k, v in source.flavor_conf.items() if k != "code"}
-        conf.update({FlavorKey.FORMAT: fmt, FlavorKey.MODEL_FILE: artifact.model_file,
-                     FlavorKey.TOKENIZER_DIR: TOKENIZER_DIR, **artifact.flavor_conf})
-        export_seconds = time.perf_counter() - started
-        say("validate", f"atol {tolerance:g}")
-        report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance)
+        staged = stage_export(source.local_path, source.flavor_conf, backend, options, tolerance, staging, say)
+        conf, artifact, report, export_seconds = staged.conf, staged.artifact, staged.report, staged.export_seconds
         report.extra.update({"format": fmt, "source": source.canonical_uri, "export_seconds": export_seconds})
         mlflow.log_metrics({"max_abs_diff": report.max_abs_diff, "export_seconds": export_seconds})
         mlflow.log_text(report.to_json(), VALIDATION_FILE)
@@ -315,7 +398,8 @@ def _export_new(
         say("register", name)
         mv = register_version(name, info, tags=tags, description=describe(fmt, source, options, report),
                               client=client)
-        mv = _settle_duplicates(client, name, key, mv)
+        if not force:
+            mv = _settle_duplicates(client, name, key, mv)
         return ExportResult(mv, f"models:/{name}/{mv.version}", report, created=True, run_id=run.info.run_id)
 
 

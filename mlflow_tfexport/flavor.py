@@ -63,6 +63,26 @@ def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str]) -> tuple:
     return model, tokenizer, task
 
 
+def resolve_task(model: Any, task: Optional[str]) -> TaskSpec:
+    """The task spec for ``model``: inferred from its class, or checked against it when given."""
+    class_name = type(model).__name__
+    try:
+        inferred: Optional[TaskSpec] = infer_task(class_name)
+    except TfexportError:
+        inferred = None
+    if task is None:
+        if inferred is None:
+            return infer_task(class_name)  # raises the error listing the known tasks
+        return inferred
+    spec = get_task(str(task))
+    if inferred is not None and inferred.name != spec.name:
+        raise TfexportError(
+            f"{class_name} cannot do task {spec.name!r} (its head does {inferred.name!r}). Load the model "
+            f"with transformers.{spec.auto_model} for {spec.name!r}, or pass task={inferred.name!r}."
+        )
+    return spec
+
+
 def model_input_names(model: Any, tokenizer: Any) -> list:
     """The text inputs the model's ``forward`` takes and the tokenizer produces."""
     accepted = set(inspect.signature(model.forward).parameters)
@@ -160,6 +180,8 @@ def write_model(
     """Write MLmodel (flavor + pyfunc), the code and the environment into ``path``."""
     from mlflow import pyfunc
 
+    from mlflow_tfexport.runtimes import default_model_config
+
     mlflow_model = mlflow_model or Model()
     if signature is not None:
         mlflow_model.signature = signature
@@ -177,6 +199,7 @@ def write_model(
         code=CODE_DIR,
         python_env="python_env.yaml",
         conda_env="conda.yaml",
+        model_config=default_model_config(flavor_conf[FlavorKey.FORMAT]),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, "MLmodel"))
@@ -198,7 +221,7 @@ def save_model(
 ) -> None:
     """Save a transformers model (or Pipeline) and its tokenizer as a tfexport model."""
     model, tokenizer, task = _split_pipeline(model, tokenizer, task)
-    spec = get_task(task) if task else infer_task(type(model).__name__)
+    spec = resolve_task(model, task)
     if os.path.exists(path) and os.listdir(path):
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)

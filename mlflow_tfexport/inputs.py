@@ -33,7 +33,10 @@ def _check_strings(values: Sequence[Any], column: str) -> List[str]:
 def _columns_from_mapping(data: Dict[str, Any], spec: TaskSpec) -> Dict[str, List[Any]]:
     columns: Dict[str, List[Any]] = {}
     for key, value in data.items():
-        if isinstance(value, (str, bytes)) or value is None or np.isscalar(value):
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            # ``{"inputs": {"question": "q", ...}}`` reaches the pyfunc as 0-d arrays.
+            columns[str(key)] = [value.item()]
+        elif isinstance(value, (str, bytes)) or value is None or np.isscalar(value):
             columns[str(key)] = [value]
         else:
             columns[str(key)] = list(value)
@@ -54,6 +57,8 @@ def _columns(data: Any, spec: TaskSpec) -> Dict[str, List[Any]]:
     if isinstance(data, dict):
         return _columns_from_mapping(data, spec)
     if isinstance(data, np.ndarray):
+        if data.ndim == 0:
+            data = data.reshape(1)
         if data.ndim == 2 and data.shape[1] == 1:
             data = data[:, 0]
         if data.ndim != 1:
@@ -85,14 +90,15 @@ def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[Lis
     """Return ``(texts, pairs)``; ``pairs`` is the second text column or None."""
     columns = _unwrap_single_row(_columns(data, spec))
     required = spec.text_columns
+    first_name = required[0]
     if all(c in columns for c in required):
         first = columns[required[0]]
         second = columns[required[1]] if len(required) > 1 else None
     elif len(required) == 1 and len(columns) == 1:
-        first = next(iter(columns.values()))
+        first_name, first = next(iter(columns.items()))
         second = None
     elif len(required) == 1 and len(columns) == 2 and "text_pair" in columns and spec.optional_columns:
-        first = next(v for k, v in columns.items() if k != "text_pair")
+        first_name, first = next((k, v) for k, v in columns.items() if k != "text_pair")
         second = None
     else:
         expected = " and ".join(repr(c) for c in required)
@@ -104,7 +110,12 @@ def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[Lis
         )
     if second is None and "text_pair" in spec.optional_columns and "text_pair" in columns:
         second = columns["text_pair"]
-    texts = _check_strings(first, required[0])
+    if second is not None and len(second) != len(first):
+        raise BadInputError(
+            f"Columns {first_name!r} and {required[1] if len(required) > 1 else 'text_pair'!r} have different "
+            f"lengths ({len(first)} and {len(second)}); send one value of each per row."
+        )
+    texts = _check_strings(first, first_name)
     pairs = None
     if second is not None:
         name = required[1] if len(required) > 1 else "text_pair"

@@ -54,7 +54,7 @@ def text_classification(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Co
         scores = softmax(logits)
     best = scores.argmax(axis=-1)
     top = scores[np.arange(len(best)), best]
-    return [{"label": _label(ctx, b), "score": float(s)} for b, s in zip(best, top)]
+    return [{"label": _label(ctx, b), "score": float(s)} for b, s in zip(best, top, strict=True)]
 
 
 def feature_extraction(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Context) -> List[np.ndarray]:
@@ -89,12 +89,15 @@ def token_classification(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: C
             if label == "O":
                 continue
             start, end = enc.offsets[idx]
+            word = enc.tokens[idx]
+            if ctx.encoder.unk_token_id is not None and enc.ids[idx] == ctx.encoder.unk_token_id:
+                word = ctx.texts[r][start:end]  # the original text, as the pipeline shows it
             entities.append(
                 {
                     "entity": label,
                     "score": float(best_score[r, idx]),
                     "index": int(idx),
-                    "word": enc.tokens[idx],
+                    "word": word,
                     "start": int(start),
                     "end": int(end),
                 }
@@ -125,11 +128,11 @@ def fill_mask(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Context) -> 
         tokens[positions[0]] = top[0]
         rows.append(
             {
-                "token_str": ctx.encoder.decode([int(top[0])]),
+                "token_str": ctx.encoder.decode([int(top[0])], skip_special_tokens=False),
                 "score": float(probs[top[0]]),
                 "token": int(top[0]),
                 "sequence": ctx.encoder.decode(tokens.tolist()),
-                "top_k_tokens": [ctx.encoder.decode([int(t)]) for t in top],
+                "top_k_tokens": [ctx.encoder.decode([int(t)], skip_special_tokens=False) for t in top],
                 "top_k_scores": [float(probs[t]) for t in top],
             }
         )
@@ -147,12 +150,16 @@ def question_answering(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Con
         start = out["start_logits"][r, :n].astype(np.float64)
         end = out["end_logits"][r, :n].astype(np.float64)
         undesired = ~context_tokens
-        undesired[0] = False  # the CLS position takes part in normalisation, as in the pipeline
+        # A leading special token (BERT's [CLS]) takes part in normalisation, as in the pipeline.
+        has_cls = n > 0 and enc.special_tokens_mask[0] == 1 and enc.sequence_ids[0] is None
+        if has_cls:
+            undesired[0] = False
         start = np.where(undesired, -10000.0, start)
         end = np.where(undesired, -10000.0, end)
         start = softmax(start)
         end = softmax(end)
-        start[0] = end[0] = 0.0
+        if has_cls:
+            start[0] = end[0] = 0.0
         scores = np.triu(np.outer(start, end)) - np.triu(np.outer(start, end), k=max_answer_len)
         allowed = np.outer(context_tokens, context_tokens)
         scores = np.where(allowed, scores, 0.0)

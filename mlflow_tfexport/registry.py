@@ -57,3 +57,27 @@ def find_by_export_key(client: MlflowClient, name: str, export_key: str) -> List
         f"name = '{escaped}' and tags.`{Tag.EXPORT_KEY}` = '{export_key}'"
     )
     return sorted(found, key=lambda v: int(v.version))
+
+
+def promote(name: str, version: str, alias: str, client: Optional[MlflowClient] = None) -> ModelVersion:
+    """Point ``alias`` at ``version``; refuse an exported variant whose validation did not pass."""
+    from mlflow_tfexport.constants import VALIDATION_PASSED, Format
+    from mlflow_tfexport.errors import TfexportError
+
+    client = client or MlflowClient()
+    mv = client.get_model_version(name, str(version))
+    tags = mv.tags or {}
+    fmt = tags.get(Tag.FORMAT)
+    if fmt is None:
+        raise TfexportError(
+            f"models:/{name}/{version} is not a tfexport version (no {Tag.FORMAT} tag); promote it with "
+            "MlflowClient.set_registered_model_alias if that is intended."
+        )
+    if fmt != Format.TRANSFORMERS and tags.get(Tag.VALIDATION) != VALIDATION_PASSED:
+        raise TfexportError(
+            f"Refusing to point @{alias} at models:/{name}/{version}: its validation is "
+            f"{tags.get(Tag.VALIDATION, 'missing')!r}, not {VALIDATION_PASSED!r}. Export it again and promote "
+            "a version whose validation passed."
+        )
+    client.set_registered_model_alias(name, alias, str(version))
+    return mv

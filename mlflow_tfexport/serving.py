@@ -63,6 +63,10 @@ class TfexportPyfunc:
         self.batch_size = int(model_config.get("batch_size", DEFAULT_BATCH_SIZE))
         self._defaults = self.spec.param_defaults()
 
+    def get_raw_model(self) -> Runner:
+        """The format's runner (``.session`` for ONNX, ``.model`` for the source, ``.module`` for traces)."""
+        return self.runner
+
     def _params(self, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         merged = dict(self._defaults)
         for key, value in (params or {}).items():
@@ -117,12 +121,23 @@ class TfexportPyfunc:
         max_new = int(p["max_new_tokens"])
         if max_new < 0:
             raise BadInputError(f"params max_new_tokens must be >= 0, received {max_new}.")
+        room = self.encoder.max_length - max_new
+        if texts and room < 1:
+            raise BadInputError(
+                f"params max_new_tokens={max_new} leaves no room for the prompt within the model's "
+                f"maximum of {self.encoder.max_length} tokens; ask for at most {self.encoder.max_length - 1}."
+            )
         native = getattr(self.runner, "generate", None)
         results = []
         for text in texts:
-            batch = self.encoder.encode([text], truncation=bool(p["truncation"]))
+            # Prompt and new tokens must fit in the model's positions: a long prompt keeps its end.
+            batch = self.encoder.encode(
+                [text], truncation=bool(p["truncation"]), max_length=room, truncation_side="left"
+            )
             prompt = batch.feeds["input_ids"][0].tolist()
-            if native is not None:
+            if max_new == 0:
+                new: List[int] = []
+            elif native is not None:
                 new = native(prompt, max_new_tokens=max_new, eos_token_id=eos)
             else:
                 new = greedy_generate(self.runner, prompt, max_new_tokens=max_new, eos_token_id=eos)

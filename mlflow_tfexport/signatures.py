@@ -13,11 +13,17 @@ _DTYPES = {"string": "string", "double": "double", "long": "long", "boolean": "b
 
 
 def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSignature:
-    """The default signature written for ``spec`` when the user gives none."""
-    if len(spec.text_columns) > 1:
-        inputs = Schema([ColSpec("string", name) for name in spec.text_columns])
-    else:
-        inputs = Schema([ColSpec("string")])
+    """The default signature written for ``spec`` when the user gives none.
+
+    It declares the outputs and the ``params`` schema but no input schema, on
+    purpose: MLflow enforces an input schema before the pyfunc sees the data,
+    and a text schema there turns ``{"inputs": [1, 2]}`` into the strings
+    ``"1"``, ``"2"``, keeps only the first column of an unnamed DataFrame (so a
+    ``text_pair`` column is silently dropped), and rejects an empty batch. The
+    pyfunc checks its inputs itself (``mlflow_tfexport.inputs``): text in a
+    list, an array, a string, a dict or a DataFrame, with the task's columns
+    (``text`` and optional ``text_pair``, or ``question`` and ``context``).
+    """
     if spec.name == "feature-extraction":
         import numpy as np
 
@@ -27,4 +33,4 @@ def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSi
     else:
         outputs = Schema([ColSpec("string")])
     params = ParamSchema([ParamSpec(p.name, p.dtype, p.default) for p in spec.all_params])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+    return ModelSignature(inputs=None, outputs=outputs, params=params)

@@ -189,11 +189,14 @@ def dummy_inputs(
     pad_token_id: Optional[int],
     seed: int = 0,
     padded_rows: bool = True,
+    eos_token_id: Optional[int] = None,
 ) -> Dict[str, np.ndarray]:
     """Make int64 model inputs of one shape, with padded rows when ``padded_rows``.
 
     Row ``i`` of a padded batch keeps ``sequence - i * step`` real tokens (at
-    least one), so every batch of two or more rows has padding in it.
+    least one), so every batch of two or more rows has padding in it. With
+    ``eos_token_id`` each row's last real token is that id, as the tokenizers
+    of encoder-decoder models write it (their classifiers pool at it).
     """
     rng = np.random.default_rng(seed)
     low = min(5, max(vocab_size - 1, 0))
@@ -204,6 +207,8 @@ def dummy_inputs(
         for row in range(1, batch):
             keep = max(1, sequence - row * step)
             mask[row, keep:] = 0
+    if eos_token_id is not None:
+        ids[np.arange(batch), mask.sum(axis=1) - 1] = eos_token_id
     pad = 0 if pad_token_id is None else pad_token_id
     ids = np.where(mask == 1, ids, pad).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}

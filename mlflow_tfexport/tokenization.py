@@ -49,17 +49,19 @@ class TextEncoder:
         self.pair_strategy = pair_strategy
         pad_token = self._tokenizer.id_to_token(self.pad_token_id) or ""
         self._tokenizer.enable_padding(direction="right", pad_id=self.pad_token_id, pad_token=pad_token)
-        self._limit = -1
+        unk = getattr(self._tokenizer.model, "unk_token", None)
+        self.unk_token_id: Optional[int] = None if unk is None else self._tokenizer.token_to_id(unk)
+        self._limit: Tuple[int, str] = (-1, "right")
         self._set_limit(self.max_length)
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _set_limit(self, limit: int) -> None:
-        if limit != self._limit:
-            self._tokenizer.enable_truncation(limit, strategy=self.pair_strategy)
-            self._limit = limit
+    def _set_limit(self, limit: int, direction: str = "right") -> None:
+        if (limit, direction) != self._limit:
+            self._tokenizer.enable_truncation(limit, strategy=self.pair_strategy, direction=direction)
+            self._limit = (limit, direction)
 
     def encode(
         self,
@@ -68,16 +70,28 @@ class TextEncoder:
         *,
         truncation: bool = True,
         max_length: Optional[int] = None,
+        truncation_side: str = "right",
     ) -> EncodedBatch:
         """Encode a batch, right-padded to its longest row.
 
         Text longer than the model's maximum (or ``max_length``, if smaller) is
-        truncated, or rejected with ``BadInputError`` when ``truncation`` is False.
+        truncated (keeping its start, or its end with ``truncation_side="left"``),
+        or rejected with ``BadInputError`` when ``truncation`` is False.
         """
         limit = self.max_length if not max_length else min(int(max_length), self.max_length)
-        self._set_limit(limit)
-        inputs: List[Any] = list(texts) if pairs is None else list(zip(texts, pairs))
-        encodings = self._tokenizer.encode_batch(inputs)
+        self._set_limit(limit, truncation_side)
+        inputs: List[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
+        try:
+            encodings = self._tokenizer.encode_batch(inputs)
+        except Exception as exc:  # tokenizers raises a bare Exception, e.g. when a question fills the window
+            raise BadInputError(
+                f"Could not fit the input(s) into the model's maximum of {limit} tokens: {exc}. "
+                + (
+                    "The first text of a pair (e.g. the question) must leave room for the second; shorten it."
+                    if pairs is not None
+                    else "Shorten the input(s)."
+                )
+            ) from exc
         if not truncation:
             too_long = [i for i, e in enumerate(encodings) if e.overflowing]
             if too_long:

@@ -17,8 +17,8 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
-from mlflow_tfexport.export.wrapper import make_wrapper
-from mlflow_tfexport.tasks import INPUT_AXES, TaskSpec, dummy_inputs
+from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
+from mlflow_tfexport.tasks import INPUT_AXES, TaskSpec
 
 EXPORT_SHAPE: Shape = (2, 16)
 VALIDATION_SHAPE: Shape = (3, 23)
@@ -81,12 +81,10 @@ class OnnxBackend:
         names = source.input_names
         outputs = list(source.spec.output_names)
         batch, seq = EXPORT_SHAPE
-        feeds = dummy_inputs(
-            tuple(names), batch, min(seq, source.max_length),
-            vocab_size=source.vocab_size, pad_token_id=source.flavor_conf.get(FlavorKey.PAD_TOKEN_ID),
-        )
+        feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
         wrapper = make_wrapper(source.model, names, outputs)
+        check_exportable(source, wrapper, args)
         path = os.path.join(staging_dir, ONNX_FILE)
         large = _param_bytes(source.model) > EXTERNAL_DATA_THRESHOLD
         try:

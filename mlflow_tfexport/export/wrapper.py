@@ -6,9 +6,17 @@ the removed ``torchscript=True`` config flag used to prepare models.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
 
 from mlflow_tfexport._lazy import require
+from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.tasks import dummy_inputs
+
+if TYPE_CHECKING:
+    from mlflow_tfexport.export.base import SourceModel
 
 
 def untie_weights(model: Any) -> None:
@@ -41,3 +49,59 @@ def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[
             return tuple(out[name] for name in output_names)
 
     return ExportWrapper().eval()
+
+
+def source_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Dummy inputs for ``source`` as its tokenizer would shape them: padded rows, and for an
+    encoder-decoder each row ended by the end-of-sequence token (its tokenizer always appends it,
+    and its classification head pools at it)."""
+    conf = source.flavor_conf
+    eos = conf.get(FlavorKey.EOS_TOKEN_ID) if getattr(source.model.config, "is_encoder_decoder", False) else None
+    return dummy_inputs(
+        tuple(source.input_names), batch, min(sequence, source.max_length),
+        vocab_size=source.vocab_size, pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=seed,
+        eos_token_id=None if eos is None else int(eos),
+    )
+
+
+def length_dependent_path(source: SourceModel) -> Optional[str]:
+    """Why a trace of ``source`` at a short length would not compute what the model computes at
+    longer ones (the forward picks its code path by sequence length), or None."""
+    config = source.model.config
+    if getattr(config, "attention_type", None) == "block_sparse":  # BigBird
+        full_up_to = (5 + 2 * int(config.num_random_blocks)) * int(config.block_size)
+        if source.max_length > full_up_to:
+            return (
+                f"it uses full attention up to {full_up_to} tokens and block-sparse attention above, and a "
+                f"traced export keeps only the full-attention path, so inputs over {full_up_to} tokens would "
+                "not match the model. Set model.config.attention_type = 'original_full' before logging "
+                f"(exact at every length), or log it with a tokenizer whose model_max_length <= {full_up_to}"
+            )
+    return None
+
+
+def check_exportable(source: SourceModel, wrapper: Any, args: Tuple[Any, ...]) -> None:
+    """Refuse, with a precise ``ExportError``, a model a trace cannot represent: one whose code path
+    depends on the sequence length, or one that cannot run its task from the text inputs alone (run
+    eagerly once on the export inputs, instead of failing deep in a tracer)."""
+    torch = require("torch")
+    arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(source.model).__name__
+    why = length_dependent_path(source)
+    if why:
+        raise ExportError(f"{arch} cannot be exported with dynamic sequence length: {why}.")
+    try:
+        with torch.no_grad():
+            wrapper(*args)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if getattr(source.model.config, "is_encoder_decoder", False):
+            raise ExportError(
+                f"{arch}'s forward needs decoder inputs (decoder_input_ids) that a {source.spec.name} request "
+                f"does not carry; it fails on {', '.join(source.input_names)} alone ({reason}). "
+                "Encoder-decoder models export for text-classification, whose head derives its decoder "
+                "inputs from input_ids."
+            ) from exc
+        raise ExportError(
+            f"{arch} cannot run {source.spec.name} from the inputs {', '.join(source.input_names)} alone "
+            f"({reason}); it cannot be exported for this task."
+        ) from exc

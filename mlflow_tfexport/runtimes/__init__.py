@@ -22,6 +22,24 @@ _RUNNERS: Dict[str, str] = {
 }
 
 
+#: ``model_config`` keys every variant accepts at load time, with their defaults.
+BASE_MODEL_CONFIG: Dict[str, Any] = {"batch_size": 32}
+#: Extra keys per format (0 threads and "all" are onnxruntime's own defaults).
+FORMAT_MODEL_CONFIG: Dict[str, Dict[str, Any]] = {
+    Format.ONNX: {
+        "providers": [],
+        "intra_op_num_threads": 0,
+        "inter_op_num_threads": 0,
+        "graph_optimization_level": "all",
+    },
+}
+
+
+def default_model_config(fmt: str) -> Dict[str, Any]:
+    """The ``model_config`` written into a variant's pyfunc block (MLflow accepts only these keys)."""
+    return {**BASE_MODEL_CONFIG, **FORMAT_MODEL_CONFIG.get(fmt, {})}
+
+
 def load_runner(
     model_dir: str, flavor_conf: Mapping[str, Any], model_config: Mapping[str, Any] | None = None
 ) -> Runner:
@@ -37,4 +55,4 @@ def load_runner(
     return runner
 
 
-__all__ = ["Runner", "load_runner"]
+__all__ = ["Runner", "default_model_config", "load_runner"]

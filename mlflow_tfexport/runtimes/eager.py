@@ -53,7 +53,13 @@ def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> A
     spec = get_task(flavor_conf[FlavorKey.TASK])
     auto_cls = getattr(transformers, spec.auto_model)
     path = os.path.join(model_dir, flavor_conf[FlavorKey.MODEL_FILE])
-    return auto_cls.from_pretrained(path).eval()
+    model = auto_cls.from_pretrained(path).eval()
+    pad = flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
+    if getattr(model.config, "pad_token_id", 0) is None and pad is not None:
+        # Batches are padded with this id (GPT-2 has none of its own: its eos is used), and
+        # sequence classification needs it to find each row's last real token.
+        model.config.pad_token_id = int(pad)
+    return model
 
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> EagerRunner:

@@ -27,9 +27,9 @@ def default_providers(available: List[str]) -> List[str]:
 def session_options(ort: Any, config: Mapping[str, Any]) -> Any:
     """Build ``SessionOptions`` from a pyfunc ``model_config``."""
     options = ort.SessionOptions()
-    if config.get("intra_op_num_threads") is not None:
+    if config.get("intra_op_num_threads"):
         options.intra_op_num_threads = int(config["intra_op_num_threads"])
-    if config.get("inter_op_num_threads") is not None:
+    if config.get("inter_op_num_threads"):
         options.inter_op_num_threads = int(config["inter_op_num_threads"])
     level = config.get("graph_optimization_level")
     if level is not None:

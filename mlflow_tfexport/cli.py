@@ -1,0 +1,155 @@
+"""``mlflow-tfexport`` / ``python -m mlflow_tfexport``: a thin layer over the public API.
+
+Exit codes: 0 on success, 1 with a one-line reason on failure (the full
+traceback only with ``--verbose``), 2 for bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from mlflow_tfexport.constants import Format, Tag
+
+
+def _progress(stage: str, detail: str) -> None:
+    from mlflow_tfexport.exporting import STAGES
+
+    step = STAGES.index(stage) + 1 if stage in STAGES else 0
+    print(f"[{step}/{len(STAGES)}] {stage}: {detail}", file=sys.stderr, flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mlflow_tfexport.exporting import export
+
+    result = export(
+        args.model_uri,
+        format=args.format,
+        opset=args.opset,
+        trace_shape=args.trace_shape or None,
+        atol=args.atol,
+        registered_model_name=args.registered_model_name,
+        exporter=args.exporter,
+        neuron_target=args.neuron_target,
+        compiler_args=args.compiler_arg or (),
+        force=args.force,
+        progress=_progress,
+    )
+    if not result.created:
+        print(f"Already exported with these options: {result.model_uri} (use --force to export again)")
+        return 0
+    if result.report is not None:
+        print(result.report.to_text())
+    print(f"Registered {result.model_uri}")
+    return 0
+
+
+def variant_rows(name: str) -> List[Dict[str, str]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    escaped = name.replace("'", "\\'")
+    versions = sorted(client.search_model_versions(f"name = '{escaped}'"), key=lambda v: int(v.version))
+    aliases: Dict[str, List[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in versions:
+        tags = mv.tags or {}
+        rows.append(
+            {
+                "version": str(mv.version),
+                "format": tags.get(Tag.FORMAT, "-"),
+                "task": tags.get(Tag.TASK, "-"),
+                "opset": tags.get(Tag.OPSET, "-"),
+                "trace shape": tags.get(Tag.TRACE_SHAPE, "-"),
+                "atol": tags.get(Tag.ATOL, "-"),
+                "max diff": tags.get(Tag.MAX_ABS_DIFF, "-"),
+                "validation": tags.get(Tag.VALIDATION, "source" if tags.get(Tag.FORMAT) == Format.TRANSFORMERS else "-"),
+                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
+            }
+        )
+    return rows
+
+
+def render_table(rows: Sequence[Dict[str, str]]) -> str:
+    if not rows:
+        return "(no versions)"
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    lines = ["  ".join(h.ljust(widths[h]) for h in headers), "  ".join("-" * widths[h] for h in headers)]
+    lines += ["  ".join(r[h].ljust(widths[h]) for h in headers) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(render_table(variant_rows(args.name)))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from mlflow_tfexport.registry import promote
+
+    promote(args.name, args.version, args.alias)
+    print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlflow-tfexport",
+        description="Export logged Transformers models to ONNX, TorchScript or Neuron as registry versions.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a logged version and register the result as a new version")
+    p.add_argument("model_uri", help="e.g. models:/sentiment/1 or models:/sentiment@champion")
+    p.add_argument("--format", default=Format.ONNX, help="onnx (default), torchscript or neuron")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the task's)")
+    p.add_argument("--atol", type=str, default=None, help="validation tolerance (default: the task's)")
+    p.add_argument("--trace-shape", action="append", help="BATCHxSEQ for static formats; repeat for buckets")
+    p.add_argument("--registered-model-name", default=None, help="default: the source's registered model")
+    p.add_argument("--exporter", choices=["legacy", "dynamo"], default=None, help="ONNX exporter")
+    p.add_argument("--neuron-target", choices=["inf1", "inf2"], default=None)
+    p.add_argument("--compiler-arg", action="append", help="extra Neuron compiler argument (repeatable)")
+    p.add_argument("--force", action="store_true", help="export again even if this export exists")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("list", help="the versions (variants) of a registered model, as a table")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("promote", help="point an alias at a version whose validation passed")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--alias", default="production")
+    p.set_defaults(func=cmd_promote)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "atol", None) is not None:
+        try:
+            args.atol = float(args.atol)
+        except ValueError:
+            pass  # export() rejects it with the full message
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except Exception as exc:  # one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        print(f"error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+def _entry() -> Any:  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""TorchScript backend: ``torch.jit.trace`` of the export wrapper, one module per bucket.
+
+transformers 5 dropped the ``torchscript=True`` config flag, so this backend
+does its job itself: it traces the positional-tensors-in, tuple-out wrapper
+(``export/wrapper.py``) of a *deep copy* of the model whose tied embedding /
+LM-head weights have been untied, in eval mode, without gradients. The loaded
+source model is never modified, so the validation reference stays the model
+that was logged.
+
+Artifact layout: a folder ``torchscript/`` with one ``torch.jit.save`` file per
+bucket (``1x32.pt``, ``1x128.pt``) and the bucket list in the flavor block.
+One file per bucket rather than one scripted container module because (1) each
+bucket is a separate static-shape graph anyway (Neuron compiles each one
+separately, and this layout is shared with the Neuron backend), (2) a
+container would have to be ``torch.jit.script``-ed with a dispatch over a
+variable number of inputs and outputs, which works for neither Neuron SDK, and
+(3) the runner can load the buckets independently.
+
+The per-bucket compile step is ``StaticBackend.compile``: ``torch.jit.trace``
+here, the Neuron compiler in ``export/neuron.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import os
+import warnings
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from mlflow_tfexport._lazy import require
+from mlflow_tfexport.constants import FlavorKey, Format, Tag
+from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
+from mlflow_tfexport.export.wrapper import make_wrapper, untie_weights
+from mlflow_tfexport.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
+from mlflow_tfexport.tasks import BATCH, SEQUENCE, TaskSpec, dummy_inputs
+
+HOW_TO_PASS = (
+    "pass trace_shape=(batch, sequence), e.g. trace_shape=(1, 128), or several buckets, e.g. "
+    "trace_shape=['1x32', '1x128'] (CLI: --trace-shape 1x128, repeatable)"
+)
+
+
+def check_traceable(spec: TaskSpec, fmt: str) -> None:
+    """Every output needs a batch axis (and at most a sequence axis besides) so padding can be stripped."""
+    bad = [
+        o.name for o in spec.outputs
+        if BATCH not in o.axes.values() or any(name not in (BATCH, SEQUENCE) for name in o.axes.values())
+    ]
+    if bad or not spec.outputs:
+        raise ExportError(
+            f"Task {spec.name!r} cannot be exported to {fmt}: output(s) {bad or '(none)'} have dynamic axes "
+            f"{[dict(o.axes) for o in spec.outputs if o.name in bad]} that a static-shape trace cannot pad and "
+            "un-pad (only a batch axis and a sequence axis are supported). Use format='onnx' for this task."
+        )
+
+
+@contextlib.contextmanager
+def traceable_masks() -> Iterator[None]:
+    """Let ``torch.jit.trace`` record attention masks on transformers 4.5x.
+
+    With torch >= 2.6, transformers 4.5x builds 4D masks with ``torch.vmap``, which
+    the tracer cannot record ("unordered_map::at"); its own vmap-free builder
+    (``sdpa_mask_older_torch``) is swapped in while tracing. transformers 5 has no
+    such builder and needs nothing: this is then a no-op.
+    """
+    try:
+        mu = importlib.import_module("transformers.masking_utils")
+    except ImportError:
+        yield
+        return
+    older = getattr(mu, "sdpa_mask_older_torch", None)
+    current = getattr(mu, "sdpa_mask", None)
+    if older is None or current is None or current is older:
+        yield
+        return
+    mapping = getattr(getattr(mu, "ALL_MASK_ATTENTION_FUNCTIONS", None), "_global_mapping", None)
+    swap_mapping = isinstance(mapping, dict) and mapping.get("sdpa") is current
+    mu.sdpa_mask = older
+    if swap_mapping:
+        mapping["sdpa"] = older  # type: ignore[index]
+    try:
+        yield
+    finally:
+        mu.sdpa_mask = current
+        if swap_mapping:
+            mapping["sdpa"] = current  # type: ignore[index]
+
+
+def trace_inputs(source: SourceModel, shape: Shape, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Inputs of exactly ``shape`` whose last row is padded, so the attention-mask path is traced
+    (a trace on an all-ones mask may drop the mask computation)."""
+    batch, seq = shape
+    pad = source.flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
+    feeds = dummy_inputs(
+        tuple(source.input_names), batch, seq, vocab_size=source.vocab_size, pad_token_id=pad, seed=seed
+    )
+    if "attention_mask" in feeds and seq > 1 and feeds["attention_mask"][-1].all():
+        keep = max(1, seq - max(1, seq // 4))
+        feeds["attention_mask"][-1, keep:] = 0
+        feeds["input_ids"][-1, keep:] = 0 if pad is None else int(pad)
+    return feeds
+
+
+class StaticBackend:
+    """Shared by the TorchScript and Neuron backends: checks, buckets, tracing, validation shapes."""
+
+    name = Format.TORCHSCRIPT
+    folder = TORCHSCRIPT_DIR
+
+    def check(self, options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> ExportOptions:
+        from mlflow_tfexport.exporting import MAX_BUCKETS
+
+        fmt = self.name
+        if not options.trace_shapes:
+            raise ExportError(f"format={fmt!r} traces static shapes and needs trace_shape: {HOW_TO_PASS}.")
+        if len(options.trace_shapes) > MAX_BUCKETS:
+            raise ExportError(
+                f"{len(options.trace_shapes)} trace shapes given; at most {MAX_BUCKETS} buckets are supported."
+            )
+        limit = int(source_conf[FlavorKey.MAX_LENGTH])
+        for shape in options.trace_shapes:
+            if len(shape) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in shape):
+                raise ExportError(f"trace_shape {shape!r} must be two positive integers (batch, sequence).")
+            if shape[1] > limit:
+                raise ExportError(
+                    f"trace_shape {shape_name(shape)} has sequence {shape[1]}, longer than the model's maximum of "
+                    f"{limit} tokens (max_length of {source_conf.get(FlavorKey.ARCHITECTURE)}). Use a sequence "
+                    f"<= {limit}, e.g. '1x{limit}'."
+                )
+        if options.opset is not None or options.exporter is not None:
+            raise ExportError(f"opset and exporter apply to format='onnx' only; drop them for format={fmt!r}.")
+        if options.optimize or options.quantize:
+            raise ExportError(f"optimize/quantize are not available for format={fmt!r}; export without them.")
+        check_traceable(spec, fmt)
+        return self.check_target(options)
+
+    def check_target(self, options: ExportOptions) -> ExportOptions:
+        if options.neuron_target is not None or options.compiler_args:
+            raise ExportError(
+                "neuron_target and compiler_args apply to format='neuron' only; drop them for format='torchscript'."
+            )
+        return options
+
+    def compile(self, module: Any, example_inputs: Tuple[Any, ...], options: ExportOptions) -> Any:
+        """One bucket: static-shape tensors in, a TorchScript module out."""
+        torch = require("torch")
+        return torch.jit.trace(module, example_inputs, check_trace=False)
+
+    def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
+        torch = require("torch")
+        names = source.input_names
+        model = copy.deepcopy(source.model)  # untie on a copy: the reference model stays as logged
+        untie_weights(model)
+        model.eval()
+        wrapper = make_wrapper(model, names, list(source.spec.output_names))
+        folder = os.path.join(staging_dir, self.folder)
+        os.makedirs(folder)
+        for i, shape in enumerate(options.trace_shapes):
+            feeds = trace_inputs(source, shape, seed=i)
+            args = tuple(torch.from_numpy(feeds[n]) for n in names)
+            try:
+                with torch.no_grad(), warnings.catch_warnings(), traceable_masks():
+                    warnings.simplefilter("ignore")  # TracerWarnings about Python control flow
+                    traced = self.compile(wrapper, args, options)
+                    out = traced(*args)
+            except ExportError:
+                raise
+            except Exception as exc:
+                raise ExportError(
+                    f"Tracing {source.flavor_conf.get(FlavorKey.ARCHITECTURE)} ({source.spec.name}) for "
+                    f"{self.name} at {shape_name(shape)} failed: the outputs "
+                    f"{list(source.spec.output_names)} could not be traced: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
+            self._check_outputs(out, source.spec, shape)
+            torch.jit.save(traced, os.path.join(folder, bucket_file(shape)))
+            del traced
+        largest = max(s for _, s in options.trace_shapes)
+        conf: Dict[str, Any] = {
+            FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes],
+            FlavorKey.MAX_LENGTH: min(largest, source.max_length),
+        }
+        tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
+        return self.artifact(source, options, conf, tags)
+
+    def artifact(
+        self, source: SourceModel, options: ExportOptions, conf: Dict[str, Any], tags: Dict[str, str]
+    ) -> ExportedArtifact:
+        return ExportedArtifact(model_file=self.folder, flavor_conf=conf, tags=tags)
+
+    def _check_outputs(self, out: Any, spec: TaskSpec, shape: Shape) -> None:
+        values = out if isinstance(out, (tuple, list)) else (out,)
+        kinds = [type(v).__name__ for v in values]
+        if len(values) != len(spec.outputs) or not all(hasattr(v, "shape") for v in values):
+            raise ExportError(
+                f"The traced {self.name} module at {shape_name(shape)} returned {kinds}, expected "
+                f"{len(spec.outputs)} tensor(s) {list(spec.output_names)}: the task's outputs cannot be traced."
+            )
+
+    def validation_shapes(self, options: ExportOptions) -> List[Shape]:
+        """Each traced shape, plus shapes that exercise padding and chunking through the real runner:
+        a batch larger than the bucket's (chunks + dummy rows) with a shorter sequence, and 1 token."""
+        shapes = set()
+        for b, s in options.trace_shapes:
+            shapes.add((b, s))
+            shapes.add((2 * b + 1, max(1, (2 * s) // 3)))
+        smallest = min(options.trace_shapes, key=lambda x: (x[1], x[0]))
+        shapes.add((smallest[0] + 1, 1))
+        return sorted(shapes, key=lambda x: (x[1], x[0]))
+
+
+def compiler_args_text(args: Sequence[str]) -> str:
+    return " ".join(args)
+
+
+BACKEND = StaticBackend()

@@ -1,0 +1,66 @@
+"""TorchScript runner: ``torch.jit.load`` of one traced module per bucket + the static runner.
+
+Imports torch and numpy only, never transformers. Runs on Python 3.10 and
+torch 1.13 as well (the Neuron runner reuses it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from mlflow_tfexport._lazy import require
+from mlflow_tfexport.runtimes.static import BucketFn, Shape, StaticRunner, bucket_paths, shape_name, static_runner
+
+
+def load_modules(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any) -> Dict[Shape, Any]:
+    """``torch.jit.load`` every bucket's module (on CPU; Neuron modules place themselves)."""
+    modules = {}
+    for shape, path in bucket_paths(model_dir, flavor_conf).items():
+        module = torch.jit.load(path, map_location="cpu")
+        module.eval()
+        modules[shape] = module
+    return modules
+
+
+def bucket_fn(modules: Mapping[Shape, Any], torch: Any) -> BucketFn:
+    def run(shape: Shape, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        with torch.no_grad():
+            out = modules[shape](*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        if not isinstance(out, (tuple, list)):
+            out = (out,)
+        return [o.detach().float().cpu().numpy() for o in out]
+
+    return run
+
+
+class TorchScriptRunner(StaticRunner):
+    """A ``StaticRunner`` over ``torch.jit`` modules; ``modules`` maps ``"1x128"`` to each module."""
+
+    modules: Dict[str, Any]
+
+    @property
+    def module(self) -> Any:
+        """The traced module when there is one bucket, else the ``{"BxS": module}`` dict."""
+        if len(self.modules) == 1:
+            return next(iter(self.modules.values()))
+        return self.modules
+
+
+def make_runner(
+    model_dir: str, flavor_conf: Mapping[str, Any], config: Mapping[str, Any], extra: Optional[Dict[str, Any]] = None
+) -> TorchScriptRunner:
+    torch = require("torch")
+    if config.get("torch_num_threads") is not None:
+        torch.set_num_threads(int(config["torch_num_threads"]))
+    modules = load_modules(model_dir, flavor_conf, torch)
+    runner = static_runner(
+        flavor_conf, bucket_fn(modules, torch), {"torch": str(torch.__version__), **(extra or {})}, TorchScriptRunner
+    )
+    runner.modules = {shape_name(s): m for s, m in modules.items()}
+    return runner
+
+
+def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> TorchScriptRunner:
+    return make_runner(model_dir, flavor_conf, config)

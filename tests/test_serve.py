@@ -1,0 +1,195 @@
+"""A real ``mlflow models serve`` process answers like the in-process pyfunc.
+
+Logs a tiny text-classification model to a fresh SQLite registry, starts
+``mlflow models serve -m models:/<name>/1 --env-manager local`` as a
+subprocess and talks HTTP to it: ``inputs``, ``dataframe_split`` and
+``dataframe_records`` payloads, params, and a bad payload that must be a 4xx
+with a message (and must not take the server down).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Iterator, List
+
+import mlflow
+import pytest
+import requests
+from tiny import tiny
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "served-sentiment"
+TEXTS = [
+    "I loved this film, the plot was great.",
+    "I hated this movie, the story was dull.",
+    "Paris is the capital of France.",
+]
+STARTUP_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate the server and every worker it started (its own process group)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: str, n: int = 4000) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+class Server:
+    def __init__(self, url: str, log_path: str) -> None:
+        self.url = url
+        self.log_path = log_path
+
+    def invoke(self, payload: Dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.url}/invocations", json=payload, timeout=60)
+
+    def log(self) -> str:
+        return _tail(self.log_path)
+
+
+@pytest.fixture
+def registered(tracking_uri: str) -> str:
+    model, tok = tiny("text-classification")
+    with mlflow.start_run():
+        info = mlflow.tfexport.log_model(  # type: ignore[attr-defined]
+            model, tokenizer=tok, name="model", registered_model_name=MODEL_NAME
+        )
+    assert info.registered_model_version == 1
+    return f"models:/{MODEL_NAME}/1"
+
+
+@pytest.fixture
+def server(registered: str, tracking_uri: str, tmp_path: Any) -> Iterator[Server]:
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
+    env.pop("MLFLOW_RUN_ID", None)
+    log_path = str(tmp_path / "serve.log")
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        registered,
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        "1",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(tmp_path),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{_tail(log_path)}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow models serve did not answer /ping in {STARTUP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}"
+                )
+            time.sleep(0.5)
+        yield Server(url, log_path)
+    finally:
+        _stop(proc)
+
+
+def _records(frame: Any) -> List[Dict[str, Any]]:
+    return [dict(r) for r in frame.to_dict(orient="records")]
+
+
+def _assert_same(served: List[Dict[str, Any]], expected: List[Dict[str, Any]]) -> None:
+    assert [r["label"] for r in served] == [r["label"] for r in expected]
+    for got, want in zip(served, expected, strict=True):
+        assert set(got) == {"label", "score"}
+        assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+
+
+def test_served_predictions_match_in_process_pyfunc(server: Server, registered: str) -> None:
+    expected = _records(mlflow.pyfunc.load_model(registered).predict(TEXTS))
+    assert len(expected) == len(TEXTS)
+
+    payloads: Dict[str, Dict[str, Any]] = {
+        "inputs": {"inputs": TEXTS},
+        "dataframe_split": {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
+        "dataframe_records": {"dataframe_records": [{"text": t} for t in TEXTS]},
+        "inputs+params": {"inputs": TEXTS, "params": {"batch_size": 1}},
+    }
+    for kind, payload in payloads.items():
+        response = server.invoke(payload)
+        assert response.status_code == 200, f"{kind}: {response.status_code} {response.text}\n{server.log()}"
+        body = response.json()
+        assert "predictions" in body, f"{kind}: {body}"
+        _assert_same(body["predictions"], expected)
+
+
+def _assert_client_error(response: requests.Response, server: Server, *, mentions: str = "") -> None:
+    assert 400 <= response.status_code < 500, f"{response.status_code} {response.text}\n{server.log()}"
+    body = response.json()
+    assert body.get("message"), body
+    assert mentions.lower() in body["message"].lower(), body["message"]
+
+
+def test_bad_payload_is_a_client_error_and_server_keeps_serving(server: Server) -> None:
+    # Non-text values are rejected by the model's input check, with its message.
+    _assert_client_error(server.invoke({"inputs": [1, 2]}), server, mentions="expected text")
+    _assert_client_error(
+        server.invoke({"dataframe_split": {"columns": ["text"], "data": [[1], [2]]}}), server, mentions="expected text"
+    )
+    _assert_client_error(server.invoke({"dataframe_records": [{"text": 1}, {"text": 2}]}), server, mentions="text")
+    # Structurally wrong payloads are client errors too, not server errors.
+    _assert_client_error(server.invoke({"inputs": {"text": [1, 2]}}), server)
+    _assert_client_error(server.invoke({"inputs": [{"a": 1}]}), server)
+    _assert_client_error(server.invoke({"inputs": ["a"], "params": {"truncation": "not-a-bool"}}), server)
+
+    assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+    response = server.invoke({"inputs": TEXTS[:1]})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1

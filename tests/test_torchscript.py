@@ -1,0 +1,251 @@
+"""TorchScript variants: trace, buckets, validation, registration and serving, on a real SQLite registry.
+
+One source model and one two-bucket export per module (exports take seconds);
+every bad-input test checks that the registry is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from typing import Any, Dict, Iterator
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+from tiny import CORPUS, tiny
+
+import mlflow_tfexport
+from mlflow_tfexport.constants import FlavorKey, Tag
+from mlflow_tfexport.errors import BadInputError, ExportError
+from mlflow_tfexport.runtimes import load_runner
+from mlflow_tfexport.runtimes.eager import EagerRunner
+from mlflow_tfexport.runtimes.static import StaticRunner, pick_bucket
+from mlflow_tfexport.tasks import BATCH, SEQUENCE, TASKS, OutputSpec, dummy_inputs
+
+NAME = "ts-sentiment"
+FEATURES = "ts-features"
+TRACE = ["1x8", "1x32"]  # tiny BERT: max_length 64
+LONG_TEXT = " ".join(["the film was really very good and the actors were great"] * 12)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
+    """A SQLite registry with a text-classification source (v1) and its TorchScript export (v2),
+    plus a feature-extraction source with a 2-row-bucket export."""
+    root = tmp_path_factory.mktemp("ts-registry")
+    old_cwd, old_uri = os.getcwd(), mlflow.get_tracking_uri()
+    os.chdir(root)
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        model, tok = tiny("text-classification")
+        with mlflow.start_run():
+            mlflow_tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
+        result = mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape=TRACE)
+        fmodel, ftok = tiny("feature-extraction")
+        with mlflow.start_run():
+            mlflow_tfexport.log_model(fmodel, tokenizer=ftok, registered_model_name=FEATURES)
+        features = mlflow_tfexport.export(f"models:/{FEATURES}/1", format="torchscript", trace_shape=["2x8", "2x16"])
+        yield {"uri": uri, "root": str(root), "result": result, "model": model, "features": features,
+               "feature_model": fmodel}
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(old_uri)
+        mlflow.set_registry_uri(old_uri)
+        os.chdir(old_cwd)
+
+
+def versions(name: str = NAME) -> int:
+    return len(MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
+def test_export_registers_tagged_version(registry: Dict[str, Any]) -> None:
+    result = registry["result"]
+    assert result.created and str(result.model_version.version) == "2"
+    tags = MlflowClient().get_model_version(NAME, "2").tags
+    assert tags[Tag.FORMAT] == "torchscript"
+    assert tags[Tag.TRACE_SHAPE] == "1x8,1x32"
+    assert tags[Tag.VALIDATION] == "passed"
+    assert tags[Tag.SOURCE] == f"models:/{NAME}/1"
+    assert float(tags[Tag.MAX_ABS_DIFF]) <= float(tags[Tag.ATOL])
+    # validated at each traced shape and at shapes that need chunking and padding
+    validated = tags[Tag.VALIDATED_SHAPE].split(",")
+    assert {"1x8", "1x32", "3x21"} <= set(validated)
+    assert "1x8" in result.model_version.description and "✓" in result.model_version.description
+
+
+def test_variant_files_and_flavor_block(registry: Dict[str, Any], tmp_path: Any) -> None:
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
+    conf = mlflow_tfexport.serving.read_flavor_conf(local)
+    assert conf[FlavorKey.FORMAT] == "torchscript"
+    assert conf[FlavorKey.TRACE_SHAPES] == [[1, 8], [1, 32]]
+    assert conf[FlavorKey.MAX_LENGTH] == 32  # the largest bucket, not the model's 64
+    assert sorted(os.listdir(os.path.join(local, conf[FlavorKey.MODEL_FILE]))) == ["1x32.pt", "1x8.pt"]
+    requirements = open(os.path.join(local, "requirements.txt")).read()
+    assert "torch==" in requirements and "transformers" not in requirements
+    report = json.load(open(os.path.join(local, "validation.json")))
+    assert report["passed"] is True
+
+
+def test_round_trip_predictions_equal_eager_source(registry: Dict[str, Any]) -> None:
+    source = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    variant = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
+    texts = list(CORPUS[:7]) + ["ok", ""]
+    expected, got = source.predict(texts), variant.predict(texts)
+    assert list(got["label"]) == list(expected["label"])
+    np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
+    native = mlflow_tfexport.load_model(f"models:/{NAME}/2")
+    assert set(native.model) == {"1x8", "1x32"}
+
+
+def test_longer_than_largest_bucket_is_truncated_or_rejected(registry: Dict[str, Any]) -> None:
+    variant = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
+    assert len(variant.predict([LONG_TEXT])) == 1  # truncated to 32 tokens
+    with pytest.raises(BadInputError, match="maximum of 32 tokens"):
+        variant.predict([LONG_TEXT], params={"truncation": False})
+
+
+@pytest.mark.parametrize("name", [NAME, FEATURES])
+def test_bucketing_matches_eager_for_every_batch_and_length(registry: Dict[str, Any], tmp_path: Any,
+                                                            name: str) -> None:
+    """Batch 1..2x the trace batch, 1 token to the largest bucket, through the real runner."""
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/2", dst_path=str(tmp_path))
+    conf = mlflow_tfexport.serving.read_flavor_conf(local)
+    runner = load_runner(local, conf, {})
+    assert isinstance(runner, StaticRunner)
+    model = registry["model"] if name == NAME else registry["feature_model"]
+    eager = EagerRunner(model, conf[FlavorKey.INPUT_NAMES], runner.output_names)
+    trace_batch = max(b for b, _ in runner.buckets)
+    largest = runner.max_length
+    for batch in range(1, 2 * trace_batch + 2):
+        for length in (1, 2, 7, 8, 9, largest - 1, largest):
+            feeds = dummy_inputs(tuple(conf[FlavorKey.INPUT_NAMES]), batch, length, vocab_size=100,
+                                 pad_token_id=0, seed=batch * 100 + length)
+            want, got = eager.run(feeds), runner.run(feeds)
+            for out in runner.output_names:
+                assert got[out].shape == want[out].shape, (batch, length, out)
+                np.testing.assert_allclose(got[out], want[out], atol=1e-4, err_msg=f"{batch}x{length}")
+    assert all(n > 0 for n in runner.calls.values())  # every bucket was used
+    too_long = dummy_inputs(tuple(conf[FlavorKey.INPUT_NAMES]), 1, largest + 1, vocab_size=100, pad_token_id=0)
+    with pytest.raises(BadInputError, match="longer than the largest traced shape"):
+        runner.run(too_long)
+    empty = runner.run({k: v[:0] for k, v in too_long.items()})
+    assert all(v.shape[0] == 0 for v in empty.values())
+
+
+def test_pick_bucket() -> None:
+    buckets = [(1, 32), (4, 32), (1, 128)]
+    assert pick_bucket(buckets, 1, 20) == (1, 32)
+    assert pick_bucket(buckets, 3, 20) == (4, 32)
+    assert pick_bucket(buckets, 9, 32) == (4, 32)  # chunks of 4
+    assert pick_bucket(buckets, 2, 33) == (1, 128)
+    with pytest.raises(BadInputError):
+        pick_bucket(buckets, 1, 129)
+
+
+def test_static_runner_strips_padding_by_output_axes() -> None:
+    """Outputs echo the padded inputs, so stripping is checked exactly and without a model."""
+    seen = []
+
+    def run_bucket(shape: Any, arrays: Any) -> Any:
+        ids, mask = arrays
+        assert ids.shape == shape and ids.dtype == np.int64
+        seen.append(shape)
+        return [ids.astype(np.float32)[:, :, None].repeat(2, axis=2), ids[:, :1].astype(np.float32)]
+
+    outputs = (OutputSpec("per_token", {0: BATCH, 1: SEQUENCE}), OutputSpec("per_row", {0: BATCH}))
+    runner = StaticRunner([(2, 4), (2, 8)], run_bucket, input_names=["input_ids", "attention_mask"],
+                          outputs=outputs, pad_token_id=7)
+    ids = np.arange(1, 16, dtype=np.int64).reshape(5, 3)
+    got = runner.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    assert seen == [(2, 4)] * 3
+    np.testing.assert_array_equal(got["per_token"][:, :, 0], ids)
+    np.testing.assert_array_equal(got["per_row"][:, 0], ids[:, 0])
+
+
+def test_serving_runtime_does_not_import_transformers(registry: Dict[str, Any], tmp_path: Any) -> None:
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
+    code = textwrap.dedent(
+        f"""
+        import sys, mlflow.pyfunc
+        model = mlflow.pyfunc.load_model({local!r})
+        print(model.predict(["I loved this film"])["label"][0])
+        bad = sorted(m for m in sys.modules if m == "transformers" or m.startswith("transformers."))
+        assert not bad, bad
+        assert "torch" in sys.modules
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+# --- bad input: a clear error each, nothing registered -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trace_shape", "match"),
+    [
+        (None, "needs trace_shape"),
+        ("0x8", "must be positive"),
+        ((1, -8), "must be positive"),
+        ("1.5x8", "must be two integers"),
+        ((1, 8.0), "must hold integers"),
+        ("1x65", "longer than the model's maximum of 64"),
+        ([f"1x{n}" for n in range(1, 10)], "at most 8 buckets"),
+        ("8", "BATCHxSEQUENCE"),
+    ],
+)
+def test_bad_trace_shapes_register_nothing(registry: Dict[str, Any], trace_shape: Any, match: str) -> None:
+    before = versions()
+    with pytest.raises(ExportError, match=match):
+        mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape=trace_shape, force=True)
+    assert versions() == before
+
+
+def test_neuron_options_on_torchscript_are_rejected(registry: Dict[str, Any]) -> None:
+    before = versions()
+    with pytest.raises(ExportError, match="format='neuron' only"):
+        mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", neuron_target="inf1")
+    assert versions() == before
+
+
+def test_task_with_untraceable_output_axes_is_rejected(registry: Dict[str, Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = TASKS["text-classification"]
+    monkeypatch.setitem(TASKS, "text-classification",
+                        replace(spec, outputs=(OutputSpec("logits", {0: BATCH, 1: "num_choices"}),)))
+    before = versions()
+    with pytest.raises(ExportError, match="cannot be exported to torchscript"):
+        mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", force=True)
+    assert versions() == before
+
+
+def test_task_whose_outputs_cannot_be_traced_is_rejected(registry: Dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = TASKS["text-classification"]
+    monkeypatch.setitem(TASKS, "text-classification",
+                        replace(spec, outputs=spec.outputs + (OutputSpec("hidden_states", {0: BATCH}),)))
+    before = versions()
+    with pytest.raises(ExportError, match="could not be traced"):
+        mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", force=True)
+    assert versions() == before
+
+
+def test_reexport_is_idempotent(registry: Dict[str, Any]) -> None:
+    again = mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x32,1x8")
+    assert not again.created and str(again.model_version.version) == "2"
+
+
+def test_mlmodel_is_plain_yaml(registry: Dict[str, Any], tmp_path: Any) -> None:
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
+    mlmodel = yaml.safe_load(open(os.path.join(local, "MLmodel")))
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tfexport.serving"
