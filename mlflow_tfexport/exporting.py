@@ -79,8 +79,10 @@ def parse_trace_shapes(trace_shape: TraceShapeArg) -> Tuple[Shape, ...]:
         return ()
     if isinstance(trace_shape, str):
         items: List[Any] = [s for s in trace_shape.split(",") if s.strip()]
-    elif isinstance(trace_shape, tuple) and len(trace_shape) == 2 and all(isinstance(v, int) for v in trace_shape):
-        items = [trace_shape]
+    elif isinstance(trace_shape, (tuple, list)) and len(trace_shape) == 2 and all(
+        isinstance(v, (int, float)) for v in trace_shape
+    ):  # one (batch, sequence) pair; its values are checked by _shape
+        items = [tuple(trace_shape)]
     else:
         items = list(trace_shape)
     shapes = sorted({_shape(s.strip() if isinstance(s, str) else s) for s in items}, key=lambda s: (s[1], s[0]))

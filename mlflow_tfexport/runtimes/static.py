@@ -165,14 +165,18 @@ class StaticRunner:
         }
 
     def _empty(self, sequence: int) -> Dict[str, np.ndarray]:
-        """Zero rows in, zero rows out, with the right trailing dimensions."""
-        probe = {n: np.full((1, max(1, sequence)), self._pad_value(n), dtype=np.int64) for n in self.input_names}
+        """Zero rows in, zero rows out, with the right trailing dimensions (probed on one row)."""
+        probe = {n: np.full((1, 1), self._pad_value(n), dtype=np.int64) for n in self.input_names}
         if "attention_mask" in probe:
             probe["attention_mask"] = np.ones_like(probe["attention_mask"])
         out = self.run(probe)
-        return {
-            spec.name: np.take(out[spec.name], np.arange(0), axis=_batch_axis(spec)) for spec in self.outputs
-        }
+        empty = {}
+        for spec in self.outputs:
+            shape = list(out[spec.name].shape)
+            for axis, name in spec.axes.items():
+                shape[axis] = 0 if name == BATCH else sequence
+            empty[spec.name] = np.zeros(shape, dtype=out[spec.name].dtype)
+        return empty
 
     def describe(self) -> Dict[str, Any]:
         return {"buckets": [shape_name(b) for b in self.buckets], **self._describe}
