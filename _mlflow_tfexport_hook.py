@@ -94,7 +94,7 @@ def install() -> None:
         return
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None and not hasattr(mlflow, "tfexport"):
-        mlflow.tfexport = _LazyModule(ALIAS)
+        mlflow.tfexport = _LazyModule(ALIAS)  # type: ignore[attr-defined]
     sys.meta_path.insert(0, _Finder())
 
 

@@ -33,6 +33,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         atol=args.atol,
         registered_model_name=args.registered_model_name,
         exporter=args.exporter,
+        optimize=args.optimize,
+        quantize=args.quantize,
+        min_agreement=args.min_agreement,
         neuron_target=args.neuron_target,
         compiler_args=args.compiler_arg or (),
         force=args.force,
@@ -82,6 +85,7 @@ def render_table(rows: Sequence[Dict[str, str]]) -> str:
     widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
     lines = ["  ".join(h.ljust(widths[h]) for h in headers), "  ".join("-" * widths[h] for h in headers)]
     lines += ["  ".join(r[h].ljust(widths[h]) for h in headers) for r in rows]
+    lines = [line.rstrip() for line in lines]
     return "\n".join(lines)
 
 
@@ -98,6 +102,45 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import contextlib
+    import logging
+
+    import mlflow
+
+    from mlflow_tfexport import worker
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    if args.poll:
+        jobs = worker.ExportWorker(threads=args.threads).start()
+        try:
+            queued = worker.poll(jobs, interval_s=args.interval, once=args.once)
+        except KeyboardInterrupt:
+            queued = 0
+        finally:
+            jobs.stop()
+        if args.once:
+            print(f"Handled {queued} pending request(s)")
+        return 0
+    secret = args.secret or os.environ.get(worker.SECRET_ENV)
+    if not secret:
+        print(f"error: a webhook secret is required: --secret or {worker.SECRET_ENV} (or use --poll)",
+              file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        worker.serve(secret=secret, host=args.host, port=args.port, tolerance_s=args.tolerance,
+                     threads=args.threads, certfile=args.certfile, keyfile=args.keyfile)
+    return 0
+
+
+def _optional_int(value: str) -> Optional[int]:
+    """An int, or None for an empty string (MLproject parameters default to "")."""
+    return int(value) if value.strip() else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlflow-tfexport",
@@ -109,11 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a logged version and register the result as a new version")
     p.add_argument("model_uri", help="e.g. models:/sentiment/1 or models:/sentiment@champion")
     p.add_argument("--format", default=Format.ONNX, help="onnx (default), torchscript or neuron")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the task's)")
+    p.add_argument("--opset", type=_optional_int, default=None, help="ONNX opset (default: the task's)")
     p.add_argument("--atol", type=str, default=None, help="validation tolerance (default: the task's)")
     p.add_argument("--trace-shape", action="append", help="BATCHxSEQ for static formats; repeat for buckets")
     p.add_argument("--registered-model-name", default=None, help="default: the source's registered model")
     p.add_argument("--exporter", choices=["legacy", "dynamo"], default=None, help="ONNX exporter")
+    p.add_argument("--optimize", action="store_true",
+                   help="ONNX: fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="ONNX: dynamic int8 quantisation")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="with --quantize: label agreement with the source required by validation (default 0.9)")
     p.add_argument("--neuron-target", choices=["inf1", "inf2"], default=None)
     p.add_argument("--compiler-arg", action="append", help="extra Neuron compiler argument (repeatable)")
     p.add_argument("--force", action="store_true", help="export again even if this export exists")
@@ -128,6 +176,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("--alias", default="production")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "worker",
+        help="run exports asked for with the tfexport.request tag (registry webhooks, or --poll)",
+        description="Receive MLflow registry webhooks (model_version_tag.set) on POST /webhook, or poll the "
+        "registry, and export the versions whose tfexport.request tag asks for it (e.g. 'onnx', "
+        "'torchscript:1x128', 'onnx,torchscript:1x32+1x128'). The outcome is written back as the "
+        "tfexport.request.status tag of the version.",
+    )
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    p.add_argument("--secret", default=None,
+                   help="the webhook's HMAC secret (default: $MLFLOW_TFEXPORT_WEBHOOK_SECRET; prefer the variable)")
+    p.add_argument("--tolerance", type=float, default=300,
+                   help="refuse deliveries signed more than this many seconds ago (default 300)")
+    p.add_argument("--certfile", default=None, help="TLS certificate (PEM): serve https")
+    p.add_argument("--keyfile", default=None, help="TLS private key (PEM), if not in --certfile")
+    p.add_argument("--threads", type=int, default=1, help="exports run at once (default 1)")
+    p.add_argument("--poll", action="store_true", help="poll the registry for requests instead of webhooks")
+    p.add_argument("--interval", type=float, default=30, help="seconds between polls (default 30)")
+    p.add_argument("--once", action="store_true", help="with --poll: one pass, wait for its exports, exit")
+    p.set_defaults(func=cmd_worker)
+    __import__("mlflow_tfexport.bench", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
@@ -135,6 +207,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "trace_shape", None) is not None:
+        args.trace_shape = [s for s in args.trace_shape if s.strip()] or None
+    if getattr(args, "atol", None) is not None and not str(args.atol).strip():
+        args.atol = None
     if getattr(args, "atol", None) is not None:
         try:
             args.atol = float(args.atol)

@@ -71,8 +71,17 @@ class Tag:
     NEURON_TARGET = "tfexport.neuron_target"
     OPTIMIZED = "tfexport.optimized"
     QUANTIZED = "tfexport.quantized"
+    LABEL_AGREEMENT = "tfexport.label_agreement"
+    MIN_AGREEMENT = "tfexport.min_agreement"
+    BENCH_P50_MS = "tfexport.bench.p50_ms"
+    BENCH_P99_MS = "tfexport.bench.p99_ms"
+    BENCH_BATCH = "tfexport.bench.batch"
+    BENCH_SEQ_LEN = "tfexport.bench.seq_len"
+    BENCH_ITERATIONS = "tfexport.bench.iterations"
+    BENCH_MACHINE = "tfexport.bench.machine"
     REQUEST = "tfexport.request"
     REQUEST_STATUS = "tfexport.request.status"
+    REQUEST_HANDLED = "tfexport.request.handled"  # the request value the status answers (set by the worker)
 
 
 VALIDATION_PASSED = "passed"

@@ -10,12 +10,13 @@ registry as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -38,6 +39,7 @@ from mlflow_tfexport.tasks import get_task
 from mlflow_tfexport.validate import ValidationReport, raise_for_failures, validate
 
 STAGES = ("load", "export", "validate", "log", "register")
+_BACKEND_LOCK = threading.Lock()  # exports in threads of one process (the worker, tests) take turns
 MAX_BUCKETS = 8
 Progress = Callable[[str, str], None]
 TraceShapeArg = Union[None, str, Tuple[int, int], Sequence[Union[str, Tuple[int, int]]]]
@@ -83,8 +85,9 @@ def parse_trace_shapes(trace_shape: TraceShapeArg) -> Tuple[Shape, ...]:
         isinstance(v, (int, float)) for v in trace_shape
     ):  # one (batch, sequence) pair; its values are checked by _shape
         items = [tuple(trace_shape)]
-    else:
-        items = list(trace_shape)
+    else:  # a list of shapes; a string in it may itself hold several ("1x32,1x128", as from the CLI)
+        items = [p for s in trace_shape for p in (s.split(",") if isinstance(s, str) else [s])
+                 if not isinstance(p, str) or p.strip()]
     shapes = sorted({_shape(s.strip() if isinstance(s, str) else s) for s in items}, key=lambda s: (s[1], s[0]))
     if len(shapes) > MAX_BUCKETS:
         raise ExportError(f"{len(shapes)} trace shapes given; at most {MAX_BUCKETS} buckets are supported.")
@@ -129,31 +132,34 @@ def _noop(stage: str, detail: str) -> None:
     return None
 
 
+# MLflow's UI renders markdown tables without cell padding (its sanitizer drops style attributes):
+# an em space after each cell keeps the columns, their headers in particular, from running together.
+UI_CELL_GAP = "&emsp;"
+
+
 def describe(fmt: str, source: ResolvedSource, options: ExportOptions, report: ValidationReport) -> str:
     what = {Format.ONNX: f"ONNX (opset {options.opset}, dynamic batch and sequence)"}.get(
         fmt, f"{fmt} (trace shapes {', '.join(f'{b}x{s}' for b, s in options.trace_shapes)})"
     )
     return (
-        f"**{what}** export of `{source.canonical_uri}` "
+        # Plain first words: the registry's versions table previews the description's raw text.
+        f"{what} export of `{source.canonical_uri}` "
         f"({source.flavor_conf[FlavorKey.TASK]}, {source.flavor_conf.get(FlavorKey.ARCHITECTURE)}).\n\n"
         f"Validated against the eager model on padded batches: **{'passed' if report.passed else 'failed'}**, "
-        f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g}).\n\n" + report.to_markdown()
+        f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g}).\n\n" + report.to_markdown(gap=UI_CELL_GAP)
     )
 
 
 def load_source_model(source: ResolvedSource) -> SourceModel:
-    return _load_source(source.local_path, source.flavor_conf)
-
-
-def _load_source(local_path: str, flavor_conf: Dict[str, Any]) -> SourceModel:
     from mlflow_tfexport.runtimes.eager import load_transformers_model
 
-    model = load_transformers_model(local_path, flavor_conf)
-    return SourceModel(model, get_task(flavor_conf[FlavorKey.TASK]), flavor_conf, local_path)
+    model = load_transformers_model(source.local_path, source.flavor_conf)
+    return SourceModel(model, get_task(source.flavor_conf[FlavorKey.TASK]), source.flavor_conf, source.local_path)
 
 
 def run_validation(
-    source: SourceModel, staging: str, conf: Dict[str, Any], shapes: Sequence[Shape], atol: float
+    source: SourceModel, staging: str, conf: Dict[str, Any], shapes: Sequence[Shape], atol: float,
+    options: Optional[ExportOptions] = None,
 ) -> ValidationReport:
     from mlflow_tfexport.export.wrapper import source_inputs
     from mlflow_tfexport.runtimes import load_runner
@@ -162,6 +168,11 @@ def run_validation(
     reference = EagerRunner(source.model, source.input_names, source.spec.output_names)
     exported = load_runner(staging, conf, {})
     feeds = [source_inputs(source, b, s, seed=1000 + i) for i, (b, s) in enumerate(shapes)]
+    if options is not None and options.quantize:  # a quantised model is checked at task level
+        from mlflow_tfexport.export.onnx_optimize import validate_quantized
+
+        return validate_quantized(reference.run, exported.run, feeds, source.spec.outputs, source.spec.name,
+                                  atol, options.min_agreement, options.quantize)
     return validate(reference.run, exported.run, feeds, source.spec.output_names, atol)
 
 
@@ -176,15 +187,14 @@ class StagedExport:
 
 
 def stage_export(
-    source_dir: str,
-    source_conf: Dict[str, Any],
+    source: ResolvedSource,
     backend: Any,
     options: ExportOptions,
     tolerance: float,
     staging: str,
     say: Progress = _noop,
 ) -> StagedExport:
-    """Load the source in ``source_dir``, export it into ``staging`` (model file + tokenizer) and validate it.
+    """Load ``source``, export it into ``staging`` (model file + tokenizer) and validate it.
 
     ``options`` must already be completed by ``backend.check``. Never raises on a validation
     mismatch: the report says so, and the caller decides.
@@ -192,18 +202,20 @@ def stage_export(
     import shutil
 
     started = time.perf_counter()
-    loaded = _load_source(source_dir, source_conf)
+    loaded = load_source_model(source)
     say("export", options.format)
-    artifact = backend.export(loaded, options, staging)
+    with _BACKEND_LOCK:  # torch.onnx.export / tracing keep process-global state: one export at a time
+        artifact = backend.export(loaded, options, staging)
     shutil.copytree(
-        os.path.join(source_dir, source_conf[FlavorKey.TOKENIZER_DIR]), os.path.join(staging, TOKENIZER_DIR)
+        os.path.join(source.local_path, source.flavor_conf[FlavorKey.TOKENIZER_DIR]),
+        os.path.join(staging, TOKENIZER_DIR),
     )
-    conf = {k: v for k, v in source_conf.items() if k != "code"}
+    conf = {k: v for k, v in source.flavor_conf.items() if k != "code"}
     conf.update({FlavorKey.FORMAT: options.format, FlavorKey.MODEL_FILE: artifact.model_file,
                  FlavorKey.TOKENIZER_DIR: TOKENIZER_DIR, **artifact.flavor_conf})
     export_seconds = time.perf_counter() - started
     say("validate", f"atol {tolerance:g}")
-    report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance)
+    report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options)
     return StagedExport(conf, artifact, report, export_seconds)
 
 
@@ -245,14 +257,16 @@ def export_to_directory(
     if os.path.exists(path) and os.listdir(path):
         raise ExportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     with tempfile.TemporaryDirectory(prefix="tfexport-") as staging:
-        staged = stage_export(source_dir, source_conf, backend, options, tolerance, staging)
+        signature = Model.load(os.path.join(source_dir, "MLmodel")).signature
+        source = ResolvedSource(source_dir, source_dir, source_conf, signature, None, None, None, None)
+        staged = stage_export(source, backend, options, tolerance, staging)
         raise_for_failures(staged.report, f"the {format} export of {source_dir}")
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
             f.write(staged.report.to_json())
         variant.save_model(
             path, staged_dir=staging, flavor_conf=staged.conf,
             requirements=staged.artifact.requirements or default_requirements(format),
-            signature=Model.load(os.path.join(source_dir, "MLmodel")).signature,
+            signature=source.signature,
             python_version=staged.artifact.python_version, extra_index_urls=staged.artifact.extra_index_urls,
         )
     return staged.conf, staged.report
@@ -269,6 +283,7 @@ def export(
     exporter: Optional[str] = None,
     optimize: bool = False,
     quantize: Optional[str] = None,
+    min_agreement: Optional[float] = None,
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
     force: bool = False,
@@ -295,6 +310,7 @@ def export(
         exporter=exporter,
         optimize=bool(optimize),
         quantize=quantize,
+        min_agreement=min_agreement,
         neuron_target=neuron_target,
         compiler_args=tuple(compiler_args),
     )
@@ -342,67 +358,92 @@ def _export_new(
     say: Progress,
     force: bool = False,
 ) -> ExportResult:
-    from mlflow_tfexport import variant
-
     fmt = options.format
     staging = os.path.join(workdir, "staging")
     os.makedirs(staging)
     run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: key}
     if source.run_id:
         run_tags["tfexport.source_run_id"] = source.run_id
-    with mlflow.start_run(
-        experiment_id=_experiment_id(client, source),
-        run_name=f"export-{fmt}",
-        nested=mlflow.active_run() is not None,
-        tags=run_tags,
-    ) as run:
-        mlflow.log_params(
-            {"format": fmt, "opset": options.opset, "atol": tolerance, "source": source.canonical_uri,
-             "trace_shape": ",".join(f"{b}x{s}" for b, s in options.trace_shapes) or "dynamic",
-             "exporter": options.exporter}
+    with contextlib.ExitStack() as stack:
+        if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
+            # Inside `mlflow run`: the project's run is the parent of the export run.
+            stack.enter_context(mlflow.start_run())
+        parent = mlflow.active_run()
+        run = stack.enter_context(
+            mlflow.start_run(
+                experiment_id=parent.info.experiment_id if parent else _experiment_id(client, source),
+                run_name=f"export-{fmt}",
+                nested=parent is not None,
+                tags=run_tags,
+            )
         )
-        say("load", source.canonical_uri)
-        staged = stage_export(source.local_path, source.flavor_conf, backend, options, tolerance, staging, say)
-        conf, artifact, report, export_seconds = staged.conf, staged.artifact, staged.report, staged.export_seconds
-        report.extra.update({"format": fmt, "source": source.canonical_uri, "export_seconds": export_seconds})
-        mlflow.log_metrics({"max_abs_diff": report.max_abs_diff, "export_seconds": export_seconds})
-        mlflow.log_text(report.to_json(), VALIDATION_FILE)
-        raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
-        with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
-            f.write(report.to_json())
-        say("log", "model")
-        info = Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=variant,
-            staged_dir=staging,
-            flavor_conf=conf,
-            requirements=artifact.requirements or default_requirements(fmt),
-            signature=source.signature,
-            python_version=artifact.python_version,
-            extra_index_urls=artifact.extra_index_urls,
-        )
-        tags = {
-            Tag.FORMAT: fmt,
-            Tag.TASK: conf[FlavorKey.TASK],
-            Tag.ATOL: f"{tolerance:g}",
-            Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
-            Tag.VALIDATION: VALIDATION_PASSED,
-            Tag.VALIDATED_SHAPE: ",".join(f"{b}x{s}" for b, s in report.shapes),
-            Tag.SOURCE: source.canonical_uri,
-            Tag.EXPORT_KEY: key,
-            Tag.EXPORT_SECONDS: f"{export_seconds:.2f}",
-            Tag.VERSIONS: tool_versions(
-                ["mlflow-tfexport", "torch", "transformers", "onnx", "onnxruntime", "mlflow"]
-            ),
-            **artifact.tags,
-        }
-        say("register", name)
-        mv = register_version(name, info, tags=tags, description=describe(fmt, source, options, report),
-                              client=client)
-        if not force:
-            mv = _settle_duplicates(client, name, key, mv)
-        return ExportResult(mv, f"models:/{name}/{mv.version}", report, created=True, run_id=run.info.run_id)
+        return _export_in_run(client, backend, source, options, tolerance, key, name, staging, say, force, run)
+
+
+def _export_in_run(
+    client: MlflowClient,
+    backend: Any,
+    source: ResolvedSource,
+    options: ExportOptions,
+    tolerance: float,
+    key: str,
+    name: str,
+    staging: str,
+    say: Progress,
+    force: bool,
+    run: Any,
+) -> ExportResult:
+    from mlflow_tfexport import variant
+
+    fmt = options.format
+    mlflow.log_params(
+        {"format": fmt, "opset": options.opset, "atol": tolerance, "source": source.canonical_uri,
+         "trace_shape": ",".join(f"{b}x{s}" for b, s in options.trace_shapes) or "dynamic",
+         "exporter": options.exporter, "optimize": options.optimize, "quantize": options.quantize}
+    )
+    say("load", source.canonical_uri)
+    staged = stage_export(source, backend, options, tolerance, staging, say)
+    conf, artifact, report, export_seconds = staged.conf, staged.artifact, staged.report, staged.export_seconds
+    report.extra.update({"format": fmt, "source": source.canonical_uri, "export_seconds": export_seconds})
+    mlflow.log_metrics({"max_abs_diff": report.max_abs_diff, "export_seconds": export_seconds})
+    mlflow.log_text(report.to_json(), VALIDATION_FILE)
+    raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
+    with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
+        f.write(report.to_json())
+    say("log", "model")
+    info = Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=variant,
+        staged_dir=staging,
+        flavor_conf=conf,
+        requirements=artifact.requirements or default_requirements(fmt),
+        signature=source.signature,
+        python_version=artifact.python_version,
+        extra_index_urls=artifact.extra_index_urls,
+    )
+    tags = {
+        Tag.FORMAT: fmt,
+        Tag.TASK: conf[FlavorKey.TASK],
+        Tag.ATOL: f"{tolerance:g}",
+        Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
+        Tag.VALIDATION: VALIDATION_PASSED,
+        Tag.VALIDATED_SHAPE: ",".join(f"{b}x{s}" for b, s in report.shapes),
+        Tag.SOURCE: source.canonical_uri,
+        Tag.EXPORT_KEY: key,
+        Tag.EXPORT_SECONDS: f"{export_seconds:.2f}",
+        Tag.VERSIONS: tool_versions(
+            ["mlflow-tfexport", "torch", "transformers", "onnx", "onnxruntime", "mlflow"]
+        ),
+        **artifact.tags,
+        **report.tags,
+    }
+    say("register", name)
+    mv = register_version(name, info, tags=tags, description=describe(fmt, source, options, report),
+                          client=client)
+    if not force:
+        mv = _settle_duplicates(client, name, key, mv)
+    return ExportResult(mv, f"models:/{name}/{mv.version}", report, created=True, run_id=run.info.run_id)
 
 
 def _settle_duplicates(client: MlflowClient, name: str, key: str, mine: ModelVersion) -> ModelVersion:
@@ -413,6 +454,3 @@ def _settle_duplicates(client: MlflowClient, name: str, key: str, mine: ModelVer
         return same[0]
     return mine
 
-
-if sys.version_info < (3, 10):  # pragma: no cover
-    raise ImportError("mlflow-tfexport needs Python 3.10 or newer")

@@ -43,6 +43,13 @@ def _columns_from_mapping(data: Dict[str, Any], spec: TaskSpec) -> Dict[str, Lis
     return columns
 
 
+def _scalar(value: Any) -> Any:
+    """The scoring server hands record values over as 0-d arrays: unwrap them."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
 def _columns(data: Any, spec: TaskSpec) -> Dict[str, List[Any]]:
     try:
         import pandas as pd
@@ -71,7 +78,7 @@ def _columns(data: Any, spec: TaskSpec) -> Dict[str, List[Any]]:
             keys: List[str] = []
             for row in data:
                 keys.extend(k for k in row if k not in keys)
-            return {str(k): [row.get(k) for row in data] for k in keys}
+            return {str(k): [_scalar(row.get(k)) for row in data] for k in keys}
         return {"0": list(data)}
     raise BadInputError(
         f"Expected text: a string, a list of strings, a dict or a pandas DataFrame; "
@@ -81,7 +88,9 @@ def _columns(data: Any, spec: TaskSpec) -> Dict[str, List[Any]]:
 
 def _unwrap_single_row(columns: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
     """``{"question": [[q1, q2]]}`` (a dict of lists seen as one row) -> ``{"question": [q1, q2]}``."""
-    if columns and all(len(v) == 1 and isinstance(v[0], (list, tuple, np.ndarray)) for v in columns.values()):
+    if columns and all(
+        len(v) == 1 and isinstance(v[0], (list, tuple, np.ndarray)) and np.ndim(v[0]) >= 1 for v in columns.values()
+    ):
         return {k: list(v[0]) for k, v in columns.items()}
     return columns
 

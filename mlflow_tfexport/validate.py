@@ -42,6 +42,7 @@ class ValidationReport:
     atol: float
     checks: List[OutputCheck] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
+    tags: Dict[str, str] = field(default_factory=dict)  # registry tags the check adds (e.g. label agreement)
 
     @property
     def passed(self) -> bool:
@@ -83,17 +84,17 @@ class ValidationReport:
             )
         return "\n".join(lines)
 
-    def to_markdown(self) -> str:
-        rows = [
-            "| output | input shape | output shape | max abs diff | atol | ok |",
-            "|---|---|---|---|---|---|",
-        ]
+    def to_markdown(self, gap: str = "") -> str:
+        """A markdown table; ``gap`` (e.g. ``"&emsp;"``) is appended to every cell but the last column's."""
+
+        def row(*cells: str) -> str:
+            return "| " + " | ".join([c + gap for c in cells[:-1]] + [cells[-1]]) + " |"
+
+        rows = [row("output", "input shape", "output shape", "max abs diff", "atol", "ok"), "|---|---|---|---|---|---|"]
         for c in self.checks:
             diff = "n/a" if c.max_abs_diff is None else f"{c.max_abs_diff:.2e}"
-            rows.append(
-                f"| `{c.name}` | {c.input_shape[0]}x{c.input_shape[1]} | {'x'.join(map(str, c.shape))} "
-                f"| {diff} | {c.atol:g} | {c.mark} |"
-            )
+            rows.append(row(f"`{c.name}`", f"{c.input_shape[0]}x{c.input_shape[1]}", "x".join(map(str, c.shape)),
+                            diff, f"{c.atol:g}", c.mark))
         return "\n".join(rows)
 
 

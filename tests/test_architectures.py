@@ -169,13 +169,27 @@ class CellResult:
         return not self.passed and self.expected_error in self.detail
 
 
-def save_source(arch: Arch, task: str, root: str) -> str:
+def save_source(arch: Arch, task: str, root: str) -> Tuple[str, Any]:
     import mlflow_tfexport
 
     model, tok = build(arch, task)
     path = os.path.join(root, "source")
     mlflow_tfexport.save_model(model, path, tokenizer=tok, task=task)
-    return path
+    return path, model
+
+
+def validate_at_max_length(model: Any, source_dir: str, exported_dir: str, atol: float) -> None:
+    """The flavor's ``max_length`` is usable (position-offset architectures) and the export holds there."""
+    from mlflow_tfexport.export.base import SourceModel
+    from mlflow_tfexport.exporting import run_validation
+    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.tasks import get_task
+    from mlflow_tfexport.validate import raise_for_failures
+
+    conf = read_flavor_conf(source_dir)
+    source = SourceModel(model, get_task(conf["task"]), conf, source_dir)
+    report = run_validation(source, exported_dir, read_flavor_conf(exported_dir), [(2, source.max_length)], atol)
+    raise_for_failures(report, f"the export at max_length {source.max_length}")
 
 
 def compare_predictions(source_dir: str, exported_dir: str, task: str) -> None:
@@ -183,11 +197,11 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str) -> None:
     import numpy as np
     from mlflow.pyfunc import load_model
 
-    src = load_model(source_dir).predict(TEXTS)
-    got = load_model(exported_dir).predict(TEXTS)
+    src: Any = load_model(source_dir).predict(TEXTS)
+    got: Any = load_model(exported_dir).predict(TEXTS)
     if task == TC:
         assert list(got["label"]) == list(src["label"])
-        np.testing.assert_allclose(got["score"].to_numpy(), src["score"].to_numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(np.asarray(got["score"]), np.asarray(src["score"]), atol=1e-4, rtol=0)
     elif task == FE:
         np.testing.assert_allclose(np.asarray(got), np.asarray(src), atol=1e-4, rtol=0)
 
@@ -200,9 +214,10 @@ def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tfexport-arch-") as root:
         try:
-            source = save_source(arch, task, root)
+            source, model = save_source(arch, task, root)
             exported = os.path.join(root, "onnx")
             _, report = export_to_directory(source, exported, "onnx", exporter=exporter)
+            validate_at_max_length(model, source, exported, report.atol)
             if predictions and task == TC:
                 compare_predictions(source, exported, task)
             passed, detail = True, f"max abs diff {report.max_abs_diff:.1e} (atol {report.atol:g})"
@@ -214,7 +229,7 @@ def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: 
 
 # --------------------------------------------------------------------------- tests
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
 
 
 def _cell_id(cell: Tuple[str, str, str]) -> str:

@@ -56,7 +56,7 @@ def test_export_registers_a_tagged_validated_version(source: str) -> None:
     assert tags[Tag.SOURCE] == f"models:/{source}/1"
     assert len(tags[Tag.EXPORT_KEY]) == 32
     assert "torch==" in tags[Tag.VERSIONS] and "onnxruntime==" in tags[Tag.VERSIONS]
-    assert "| `logits` | 3x23 |" in mv.description and "✓" in mv.description
+    assert "| `logits`&emsp; | 3x23&emsp; |" in mv.description and "✓" in mv.description
     # The report is data, also stored as a JSON artifact of the export run.
     assert result.report is not None and result.report.passed
     run = mlflow.get_run(result.run_id)
@@ -286,3 +286,20 @@ def test_promote_refuses_a_failed_variant(source: str) -> None:
     with pytest.raises(TfexportError, match="Refusing to point @production"):
         promote(source, result.model_version.version, "production")
     assert MlflowClient().get_registered_model(source).aliases == {}
+
+
+@pytest.mark.slow
+def test_mlproject_export_entry_point(source: str, tracking_uri: str) -> None:
+    """`mlflow run . -e export -P model_uri=... -P format=onnx`: the export runs nested in the project's run."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", repo, "-e", "export", "--env-manager", "local",
+         "-P", f"model_uri=models:/{source}/1", "-P", "format=onnx"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    mv = MlflowClient().get_model_version(source, "2")
+    assert mv.tags[Tag.FORMAT] == "onnx"
+    export_run = mlflow.get_run(mv.run_id)
+    assert export_run.data.tags.get("mlflow.parentRunId")  # the project's run

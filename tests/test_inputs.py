@@ -300,3 +300,14 @@ def test_over_long_inputs_for_every_task(models: Dict[str, Any]) -> None:
     assert generated[0].startswith(LONG) and len(generated[0]) > len(LONG)
     with pytest.raises(MlflowException):
         models["text-generation"].predict([LONG], params={"truncation": False})
+
+
+def test_records_with_zero_d_array_values_are_unwrapped() -> None:
+    """``{"inputs": [{"text": ...}, ...]}`` reaches the model with 0-d arrays as values."""
+    from mlflow_tfexport.inputs import parse_text_input
+    from mlflow_tfexport.tasks import get_task
+
+    spec = get_task("text-classification")
+    many = [{"text": np.array("great film")}, {"text": np.array("dull")}]
+    assert parse_text_input(many, spec) == (["great film", "dull"], None)
+    assert parse_text_input([{"text": np.array("great film")}], spec) == (["great film"], None)

@@ -9,17 +9,12 @@ with a message (and must not take the server down).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from typing import Any, Dict, Iterator, List
 
 import mlflow
 import pytest
 import requests
+from servers import ScoringServer, models_serve
 from tiny import tiny
 
 pytestmark = pytest.mark.slow
@@ -30,50 +25,6 @@ TEXTS = [
     "I hated this movie, the story was dull.",
     "Paris is the capital of France.",
 ]
-STARTUP_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate the server and every worker it started (its own process group)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _tail(path: str, n: int = 4000) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-n:]
-    except OSError:
-        return ""
-
-
-class Server:
-    def __init__(self, url: str, log_path: str) -> None:
-        self.url = url
-        self.log_path = log_path
-
-    def invoke(self, payload: Dict[str, Any]) -> requests.Response:
-        return requests.post(f"{self.url}/invocations", json=payload, timeout=60)
-
-    def log(self) -> str:
-        return _tail(self.log_path)
 
 
 @pytest.fixture
@@ -88,57 +39,9 @@ def registered(tracking_uri: str) -> str:
 
 
 @pytest.fixture
-def server(registered: str, tracking_uri: str, tmp_path: Any) -> Iterator[Server]:
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
-    env.pop("MLFLOW_RUN_ID", None)
-    log_path = str(tmp_path / "serve.log")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        registered,
-        "--env-manager",
-        "local",
-        "-p",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--workers",
-        "1",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(tmp_path),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow models serve did not answer /ping in {STARTUP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}"
-                )
-            time.sleep(0.5)
-        yield Server(url, log_path)
-    finally:
-        _stop(proc)
+def server(registered: str, tracking_uri: str, tmp_path: Any) -> Iterator[ScoringServer]:
+    with models_serve(registered, tracking_uri, str(tmp_path)) as srv:
+        yield srv
 
 
 def _records(frame: Any) -> List[Dict[str, Any]]:
@@ -152,7 +55,7 @@ def _assert_same(served: List[Dict[str, Any]], expected: List[Dict[str, Any]]) -
         assert got["score"] == pytest.approx(want["score"], abs=1e-6)
 
 
-def test_served_predictions_match_in_process_pyfunc(server: Server, registered: str) -> None:
+def test_served_predictions_match_in_process_pyfunc(server: ScoringServer, registered: str) -> None:
     expected = _records(mlflow.pyfunc.load_model(registered).predict(TEXTS))
     assert len(expected) == len(TEXTS)
 
@@ -170,14 +73,14 @@ def test_served_predictions_match_in_process_pyfunc(server: Server, registered: 
         _assert_same(body["predictions"], expected)
 
 
-def _assert_client_error(response: requests.Response, server: Server, *, mentions: str = "") -> None:
+def _assert_client_error(response: requests.Response, server: ScoringServer, *, mentions: str = "") -> None:
     assert 400 <= response.status_code < 500, f"{response.status_code} {response.text}\n{server.log()}"
     body = response.json()
     assert body.get("message"), body
     assert mentions.lower() in body["message"].lower(), body["message"]
 
 
-def test_bad_payload_is_a_client_error_and_server_keeps_serving(server: Server) -> None:
+def test_bad_payload_is_a_client_error_and_server_keeps_serving(server: ScoringServer) -> None:
     # Non-text values are rejected by the model's input check, with its message.
     _assert_client_error(server.invoke({"inputs": [1, 2]}), server, mentions="expected text")
     _assert_client_error(

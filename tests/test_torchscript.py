@@ -64,6 +64,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any
         os.chdir(old_cwd)
 
 
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def versions(name: str = NAME) -> int:
     return len(MlflowClient().search_model_versions(f"name = '{name}'"))
 
@@ -90,9 +95,9 @@ def test_variant_files_and_flavor_block(registry: Dict[str, Any], tmp_path: Any)
     assert conf[FlavorKey.TRACE_SHAPES] == [[1, 8], [1, 32]]
     assert conf[FlavorKey.MAX_LENGTH] == 32  # the largest bucket, not the model's 64
     assert sorted(os.listdir(os.path.join(local, conf[FlavorKey.MODEL_FILE]))) == ["1x32.pt", "1x8.pt"]
-    requirements = open(os.path.join(local, "requirements.txt")).read()
+    requirements = read(os.path.join(local, "requirements.txt"))
     assert "torch==" in requirements and "transformers" not in requirements
-    report = json.load(open(os.path.join(local, "validation.json")))
+    report = json.loads(read(os.path.join(local, "validation.json")))
     assert report["passed"] is True
 
 
@@ -247,5 +252,5 @@ def test_reexport_is_idempotent(registry: Dict[str, Any]) -> None:
 
 def test_mlmodel_is_plain_yaml(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
-    mlmodel = yaml.safe_load(open(os.path.join(local, "MLmodel")))
+    mlmodel = yaml.safe_load(read(os.path.join(local, "MLmodel")))
     assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tfexport.serving"

@@ -21,6 +21,7 @@ class ExportOptions:
     exporter: Optional[str] = None
     optimize: bool = False
     quantize: Optional[str] = None
+    min_agreement: Optional[float] = None  # quantised exports: label agreement required by validation
     neuron_target: Optional[str] = None
     compiler_args: Tuple[str, ...] = ()
 
@@ -35,6 +36,8 @@ class ExportOptions:
             "quantize": self.quantize,
             "neuron_target": self.neuron_target,
             "compiler_args": list(self.compiler_args),
+            # Only when set, so the keys of earlier exports stay valid.
+            **({"min_agreement": self.min_agreement} if self.min_agreement is not None else {}),
         }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export import onnx_optimize
 from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
 from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
 from mlflow_tfexport.tasks import INPUT_AXES, TaskSpec
@@ -68,11 +69,7 @@ class OnnxBackend:
                 "trace_shape does not apply to ONNX exports: they have dynamic batch and sequence axes. "
                 "Drop trace_shape, or use format='torchscript' for static shapes."
             )
-        if options.optimize or options.quantize:
-            raise ExportError(
-                "ONNX graph optimisation and quantisation are not available in this version of "
-                "mlflow-tfexport; export without optimize/quantize."
-            )
+        onnx_optimize.check_options(options)
         return ExportOptions(**{**options.__dict__, "opset": opset, "exporter": exporter})
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
@@ -83,6 +80,7 @@ class OnnxBackend:
         batch, seq = EXPORT_SHAPE
         feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
+        onnx_optimize.prepare_model(source.model, options)
         wrapper = make_wrapper(source.model, names, outputs)
         check_exportable(source, wrapper, args)
         path = os.path.join(staging_dir, ONNX_FILE)
@@ -114,12 +112,14 @@ class OnnxBackend:
         if large and options.exporter != "dynamo":
             save_with_external_data(path)
         onnx.checker.check_model(path)
+        post_tags = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options)
         extra_conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
-        tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter)}
+        tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter),
+                **post_tags}
         return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=extra_conf, tags=tags)
 
     def validation_shapes(self, options: ExportOptions) -> List[Shape]:
-        return [VALIDATION_SHAPE]
+        return onnx_optimize.validation_shapes(options, [VALIDATION_SHAPE])
 
 
 BACKEND = OnnxBackend()

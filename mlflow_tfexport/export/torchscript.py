@@ -80,13 +80,13 @@ def traceable_masks() -> Iterator[None]:
         return
     mapping = getattr(getattr(mu, "ALL_MASK_ATTENTION_FUNCTIONS", None), "_global_mapping", None)
     swap_mapping = isinstance(mapping, dict) and mapping.get("sdpa") is current
-    mu.sdpa_mask = older
+    setattr(mu, "sdpa_mask", older)  # noqa: B010
     if swap_mapping:
         mapping["sdpa"] = older  # type: ignore[index]
     try:
         yield
     finally:
-        mu.sdpa_mask = current
+        setattr(mu, "sdpa_mask", current)  # noqa: B010
         if swap_mapping:
             mapping["sdpa"] = current  # type: ignore[index]
 

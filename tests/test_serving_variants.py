@@ -1,0 +1,142 @@
+"""Every variant behind one alias: moving ``@production`` changes the runtime, not the client.
+
+One registry per module: a tiny text-classification source, its ONNX and
+TorchScript variants. For each, a real ``mlflow models serve -m
+models:/<name>@production`` process answers ``inputs``, ``dataframe_split``
+and ``dataframe_records`` payloads (with and without params) exactly like the
+in-process pyfunc of that version; bad payloads get a 4xx with a message; and
+8 concurrent clients get an answer to every request.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from typing import Any, Dict, Iterator, List
+
+import mlflow
+import pytest
+import requests
+from mlflow import MlflowClient
+from servers import ScoringServer, models_serve
+from tiny import tiny
+
+import mlflow_tfexport
+from mlflow_tfexport.registry import promote
+
+pytestmark = pytest.mark.slow
+
+NAME = "sentiment"
+TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it was the worst film of the city."]
+PAYLOADS: Dict[str, Dict[str, Any]] = {
+    "inputs": {"inputs": TEXTS},
+    "inputs+params": {"inputs": TEXTS, "params": {"batch_size": 1, "truncation": True}},
+    "dataframe_split": {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
+    "dataframe_records": {"dataframe_records": [{"text": t} for t in TEXTS]},
+    "dataframe_records+params": {"dataframe_records": [{"text": t} for t in TEXTS], "params": {"batch_size": 2}},
+}
+VARIANTS = ("transformers", "onnx", "torchscript")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[Dict[str, Any]]:
+    root = tmp_path_factory.mktemp("variants")
+    shutil.copy(_empty_mlflow_db, root / "mlflow.db")
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous = os.getcwd()
+    os.chdir(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        model, tok = tiny("text-classification")
+        with mlflow.start_run():
+            mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
+        versions = {
+            "transformers": "1",
+            "onnx": str(mlflow_tfexport.export(f"models:/{NAME}/1", format="onnx").model_version.version),
+            "torchscript": str(
+                mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape=["2x16", "2x32"])
+                .model_version.version
+            ),
+        }
+        yield {"uri": uri, "root": str(root), "versions": versions}
+    finally:
+        os.chdir(previous)
+
+
+def _expected(version: str) -> List[Dict[str, Any]]:
+    frame = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(TEXTS)
+    return [dict(r) for r in frame.to_dict(orient="records")]
+
+
+def _assert_client_error(response: requests.Response, server: ScoringServer, mentions: str) -> None:
+    assert 400 <= response.status_code < 500, f"{response.status_code} {response.text}\n{server.log()}"
+    assert mentions.lower() in response.json()["message"].lower(), response.json()
+
+
+def _hammer(url: str, clients: int, seconds: float) -> Dict[str, Any]:
+    counts = {"ok": 0, "bad": 0, "errors": 0}
+    latencies: List[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    r = session.post(f"{url}/invocations", json={"inputs": TEXTS[:1]}, timeout=30)
+                    key = "ok" if r.status_code == 200 else "bad"
+                except requests.RequestException:
+                    key = "errors"
+                with lock:
+                    counts[key] += 1
+                    latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {**counts, "sent": len(latencies)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_production_alias_serves_every_variant_with_one_contract(registry: Dict[str, Any], variant: str) -> None:
+    version = registry["versions"][variant]
+    promote(NAME, version, "production")
+    expected = _expected(version)
+    baseline = _expected("1")
+    assert [r["label"] for r in expected] == [r["label"] for r in baseline]
+    with models_serve(f"models:/{NAME}@production", registry["uri"], registry["root"]) as server:
+        for kind, payload in PAYLOADS.items():
+            response = server.invoke(payload)
+            assert response.status_code == 200, f"{variant} {kind}: {response.text}\n{server.log()}"
+            served = response.json()["predictions"]
+            assert [r["label"] for r in served] == [r["label"] for r in expected], (variant, kind)
+            for got, want in zip(served, expected, strict=True):
+                assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+        _assert_client_error(server.invoke({"inputs": [1, 2]}), server, "expected text")
+        _assert_client_error(
+            server.invoke({"dataframe_records": [{"review": "a", "stars": "b"}]}), server, "expects column"
+        )
+        _assert_client_error(server.invoke({"inputs": ["a"], "params": {"batch_size": "many"}}), server, "batch_size")
+        assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+        load = _hammer(server.url, clients=8, seconds=5.0)
+        assert load["sent"] > 0 and load["ok"] == load["sent"], load
+    assert MlflowClient().get_model_version_by_alias(NAME, "production").version == int(version)
+
+
+def test_onnx_variant_serves_from_its_own_virtualenv(registry: Dict[str, Any]) -> None:
+    """The variant's python_env.yaml + requirements.txt alone build a working serving environment."""
+    version = registry["versions"]["onnx"]
+    expected = _expected(version)
+    with models_serve(
+        f"models:/{NAME}/{version}", registry["uri"], registry["root"], env_manager="virtualenv", timeout=900,
+        extra_env={"MLFLOW_TFEXPORT_NO_HOOK": "1"},
+    ) as server:
+        response = server.invoke({"inputs": TEXTS})
+        assert response.status_code == 200, f"{response.text}\n{server.log()}"
+        assert [r["label"] for r in response.json()["predictions"]] == [r["label"] for r in expected]
