@@ -102,9 +102,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import contextlib
     import logging
+    import signal
+    import threading
 
     import mlflow
 
@@ -114,6 +120,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, kubectl) stops cleanly
+        signal.signal(signal.SIGTERM, _interrupt)
     if args.poll:
         jobs = worker.ExportWorker(threads=args.threads).start()
         try:

@@ -35,9 +35,9 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
-from mlflow_tfexport.export.wrapper import make_wrapper, untie_weights
+from mlflow_tfexport.export.wrapper import make_wrapper, source_inputs, untie_weights
 from mlflow_tfexport.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
-from mlflow_tfexport.tasks import BATCH, SEQUENCE, TaskSpec, dummy_inputs
+from mlflow_tfexport.tasks import BATCH, SEQUENCE, TaskSpec
 
 HOW_TO_PASS = (
     "pass trace_shape=(batch, sequence), e.g. trace_shape=(1, 128), or several buckets, e.g. "
@@ -96,13 +96,14 @@ def trace_inputs(source: SourceModel, shape: Shape, seed: int = 0) -> Dict[str, 
     (a trace on an all-ones mask may drop the mask computation)."""
     batch, seq = shape
     pad = source.flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
-    feeds = dummy_inputs(
-        tuple(source.input_names), batch, seq, vocab_size=source.vocab_size, pad_token_id=pad, seed=seed
-    )
+    feeds = source_inputs(source, batch, seq, seed=seed)
     if "attention_mask" in feeds and seq > 1 and feeds["attention_mask"][-1].all():
         keep = max(1, seq - max(1, seq // 4))
+        ended = feeds["input_ids"][-1, seq - 1]
         feeds["attention_mask"][-1, keep:] = 0
         feeds["input_ids"][-1, keep:] = 0 if pad is None else int(pad)
+        if getattr(source.model.config, "is_encoder_decoder", False):
+            feeds["input_ids"][-1, keep - 1] = ended  # keep the end-of-sequence token its head pools at
     return feeds
 
 
