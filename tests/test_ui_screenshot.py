@@ -1,0 +1,81 @@
+"""``scripts/screenshot_registry.py`` takes the registry UI screenshots against a real ``mlflow server``.
+
+What the test can check: the script runs end to end (server, log, ONNX export, promote, two
+headless Chromium screenshots) and writes two real, non-trivial PNGs of the requested size. What
+it cannot: whether the description reads well; look at ``docs/img/registry-*.png`` for that.
+
+Chromium must be installed (Debian: ``chromium``; ``.ci/apt-packages.sh`` installs it). Without it
+the test fails under ``CI=true`` and is skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from typing import Any, Tuple
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "screenshot_registry.py")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def png_size(path: str) -> Tuple[int, int]:
+    """(width, height) from the IHDR chunk, which a valid PNG has first."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR", f"{path}: first chunk is {head[12:16]!r}, not IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def png_pixel_bytes(path: str) -> bytes:
+    """The decompressed image data (filter bytes included): enough to tell a blank page from a real one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return zlib.decompress(idat)
+
+
+def test_screenshot_script_writes_two_real_pngs(tmp_path: Any) -> None:
+    if not any(shutil.which(name) for name in CHROMIUM_NAMES):
+        reason = "Chromium not found (Debian package: chromium); the registry UI screenshot needs it"
+        if _in_ci():
+            pytest.fail(f"{reason} (CI=true: install it with .ci/apt-packages.sh)")
+        pytest.skip(reason)
+    out_dir = tmp_path / "img"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--out-dir", str(out_dir), "--name", "ui-sentiment"],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=420,
+    )
+    assert done.returncode == 0, f"{done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    for name in ("registry-model.png", "registry-version.png"):
+        png = out_dir / name
+        assert png.is_file(), f"{name} missing; output:\n{done.stdout[-2000:]}"
+        assert png_size(str(png)) == (1400, 1000)
+        size = png.stat().st_size
+        assert 15_000 < size < 500_000, f"{name}: {size} bytes"
+        # A blank or error page compresses to almost nothing and has only a handful of distinct bytes.
+        pixels = png_pixel_bytes(str(png))
+        assert len(set(pixels)) > 32, f"{name} looks blank"
+        assert f"wrote {png}" in done.stdout
