@@ -367,15 +367,17 @@ class ExportWorker:
         self._queue: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_queue)
         self._pending: Set[Tuple[str, str, str]] = set()
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"tfexport-worker-{i}", daemon=True) for i in range(threads)
-        ]
-        self.outcomes: queue.Queue[Outcome] = queue.Queue()
+        self._n_threads = max(1, int(threads))
+        self._threads: List[threading.Thread] = []
         self.started = False
 
     # -- lifecycle
     def start(self) -> ExportWorker:
         if not self.started:
+            self._threads = [
+                threading.Thread(target=self._loop, name=f"tfexport-worker-{i}", daemon=True)
+                for i in range(self._n_threads)
+            ]
             for t in self._threads:
                 t.start()
             self.started = True
@@ -433,8 +435,7 @@ class ExportWorker:
             try:
                 if job is None:
                     return
-                outcome = self.process(job)
-                self.outcomes.put(outcome)
+                self.process(job)
             except Exception:  # never let one job kill the thread
                 _logger.exception("export job %s failed unexpectedly", job)
             finally:

@@ -23,6 +23,7 @@ the package's export dependencies. Everything it starts is stopped on exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -73,7 +74,7 @@ def child_env(**extra: str) -> Dict[str, str]:
     return env
 
 
-def stop_group(proc: "subprocess.Popen[bytes]") -> None:
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
     """Terminate a process started with ``start_new_session=True`` and every process it started."""
     for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
         try:
@@ -99,7 +100,7 @@ def tail(path: str, n: int = 4000) -> str:
         return ""
 
 
-def wait_for_health(url: str, proc: "subprocess.Popen[bytes]", log_path: str) -> None:
+def wait_for_health(url: str, proc: subprocess.Popen[bytes], log_path: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         if proc.poll() is not None:
@@ -115,7 +116,7 @@ def wait_for_health(url: str, proc: "subprocess.Popen[bytes]", log_path: str) ->
         time.sleep(0.3)
 
 
-def start_server(workdir: str) -> "tuple[subprocess.Popen[bytes], str, str]":
+def start_server(workdir: str) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     log_path = os.path.join(workdir, "server.log")
     cmd = [
@@ -243,10 +244,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         take_screenshots(chromium, url, args.name, args.out_dir)
         if args.keep_server:
             print(f"serving the UI at {url}; Ctrl-C stops it", flush=True)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 proc.wait()
-            except KeyboardInterrupt:
-                pass
     finally:
         stop_group(proc)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -127,7 +127,7 @@ def tail(path: str, n: int = 4000) -> str:
         return ""
 
 
-def stop_group(proc: "subprocess.Popen[bytes]") -> None:
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
     """Terminate a process started with ``start_new_session=True`` and everything it started."""
     for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
         try:
@@ -146,7 +146,7 @@ def stop_group(proc: "subprocess.Popen[bytes]") -> None:
         proc.wait(timeout=10)
 
 
-def start_process(cmd: Sequence[str], log_path: str, env: Dict[str, str], cwd: str) -> "subprocess.Popen[bytes]":
+def start_process(cmd: Sequence[str], log_path: str, env: Dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -154,7 +154,7 @@ def start_process(cmd: Sequence[str], log_path: str, env: Dict[str, str], cwd: s
         )
 
 
-def wait_until(ready: Callable[[], bool], proc: "subprocess.Popen[bytes]", what: str, log_path: str) -> None:
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log_path: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         if proc.poll() is not None:
@@ -351,7 +351,7 @@ def scoring_server(as_client_of: str, tmp_path: Any) -> Iterator[Callable[[], st
     """``mlflow models serve -m models:/<name>@production``, started once the alias exists (see the test)."""
     port = free_port()
     log_path = str(tmp_path / "serve.log")
-    procs: List["subprocess.Popen[bytes]"] = []
+    procs: List[subprocess.Popen[bytes]] = []
 
     def start() -> str:
         cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@production",
