@@ -7,6 +7,7 @@ traceback only with ``--verbose``), 2 for bad command-line usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -71,7 +72,9 @@ def variant_rows(name: str) -> List[Dict[str, str]]:
                 "trace shape": tags.get(Tag.TRACE_SHAPE, "-"),
                 "atol": tags.get(Tag.ATOL, "-"),
                 "max diff": tags.get(Tag.MAX_ABS_DIFF, "-"),
-                "validation": tags.get(Tag.VALIDATION, "source" if tags.get(Tag.FORMAT) == Format.TRANSFORMERS else "-"),
+                "validation": tags.get(
+                    Tag.VALIDATION, "source" if tags.get(Tag.FORMAT) == Format.TRANSFORMERS else "-"
+                ),
                 "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
             }
         )
@@ -220,10 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "atol", None) is not None and not str(args.atol).strip():
         args.atol = None
     if getattr(args, "atol", None) is not None:
-        try:
+        with contextlib.suppress(ValueError):  # export() rejects a non-number with the full message
             args.atol = float(args.atol)
-        except ValueError:
-            pass  # export() rejects it with the full message
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

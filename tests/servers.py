@@ -23,7 +23,7 @@ def free_port() -> int:
         return port
 
 
-def stop(proc: "subprocess.Popen[bytes]") -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     """Terminate a process and everything it started (its own process group)."""
     if proc.poll() is not None:
         return
@@ -51,7 +51,7 @@ def tail(path: str, n: int = 4000) -> str:
 def running(
     cmd: Sequence[str], *, ready_url: str, log_path: str, env: Optional[Dict[str, str]] = None,
     cwd: Optional[str] = None, timeout: float = STARTUP_TIMEOUT_S,
-) -> Iterator["subprocess.Popen[bytes]"]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``cmd`` in its own session, wait until ``ready_url`` answers 200, stop it on exit."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

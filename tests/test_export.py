@@ -31,7 +31,8 @@ def _log(tiny_model: Any, task: str = "text-classification", arch: str = "bert",
 
 def _registry_state(name: str) -> List[tuple]:
     client = MlflowClient()
-    return sorted((str(v.version), tuple(sorted((v.tags or {}).items()))) for v in client.search_model_versions(f"name='{name}'"))
+    versions = client.search_model_versions(f"name='{name}'")
+    return sorted((str(v.version), tuple(sorted((v.tags or {}).items()))) for v in versions)
 
 
 @pytest.fixture
@@ -113,7 +114,9 @@ def test_export_into_another_registered_model(source: str) -> None:
         ({"trace_shape": "1x128"}, ExportError, "dynamic batch and sequence"),
     ],
 )
-def test_bad_options_are_rejected_and_register_nothing(source: str, kwargs: Dict[str, Any], error: type, match: str) -> None:
+def test_bad_options_are_rejected_and_register_nothing(
+    source: str, kwargs: Dict[str, Any], error: type, match: str
+) -> None:
     before = _registry_state(source)
     with pytest.raises(error, match=match):
         mlflow_tfexport.export(f"models:/{source}/1", **kwargs)
@@ -199,7 +202,8 @@ def test_a_failure_at_any_stage_registers_nothing(source: str, stage: str, monke
 def test_onnx_variant_serves_without_torch_or_transformers(source: str, tracking_uri: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1")
     local = mlflow.artifacts.download_artifacts(result.model_uri)
-    requirements = open(os.path.join(local, "requirements.txt")).read()
+    with open(os.path.join(local, "requirements.txt")) as f:
+        requirements = f.read()
     for needed in ("onnxruntime==", "tokenizers==", "numpy==", "mlflow=="):
         assert needed in requirements
     assert "torch" not in requirements and "transformers" not in requirements
@@ -207,7 +211,8 @@ def test_onnx_variant_serves_without_torch_or_transformers(source: str, tracking
         "import sys, json, mlflow\n"
         f"m = mlflow.pyfunc.load_model({local!r})\n"
         f"out = m.predict({TEXTS!r})\n"
-        "print(json.dumps({'labels': list(out['label']), 'heavy': sorted(k for k in ('torch', 'transformers') if k in sys.modules)}))\n"
+        "heavy = sorted(k for k in ('torch', 'transformers') if k in sys.modules)\n"
+        "print(json.dumps({'labels': list(out['label']), 'heavy': heavy}))\n"
     )
     env = {**os.environ, "MLFLOW_TFEXPORT_NO_HOOK": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120)

@@ -29,7 +29,7 @@ TEXT_LABELS = {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"}
 TOKEN_LABELS = {0: "O", 1: "B-LOC", 2: "I-LOC", 3: "B-PER"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wordpiece() -> Tokenizer:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
@@ -48,7 +48,7 @@ def _wordpiece() -> Tokenizer:
     return tok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bytelevel() -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

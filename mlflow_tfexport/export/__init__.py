@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 
 from mlflow_tfexport.constants import Format
 from mlflow_tfexport.errors import UnknownFormatError
-from mlflow_tfexport.export.base import Backend, ExportOptions, ExportedArtifact, SourceModel
+from mlflow_tfexport.export.base import Backend, ExportedArtifact, ExportOptions, SourceModel
 
 _BACKENDS: Dict[str, str] = {
     Format.ONNX: "mlflow_tfexport.export.onnx",
