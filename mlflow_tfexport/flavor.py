@@ -298,6 +298,11 @@ def log_model(
             registered_model_name,
             info,
             tags={Tag.FORMAT: Format.TRANSFORMERS, Tag.TASK: conf[FlavorKey.TASK]},
+            description=(
+                f"Transformers source ({conf[FlavorKey.TASK]}, {conf[FlavorKey.ARCHITECTURE]}, safetensors), "
+                "logged with mlflow.tfexport.log_model. Export it with `mlflow-tfexport export` to add "
+                "ONNX, TorchScript or Neuron variants as new versions."
+            ),
         )
         info.registered_model_version = int(version.version)
     return info

@@ -179,7 +179,7 @@ def _frame(pd: Any, rows: List[Dict[str, Any]], output_columns: Tuple[Tuple[str,
             elif kind == "long":
                 arrays.append(np.array(values, dtype=np.int64))
             elif kind == "string" and all(type(v) is str for v in values):
-                if str_dtype == object:
+                if str_dtype is np.dtype(object):
                     arrays.append(np.array(values, dtype=object))
                 else:
                     arrays.append(str_dtype.construct_array_type()._from_sequence(values, dtype=str_dtype))

@@ -20,10 +20,16 @@ from mlflow_tfexport.errors import UnknownTaskError
 
 BATCH = "batch"
 SEQUENCE = "sequence"
+HEIGHT = "height"
+WIDTH = "width"
+TEXT = "text"
+IMAGE = "image"
 
 #: Inputs a text model may take, in the order a traced module receives them.
 TEXT_INPUTS: Tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 INPUT_AXES: Dict[int, str] = {0: BATCH, 1: SEQUENCE}
+#: Inputs an image model may take (``pixel_mask``: DETR-style detectors over padded batches).
+IMAGE_INPUTS: Tuple[str, ...] = ("pixel_values", "pixel_mask")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,10 @@ class TaskSpec:
     optional_columns: Tuple[str, ...] = ()
     generative: bool = False
     output_columns: Tuple[Tuple[str, str], ...] = field(default=())
+    #: What a request carries: ``"text"`` (tokenized) or ``"image"`` (pixels from an image processor).
+    input_kind: str = TEXT
+    #: Image tasks only: whether height and width are dynamic axes (detectors see aspect-preserving sizes).
+    dynamic_image_size: bool = False
 
     @property
     def output_names(self) -> Tuple[str, ...]:
@@ -142,6 +152,36 @@ TASKS: Dict[str, TaskSpec] = {
             generative=True,
             params=(ParamSpec("max_new_tokens", "long", 20),),
         ),
+        TaskSpec(
+            name="image-classification",
+            auto_model="AutoModelForImageClassification",
+            class_suffixes=("ForImageClassification", "ForImageClassificationWithTeacher"),
+            text_columns=(IMAGE,),
+            input_kind=IMAGE,
+            outputs=(OutputSpec("logits", _ROW),),
+            params=(ParamSpec("top_k", "long", 1),),
+            output_columns=(("label", "string"), ("score", "double")),
+        ),
+        TaskSpec(
+            # Vision backbones (``ViTModel``, ``ConvNextModel``...): the pooled output when the model
+            # has one (else the mean of ``last_hidden_state`` over tokens or spatial positions).
+            name="image-feature-extraction",
+            auto_model="AutoModel",
+            text_columns=(IMAGE,),
+            input_kind=IMAGE,
+            outputs=(OutputSpec("last_hidden_state", _ROW), OutputSpec("pooler_output", _ROW)),
+            params=(ParamSpec("pooling", "string", "pooler"), ParamSpec("normalize", "boolean", False)),
+        ),
+        TaskSpec(
+            name="object-detection",
+            auto_model="AutoModelForObjectDetection",
+            class_suffixes=("ForObjectDetection",),
+            text_columns=(IMAGE,),
+            input_kind=IMAGE,
+            dynamic_image_size=True,
+            outputs=(OutputSpec("logits", _ROW), OutputSpec("pred_boxes", _ROW)),
+            params=(ParamSpec("threshold", "double", 0.5),),
+        ),
     )
 }
 
@@ -162,6 +202,30 @@ def get_task(name: str) -> TaskSpec:
             f"(old feature names also accepted: {aliases})."
         )
     return TASKS[key]
+
+
+def for_input_kind(spec: TaskSpec, input_kind: str) -> TaskSpec:
+    """The task of ``spec`` for a model whose inputs are ``input_kind`` (``feature-extraction`` of a
+    vision backbone is ``image-feature-extraction``: same auto-model class, image inputs)."""
+    if spec.input_kind == input_kind:
+        return spec
+    for other in TASKS.values():
+        if other.input_kind == input_kind and other.auto_model == spec.auto_model:
+            return other
+    raise UnknownTaskError(
+        f"Task {spec.name!r} takes {spec.input_kind} inputs and this model takes {input_kind} inputs; "
+        f"tasks for {input_kind} models: {', '.join(t.name for t in TASKS.values() if t.input_kind == input_kind)}."
+    )
+
+
+def input_axes(spec: TaskSpec, name: str) -> Dict[int, str]:
+    """The dynamic axes of model input ``name`` for ``spec`` (batch always; sequence or image size)."""
+    if spec.input_kind != IMAGE:
+        return dict(INPUT_AXES)
+    spatial = spec.dynamic_image_size
+    if name == "pixel_mask":
+        return {0: BATCH, 1: HEIGHT, 2: WIDTH} if spatial else {0: BATCH}
+    return {0: BATCH, 2: HEIGHT, 3: WIDTH} if spatial else {0: BATCH}
 
 
 def infer_task(model_class_name: str) -> TaskSpec:
@@ -212,4 +276,27 @@ def dummy_inputs(
     pad = 0 if pad_token_id is None else pad_token_id
     ids = np.where(mask == 1, ids, pad).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {name: feeds[name] for name in input_names}
+
+
+def image_inputs(
+    input_names: Tuple[str, ...],
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    num_channels: int = 3,
+    seed: int = 0,
+    padded_rows: bool = True,
+) -> Dict[str, np.ndarray]:
+    """Make float32 ``pixel_values`` (normalised-image range) and, when asked, a ``pixel_mask``
+    whose last row covers only the left part of the image, as a padded batch of a DETR-style
+    processor does."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.standard_normal((batch, num_channels, height, width)).astype(np.float32)
+    mask = np.ones((batch, height, width), dtype=np.int64)
+    if padded_rows and batch > 1:
+        mask[-1, :, max(1, width // 2):] = 0
+        pixels[-1, :, :, max(1, width // 2):] = 0.0
+    feeds = {"pixel_values": pixels, "pixel_mask": mask}
     return {name: feeds[name] for name in input_names}

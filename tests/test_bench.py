@@ -47,7 +47,8 @@ def test_cli_bench_with_tag_records_on_the_version(onnx_version: str, capsys: py
 
 def test_cli_bench_without_tag_records_nothing(onnx_version: str) -> None:
     assert cli_main(["bench", f"models:/sentiment/{onnx_version}", "--iterations", "2", "--seq-len", "8"]) == 0
-    assert not any(k.startswith("tfexport.bench.") for k in MlflowClient().get_model_version("sentiment", onnx_version).tags)
+    tags = MlflowClient().get_model_version("sentiment", onnx_version).tags
+    assert not any(k.startswith("tfexport.bench.") for k in tags)
 
 
 def test_tag_needs_a_registered_version(onnx_version: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,9 +114,8 @@ def optimize(path: str, model: Any, flavor_conf: Mapping[str, Any], external_dat
         summary = fusion_summary(optimized.get_fused_operator_statistics())
         optimized.save_model_to_file(path, use_external_data_format=external_data, all_tensors_to_one_file=True)
     except Exception as exc:
-        raise ExportError(
-            f"onnxruntime's transformer optimizer failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ExportError(f"onnxruntime's transformer optimizer failed: {type(exc).__name__}: {first}") from exc
     return summary
 
 
