@@ -30,13 +30,16 @@ from test_architectures import (  # noqa: E402
     DYNAMO,
     FE,
     LEGACY,
+    T2T,
     TC,
     TG,
     CellResult,
     run_cell,
 )
+from test_vision import VISION_ARCHITECTURES, VISION_CELLS, VisionCellResult, run_vision_cell  # noqa: E402
 
-TASK_COLUMNS = (FE, TG, TC)
+TASK_COLUMNS = (FE, TG, T2T, TC)
+VISION_TASKS = ("image-classification", "image-feature-extraction", "object-detection", FE)
 FORMAT_NAMES = {LEGACY: "onnx", DYNAMO: "onnx (dynamo)"}
 
 
@@ -90,7 +93,11 @@ def render(results: List[CellResult]) -> str:
         "with the `tfexport` flavor, exports it to ONNX with dynamic batch and sequence axes (export shape "
         "2x16) and validates it against the eager model at 3x23 with padded rows, at the task's atol; "
         "text-classification cells also compare the exported variant's pyfunc predictions with the source's "
-        "(labels equal, scores within 1e-4). `onnx` is the default (TorchScript-based) exporter, "
+        "(labels equal, scores within 1e-4). text-generation and text2text-generation export with past key "
+        "values (one decoder graph; encoder + decoder for text2text), are validated step by step (empty past, "
+        "multi-token and one-token steps), and their pyfuncs' greedy generations equal the source's token for "
+        "token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
+        "(TorchScript-based) exporter, "
         "`onnx (dynamo)` is `exporter=\"dynamo\"`. — : the architecture has no head for the task in "
         "transformers, or the task is not in the matrix.",
         "",
@@ -105,6 +112,45 @@ def render(results: List[CellResult]) -> str:
     ]
     if notes:
         out += ["", "Why a cell fails (the error the export raises; nothing is registered):", ""]
+        out += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
+    return "\n".join(out) + "\n"
+
+
+def render_vision(results: List[VisionCellResult]) -> str:
+    """The vision and multimodal matrix (``tests/test_vision.py``), as a second table."""
+    by_cell = {(r.arch, r.task): r for r in results}
+    notes: List[str] = []
+    rows = ["| Architecture | config | " + " | ".join(VISION_TASKS) + " |", "|---|---|" + "---|" * len(VISION_TASKS)]
+    for arch in VISION_ARCHITECTURES:
+        cells = []
+        for task in VISION_TASKS:
+            r = by_cell.get((arch.name, task))
+            if r is None:
+                cells.append("—")
+            elif r.passed:
+                cells.append("✓ onnx")
+            else:
+                notes.append(f"{arch.name}, {task}: {r.detail}")
+                cells.append(f"✗ [{len(notes)}]")
+        rows.append(f"| {arch.name} | `{arch.config}` | " + " | ".join(cells) + " |")
+    passed = sum(r.passed for r in results)
+    out = [
+        "",
+        "## Vision and multimodal",
+        "",
+        "Each cell saves a tiny random model with its image processor (image size 32 or 64), exports it to ONNX "
+        "(dynamic batch; dynamic height and width for object detection), validates it against the eager model "
+        "at another batch (and image) size, and compares the exported pyfunc's answers on real images with the "
+        "source's. The serving preprocessing (numpy/Pillow, from `preprocessor_config.json`) is tested equal to "
+        "the transformers image processors in `tests/test_vision.py`.",
+        "",
+        f"**{passed}/{len(results)} cells export and validate**; {len(results) - passed} fail with a precise "
+        f"error by design, {sum(r.as_expected for r in results)}/{len(results)} behave as the matrix expects.",
+        "",
+        *rows,
+    ]
+    if notes:
+        out += ["", "Why a cell fails (the error raised; nothing is saved or registered):", ""]
         out += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(out) + "\n"
 
@@ -145,7 +191,13 @@ def main(argv: List[str] | None = None) -> int:
         print(f"{mark} {cell[0]} {cell[1]} {FORMAT_NAMES[cell[2]]} ({result.seconds:.1f}s): {result.detail}",
               file=sys.stderr, flush=True)
         results.append(result)
-    text = render(results)
+    vision = []
+    for arch_name, task in VISION_CELLS:
+        v = run_vision_cell(arch_name, task)
+        print(f"{'✓' if v.passed else '✗'} {arch_name} {task} ({v.seconds:.1f}s): {v.detail}", file=sys.stderr,
+              flush=True)
+        vision.append(v)
+    text = render(results) + render_vision(vision)
     if args.output == "-":
         print(text, end="")
     else:
@@ -154,7 +206,7 @@ def main(argv: List[str] | None = None) -> int:
             f.write(text)
         print(f"wrote {args.output}", file=sys.stderr)
         update_readme(text)
-    return 0 if all(r.as_expected for r in results) else 1
+    return 0 if all(r.as_expected for r in results) and all(v.as_expected for v in vision) else 1
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ SERVING_MODULE = "mlflow_tfexport.serving"
 # Files and folders inside a saved model directory.
 MODEL_DIR = "model"  # transformers weights (safetensors) + config
 TOKENIZER_DIR = "tokenizer"  # tokenizer.json + tokenizer_config.json
+IMAGE_PROCESSOR_DIR = "image_processor"  # preprocessor_config.json (image models)
 CODE_DIR = "code"  # this package's runtime code, so serving needs no pip install of it
 ONNX_FILE = "model.onnx"
+ONNX_ENCODER_FILE = "encoder.onnx"
+ONNX_DECODER_FILE = "decoder.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 VALIDATION_FILE = "validation.json"
 
@@ -22,6 +25,13 @@ class Format:
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
     NEURON = "neuron"
+
+
+class Generation:
+    """Values of ``FlavorKey.GENERATION``: how an exported generation model is laid out."""
+
+    DECODER_WITH_PAST = "decoder-with-past"  # one graph: ids, mask, past key/values -> logits, presents
+    ENCODER_DECODER = "encoder-decoder"  # encoder graph (+ cross-attention caches) and decoder-with-past graph
 
 
 class FlavorKey:
@@ -47,6 +57,16 @@ class FlavorKey:
     TRANSFORMERS_VERSION = "transformers_version"
     TORCH_VERSION = "torch_version"
     EXECUTION_PROVIDERS = "execution_providers"
+    # Generation variants exported with past key values (see export/onnx_generation.py).
+    GENERATION = "generation"  # a Generation value; absent: a single logits-only graph
+    ENCODER_FILE = "encoder_file"  # encoder-decoder: the encoder graph beside the decoder (model_file)
+    DECODER_START_TOKEN_ID = "decoder_start_token_id"
+    FORCED_BOS_TOKEN_ID = "forced_bos_token_id"
+    FORCED_EOS_TOKEN_ID = "forced_eos_token_id"
+    IMAGE_PROCESSOR_DIR = "image_processor_dir"
+    IMAGE_SIZE = "image_size"  # [height, width] of the pixels the model was exported with
+    NUM_CHANNELS = "num_channels"
+    IMAGE_PREPROCESSING = "image_preprocessing"  # what the saved image processor does, for people
 
 
 class Tag:

@@ -28,7 +28,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from mlflow_tfexport.constants import TOKENIZER_DIR, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
+from mlflow_tfexport.constants import VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.environment import default_requirements
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export import ExportOptions, SourceModel, get_backend
@@ -165,7 +165,11 @@ def run_validation(
     from mlflow_tfexport.runtimes import load_runner
     from mlflow_tfexport.runtimes.eager import EagerRunner
 
-    reference = EagerRunner(source.model, source.input_names, source.spec.output_names)
+    if conf.get(FlavorKey.GENERATION):  # graphs with past key values: checked step by step
+        from mlflow_tfexport.export.onnx_generation import validate_generation
+
+        return validate_generation(source, staging, conf, shapes, atol)
+    reference = EagerRunner(source.model, source.input_names, source.output_names)
     exported = load_runner(staging, conf, {})
     feeds = [source_inputs(source, b, s, seed=1000 + i) for i, (b, s) in enumerate(shapes)]
     if options is not None and options.quantize:  # a quantised model is checked at task level
@@ -173,7 +177,7 @@ def run_validation(
 
         return validate_quantized(reference.run, exported.run, feeds, source.spec.outputs, source.spec.name,
                                   atol, options.min_agreement, options.quantize)
-    return validate(reference.run, exported.run, feeds, source.spec.output_names, atol)
+    return validate(reference.run, exported.run, feeds, source.output_names, atol)
 
 
 @dataclass
@@ -206,13 +210,13 @@ def stage_export(
     say("export", options.format)
     with _BACKEND_LOCK:  # torch.onnx.export / tracing keep process-global state: one export at a time
         artifact = backend.export(loaded, options, staging)
-    shutil.copytree(
-        os.path.join(source.local_path, source.flavor_conf[FlavorKey.TOKENIZER_DIR]),
-        os.path.join(staging, TOKENIZER_DIR),
-    )
+    assets = {key: source.flavor_conf[key] for key in (FlavorKey.TOKENIZER_DIR, FlavorKey.IMAGE_PROCESSOR_DIR)
+              if source.flavor_conf.get(key)}  # the tokenizer, or an image model's image processor
+    for folder in assets.values():
+        shutil.copytree(os.path.join(source.local_path, folder), os.path.join(staging, folder))
     conf = {k: v for k, v in source.flavor_conf.items() if k != "code"}
     conf.update({FlavorKey.FORMAT: options.format, FlavorKey.MODEL_FILE: artifact.model_file,
-                 FlavorKey.TOKENIZER_DIR: TOKENIZER_DIR, **artifact.flavor_conf})
+                 **assets, **artifact.flavor_conf})
     export_seconds = time.perf_counter() - started
     say("validate", f"atol {tolerance:g}")
     report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options)

@@ -21,6 +21,7 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import (
     CODE_DIR,
     FLAVOR_NAME,
+    IMAGE_PROCESSOR_DIR,
     MODEL_DIR,
     SERVING_MODULE,
     TOKENIZER_DIR,
@@ -31,7 +32,7 @@ from mlflow_tfexport.constants import (
 from mlflow_tfexport.environment import default_requirements, resolve_requirements, write_environment
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.signatures import task_signature
-from mlflow_tfexport.tasks import TEXT_INPUTS, TaskSpec, get_task, infer_task
+from mlflow_tfexport.tasks import IMAGE, TEXT, TEXT_INPUTS, TaskSpec, for_input_kind, get_task, infer_task
 
 _PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 # Architectures whose position ids start after the padding index (max positions - 2 usable).
@@ -43,17 +44,30 @@ def get_default_pip_requirements(fmt: str = Format.TRANSFORMERS) -> list:
     return default_requirements(fmt)
 
 
-def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str]) -> tuple:
+def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_processor: Any = None) -> tuple:
+    from mlflow_tfexport.image_flavor import check_image_processor, check_model_inputs, is_image_model
+
     transformers = require("transformers")
     if isinstance(model, transformers.Pipeline):
         if tokenizer is None:
             tokenizer = model.tokenizer
+        if image_processor is None:
+            image_processor = getattr(model, "image_processor", None)
         task = task or model.task
         model = model.model
     if not isinstance(model, transformers.PreTrainedModel):
         raise TfexportError(
             f"Expected a transformers PreTrainedModel or Pipeline, received {type(model).__name__}. "
             "Pass e.g. AutoModelForSequenceClassification.from_pretrained(...)."
+        )
+    check_model_inputs(model)
+    if is_image_model(model):
+        check_image_processor(image_processor, model)
+        return model, image_processor, task
+    if image_processor is not None:
+        raise TfexportError(
+            f"image_processor= was given but {type(model).__name__} takes text (input_ids), not pixel_values; "
+            "pass its tokenizer= instead."
         )
     if tokenizer is None:
         raise TfexportError(
@@ -65,9 +79,16 @@ def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str]) -> tuple:
 
 def resolve_task(model: Any, task: Optional[str]) -> TaskSpec:
     """The task spec for ``model``: inferred from its class, or checked against it when given."""
+    from mlflow_tfexport.image_flavor import is_image_model
+
+    kind = IMAGE if is_image_model(model) else TEXT
+    return for_input_kind(_resolve_task(model, task, kind), kind)
+
+
+def _resolve_task(model: Any, task: Optional[str], kind: str) -> TaskSpec:
     class_name = type(model).__name__
     try:
-        inferred: Optional[TaskSpec] = infer_task(class_name)
+        inferred: Optional[TaskSpec] = for_input_kind(infer_task(class_name), kind)
     except TfexportError:
         inferred = None
     if task is None:
@@ -75,6 +96,8 @@ def resolve_task(model: Any, task: Optional[str]) -> TaskSpec:
             return infer_task(class_name)  # raises the error listing the known tasks
         return inferred
     spec = get_task(str(task))
+    if spec.input_kind != kind and spec.auto_model == getattr(inferred, "auto_model", None):
+        spec = for_input_kind(spec, kind)  # feature-extraction of a vision backbone
     if inferred is not None and inferred.name != spec.name:
         raise TfexportError(
             f"{class_name} cannot do task {spec.name!r} (its head does {inferred.name!r}). Load the model "
@@ -183,6 +206,12 @@ def write_model(
     from mlflow_tfexport.runtimes import default_model_config
 
     mlflow_model = mlflow_model or Model()
+    if flavor_conf.get(FlavorKey.IMAGE_PROCESSOR_DIR) and not any(
+        r.lower().startswith("pillow") for r in requirements
+    ):  # image variants decode and resize with Pillow
+        from mlflow_tfexport.environment import pinned
+
+        requirements = [*requirements, pinned("pillow")]
     if signature is not None:
         mlflow_model.signature = signature
     if metadata is not None:
@@ -218,26 +247,40 @@ def save_model(
     extra_pip_requirements: Optional[Sequence[str]] = None,
     metadata: Optional[Dict[str, Any]] = None,
     mlflow_model: Optional[Model] = None,
+    image_processor: Any = None,
 ) -> None:
-    """Save a transformers model (or Pipeline) and its tokenizer as a tfexport model."""
-    model, tokenizer, task = _split_pipeline(model, tokenizer, task)
+    """Save a transformers model (or Pipeline) and its tokenizer as a tfexport model.
+
+    A vision model (one whose forward takes ``pixel_values``) is saved with its
+    ``image_processor`` (as ``preprocessor_config.json``) instead of a tokenizer; a Pipeline
+    brings its own.
+    """
+    model, preprocessor, task = _split_pipeline(model, tokenizer, task, image_processor)
     spec = resolve_task(model, task)
     if os.path.exists(path) and os.listdir(path):
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)
-    conf = model_facts(model, tokenizer, spec)
+    if spec.input_kind == IMAGE:
+        from mlflow_tfexport.image_flavor import image_model_facts, save_image_processor
+
+        conf = image_model_facts(model, preprocessor, spec, save_image_processor(preprocessor, path))
+        asset_dir = IMAGE_PROCESSOR_DIR
+    else:
+        conf = model_facts(model, preprocessor, spec)
+        conf[FlavorKey.TOKENIZER_DIR] = asset_dir = TOKENIZER_DIR
+        save_tokenizer(preprocessor, path)
     conf[FlavorKey.FORMAT] = Format.TRANSFORMERS
     conf[FlavorKey.MODEL_FILE] = MODEL_DIR
-    conf[FlavorKey.TOKENIZER_DIR] = TOKENIZER_DIR
     model.save_pretrained(os.path.join(path, MODEL_DIR))
-    save_tokenizer(tokenizer, path)
     check_no_pickle(os.path.join(path, MODEL_DIR))
-    check_no_pickle(os.path.join(path, TOKENIZER_DIR))
+    check_no_pickle(os.path.join(path, asset_dir))
     requirements = resolve_requirements(
         default_requirements(Format.TRANSFORMERS), pip_requirements, extra_pip_requirements
     )
     if signature is None:
-        signature = task_signature(spec, getattr(model.config, "hidden_size", None))
+        config = model.config
+        hidden = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
+        signature = task_signature(spec, hidden)
     write_model(
         path,
         conf,
@@ -261,6 +304,7 @@ def log_model(
     pip_requirements: Optional[Sequence[str]] = None,
     extra_pip_requirements: Optional[Sequence[str]] = None,
     metadata: Optional[Dict[str, Any]] = None,
+    image_processor: Any = None,
     **kwargs: Any,
 ) -> ModelInfo:
     """Log a transformers model as a tfexport model in the active run.
@@ -272,6 +316,10 @@ def log_model(
 
     With ``registered_model_name`` the model is registered as a new version
     tagged ``tfexport.format=transformers`` and ``tfexport.task``.
+
+    Vision models take ``image_processor=`` (e.g. ``AutoImageProcessor.from_pretrained(...)``)
+    instead of ``tokenizer=``, as ``mlflow.transformers`` names that component; a Pipeline brings
+    its own image processor.
     """
     import sys
 
@@ -283,6 +331,7 @@ def log_model(
         name=name,
         flavor=flavor_module,
         tokenizer=tokenizer,
+        image_processor=image_processor,
         task=task,
         signature=signature,
         input_example=input_example,
@@ -334,6 +383,8 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
     local = download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
     conf = read_flavor_conf(local)
     fmt = conf[FlavorKey.FORMAT]
+    if conf.get(FlavorKey.IMAGE_PROCESSOR_DIR):
+        return _load_image_model(local, conf)
     tok_dir = os.path.join(local, conf[FlavorKey.TOKENIZER_DIR])
     if fmt == Format.TRANSFORMERS:
         from mlflow_tfexport.runtimes.eager import load_transformers_model
@@ -356,3 +407,22 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
         fmt,
         conf,
     )
+
+
+def _load_image_model(local: str, conf: Dict[str, Any]) -> LoadedModel:
+    """A vision variant: the transformers image processor for the source, the numpy one otherwise."""
+    from mlflow_tfexport.images import ImagePreprocessor
+    from mlflow_tfexport.runtimes import load_runner
+
+    fmt = conf[FlavorKey.FORMAT]
+    processor_dir = os.path.join(local, conf[FlavorKey.IMAGE_PROCESSOR_DIR])
+    if fmt == Format.TRANSFORMERS:
+        from mlflow_tfexport.runtimes.eager import load_transformers_model
+
+        transformers = require("transformers")
+        return LoadedModel(load_transformers_model(local, conf),
+                           transformers.AutoImageProcessor.from_pretrained(processor_dir),
+                           conf[FlavorKey.TASK], fmt, conf)
+    runner = load_runner(local, conf, {})
+    native = getattr(runner, "session", None) or getattr(runner, "module", None) or runner
+    return LoadedModel(native, ImagePreprocessor.from_dir(processor_dir), conf[FlavorKey.TASK], fmt, conf)

@@ -23,7 +23,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +34,8 @@ IMAGE_COLUMN = "image"
 #: Pillow's resampling filters by the integer transformers stores in ``resample``.
 #: Image processors whose resize differs from the generic size rules, by class-name prefix.
 _RULES = (("ConvNext", "convnext"), ("Levit", "levit"), ("Yolos", "yolos"))
+#: Image processors whose steps the numpy preprocessing does not reproduce, and why.
+_UNSUPPORTED = (("Perceiver", "it centre-crops before resizing, by a ratio of crop_size to size"),)
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
@@ -128,10 +130,14 @@ class ImagePreprocessor:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
         kind = str(config.get("image_processor_type") or "")
+        for prefix, why in _UNSUPPORTED:
+            if kind.startswith(prefix):
+                raise TfexportError(f"{kind} is not reproduced by the serving preprocessing: {why}.")
         self.rule = next((rule for prefix, rule in _RULES if kind.startswith(prefix)), "default")
         self.do_resize = bool(config.get("do_resize", True))
         self.size = _size(config.get("size"))
-        self.resample = int(config.get("resample") if config.get("resample") is not None else 2)
+        resample = config.get("resample")
+        self.resample = 2 if resample is None else int(resample)
         self.crop_pct = float(config.get("crop_pct") or 224 / 256)
         self.do_center_crop = bool(config.get("do_center_crop", False))
         self.crop_size = _size(config.get("crop_size"))
@@ -203,7 +209,9 @@ class ImagePreprocessor:
             pixels = pixels[..., ::-1]
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
-    def __call__(self, images: Sequence[np.ndarray], input_names: Sequence[str] = ("pixel_values",)) -> PreprocessedBatch:
+    def __call__(
+        self, images: Sequence[np.ndarray], input_names: Sequence[str] = ("pixel_values",)
+    ) -> PreprocessedBatch:
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
         processed = [self.one(im) for im in images]
         if not processed:

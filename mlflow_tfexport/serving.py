@@ -118,6 +118,10 @@ class TfexportPyfunc:
         return _frame(pd, rows, self.spec.output_columns)
 
     def _generate(self, texts: List[str], p: Mapping[str, Any]) -> List[str]:
+        if self.spec.name == "text2text-generation":
+            from mlflow_tfexport.generation import text2text
+
+            return text2text(self.runner, self.encoder, self.conf, texts, p)
         eos = self.conf.get(FlavorKey.EOS_TOKEN_ID)
         max_new = int(p["max_new_tokens"])
         if max_new < 0:
@@ -191,9 +195,13 @@ def _frame(pd: Any, rows: List[Dict[str, Any]], output_columns: Tuple[Tuple[str,
         return pd.DataFrame(rows)
 
 
-def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> TfexportPyfunc:
+def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> Any:
     """Entry point named by ``loader_module`` in every tfexport MLmodel."""
     conf = read_flavor_conf(path)
     config = dict(model_config or {})
     runner = load_runner(path, conf, config)
+    if get_task(conf[FlavorKey.TASK]).input_kind == "image":
+        from mlflow_tfexport.vision import ImagePyfunc
+
+        return ImagePyfunc(path, conf, runner, config)
     return TfexportPyfunc(path, conf, runner, config)

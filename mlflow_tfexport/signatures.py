@@ -24,7 +24,7 @@ def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSi
     list, an array, a string, a dict or a DataFrame, with the task's columns
     (``text`` and optional ``text_pair``, or ``question`` and ``context``).
     """
-    if spec.name == "feature-extraction":
+    if spec.name in ("feature-extraction", "image-feature-extraction"):
         import numpy as np
 
         outputs = Schema([TensorSpec(np.dtype("float32"), (-1, hidden_size or -1))])

@@ -144,13 +144,24 @@ TASKS: Dict[str, TaskSpec] = {
         TaskSpec(
             name="text-generation",
             auto_model="AutoModelForCausalLM",
-            aliases=("causal-lm",),
+            aliases=("causal-lm", "causal-lm-with-past"),
             class_suffixes=("ForCausalLM", "LMHeadModel"),
             text_columns=("text",),
             outputs=(OutputSpec("logits", _SEQ),),
             atol=1e-4,
             generative=True,
             params=(ParamSpec("max_new_tokens", "long", 20),),
+        ),
+        TaskSpec(
+            name="text2text-generation",
+            auto_model="AutoModelForSeq2SeqLM",
+            aliases=("seq2seq-lm", "seq2seq-lm-with-past"),
+            class_suffixes=("ForConditionalGeneration", "MTModel"),
+            text_columns=("text",),
+            outputs=(OutputSpec("logits", _SEQ),),
+            atol=1e-4,
+            generative=True,
+            params=(ParamSpec("max_new_tokens", "long", 20), ParamSpec("num_beams", "long", 1)),
         ),
         TaskSpec(
             name="image-classification",
@@ -298,5 +309,5 @@ def image_inputs(
     if padded_rows and batch > 1:
         mask[-1, :, max(1, width // 2):] = 0
         pixels[-1, :, :, max(1, width // 2):] = 0.0
-    feeds = {"pixel_values": pixels, "pixel_mask": mask}
+    feeds: Dict[str, np.ndarray] = {"pixel_values": pixels, "pixel_mask": mask}
     return {name: feeds[name] for name in input_names}

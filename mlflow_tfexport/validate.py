@@ -124,6 +124,14 @@ def compare(
     return checks
 
 
+def feed_shape(feeds: Feeds) -> Tuple[int, int]:
+    """``(batch, sequence)`` of text feeds; ``(batch, height)`` of image feeds (``pixel_values``)."""
+    if "input_ids" in feeds:
+        return int(feeds["input_ids"].shape[0]), int(feeds["input_ids"].shape[1])
+    pixels = feeds["pixel_values"]
+    return int(pixels.shape[0]), int(pixels.shape[2])
+
+
 def validate(
     reference: RunFn,
     exported: RunFn,
@@ -142,10 +150,7 @@ def validate(
                     f"The reference model is not deterministic: output {name!r} differs between two "
                     "runs on the same input. Put the model in eval mode (model.eval()) before logging it."
                 )
-        ids = feeds["input_ids"]
-        report.checks.extend(
-            compare(first, exported(feeds), output_names, atol, (int(ids.shape[0]), int(ids.shape[1])))
-        )
+        report.checks.extend(compare(first, exported(feeds), output_names, atol, feed_shape(feeds)))
     return report
 
 

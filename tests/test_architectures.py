@@ -29,6 +29,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 FE, TC, TG = "feature-extraction", "text-classification", "text-generation"
+T2T = "text2text-generation"
 LEGACY, DYNAMO = "legacy", "dynamo"
 
 # Tiny shapes shared by every config (each architecture names them its own way).
@@ -66,7 +67,9 @@ class Arch:
         return "encoder-decoder" if self.config in _ENCODER_DECODERS else "encoder"
 
 
-_ENCODER_DECODERS = {"BartConfig", "MBartConfig", "PLBartConfig", "T5Config", "MT5Config"}
+_ENCODER_DECODERS = {"BartConfig", "MBartConfig", "PLBartConfig", "T5Config", "MT5Config", "MarianConfig",
+                     "M2M100Config", "BlenderbotConfig", "BlenderbotSmallConfig", "LongT5Config",
+                     "BigBirdPegasusConfig"}
 
 ARCHITECTURES: Tuple[Arch, ...] = (
     Arch("ALBERT", "AlbertConfig", {**_BERTLIKE, "embedding_size": 16}, "wordpiece", (FE, TC)),
@@ -104,11 +107,19 @@ ARCHITECTURES: Tuple[Arch, ...] = (
     Arch("GPT-J", "GPTJConfig", {**_GPT, "rotary_dim": 8}, "bytelevel", (TG, TC)),
     Arch("CodeGen", "CodeGenConfig", {**_GPT, "n_head": 4, "n_ctx": 64, "rotary_dim": 4}, "bytelevel", (TG,)),
     Arch("BLOOM", "BloomConfig", dict(hidden_size=32, n_layer=2, n_head=2), "bytelevel", (TG, TC)),
-    Arch("BART", "BartConfig", _SEQ2SEQ, "wordpiece", (TC, FE), registry=(TC,), dynamo=(TC,)),
-    Arch("mBART", "MBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE)),
-    Arch("PLBart", "PLBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE)),
-    Arch("T5", "T5Config", _T5, "wordpiece", (TC, FE), unsupported={FE: _T5_FE}),
-    Arch("MT5", "MT5Config", _T5, "wordpiece", (TC, FE), unsupported={FE: _T5_FE.replace("T5Model", "MT5Model")}),
+    Arch("BART", "BartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T), registry=(TC,), dynamo=(TC,)),
+    Arch("mBART", "MBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T)),
+    Arch("PLBart", "PLBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T)),
+    Arch("T5", "T5Config", _T5, "wordpiece", (TC, FE, T2T), unsupported={FE: _T5_FE}),
+    Arch("MT5", "MT5Config", _T5, "wordpiece", (TC, FE, T2T),
+         unsupported={FE: _T5_FE.replace("T5Model", "MT5Model")}),
+    Arch("LongT5", "LongT5Config", _T5, "wordpiece", (T2T,)),
+    Arch("Marian", "MarianConfig", _SEQ2SEQ, "wordpiece", (T2T,)),
+    Arch("M2M100", "M2M100Config", _SEQ2SEQ, "wordpiece", (T2T,)),
+    Arch("Blenderbot", "BlenderbotConfig", _SEQ2SEQ, "wordpiece", (T2T,)),
+    Arch("BlenderbotSmall", "BlenderbotSmallConfig", _SEQ2SEQ, "wordpiece", (T2T,)),
+    Arch("BigBird-Pegasus", "BigBirdPegasusConfig", {**_SEQ2SEQ, "attention_type": "original_full"}, "wordpiece",
+         (T2T,)),
 )
 
 BY_NAME: Dict[str, Arch] = {a.name: a for a in ARCHITECTURES}
@@ -204,6 +215,10 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str) -> None:
         np.testing.assert_allclose(np.asarray(got["score"]), np.asarray(src["score"]), atol=1e-4, rtol=0)
     elif task == FE:
         np.testing.assert_allclose(np.asarray(got), np.asarray(src), atol=1e-4, rtol=0)
+    elif task in (TG, T2T):  # greedy decoding: the same text, token for token
+        params = {"max_new_tokens": 8}
+        assert load_model(exported_dir).predict(TEXTS, params=params) == load_model(source_dir).predict(
+            TEXTS, params=params)
 
 
 def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: bool = True) -> CellResult:
@@ -218,7 +233,7 @@ def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: 
             exported = os.path.join(root, "onnx")
             _, report = export_to_directory(source, exported, "onnx", exporter=exporter)
             validate_at_max_length(model, source, exported, report.atol)
-            if predictions and task == TC:
+            if predictions and task in (TC, TG, T2T):
                 compare_predictions(source, exported, task)
             passed, detail = True, f"max abs diff {report.max_abs_diff:.1e} (atol {report.atol:g})"
         except Exception as exc:  # noqa: BLE001 - a cell records whatever went wrong

@@ -182,7 +182,7 @@ def test_a_failure_at_any_stage_registers_nothing(source: str, stage: str, monke
     from mlflow_tfexport.export import onnx as onnx_backend
 
     targets = {
-        "load": (exporting, "_load_source"),
+        "load": (exporting, "load_source_model"),
         "export": (onnx_backend.BACKEND, "export"),
         "validate": (exporting, "run_validation"),
         "log": (variant, "save_model"),

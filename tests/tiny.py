@@ -92,6 +92,7 @@ AUTO = {
     "question-answering": transformers.AutoModelForQuestionAnswering,
     "fill-mask": transformers.AutoModelForMaskedLM,
     "text-generation": transformers.AutoModelForCausalLM,
+    "text2text-generation": transformers.AutoModelForSeq2SeqLM,
 }
 
 

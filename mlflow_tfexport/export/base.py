@@ -55,6 +55,12 @@ class SourceModel:
         return list(self.flavor_conf["input_names"])
 
     @property
+    def output_names(self) -> List[str]:
+        """The outputs to export: the task's, or those the model has (image models record theirs)."""
+        recorded = self.flavor_conf.get("output_names") if self.spec.input_kind == "image" else None
+        return list(recorded or self.spec.output_names)
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)
 

@@ -19,7 +19,7 @@ from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export import onnx_optimize
 from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
 from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
-from mlflow_tfexport.tasks import INPUT_AXES, TaskSpec
+from mlflow_tfexport.tasks import TaskSpec, input_axes
 
 EXPORT_SHAPE: Shape = (2, 16)
 VALIDATION_SHAPE: Shape = (3, 23)
@@ -48,6 +48,25 @@ def save_with_external_data(path: str) -> None:
     )
 
 
+def with_past(spec: TaskSpec, exporter: str) -> bool:
+    """Generation tasks export with past key values (export/onnx_generation.py) with the legacy exporter;
+    the dynamo exporter writes text-generation's single logits graph (decoded by re-running it)."""
+    return spec.generative and (exporter == DEFAULT_EXPORTER or spec.name != "text-generation")
+
+
+def _check_generation(exporter: str, options: ExportOptions, spec: TaskSpec) -> None:
+    if exporter != DEFAULT_EXPORTER and spec.name != "text-generation":
+        raise ExportError(
+            f"exporter={exporter!r} does not export {spec.name} (encoder and decoder with past key values); use "
+            f"the default exporter ({DEFAULT_EXPORTER!r})."
+        )
+    if options.optimize or options.quantize:
+        raise ExportError(
+            "optimize=True and quantize= are not available for generation exports with past key values yet; "
+            "export without them."
+        )
+
+
 class OnnxBackend:
     name = Format.ONNX
 
@@ -70,13 +89,19 @@ class OnnxBackend:
                 "Drop trace_shape, or use format='torchscript' for static shapes."
             )
         onnx_optimize.check_options(options)
+        if with_past(spec, exporter):
+            _check_generation(exporter, options, spec)
         return ExportOptions(**{**options.__dict__, "opset": opset, "exporter": exporter})
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
+        if with_past(source.spec, str(options.exporter)):  # graph(s) with past key values, numpy decoding
+            from mlflow_tfexport.export.onnx_generation import export_generation
+
+            return export_generation(source, options, staging_dir)
         torch = require("torch")
         onnx = require("onnx")
         names = source.input_names
-        outputs = list(source.spec.output_names)
+        outputs = source.output_names
         batch, seq = EXPORT_SHAPE
         feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
@@ -89,15 +114,17 @@ class OnnxBackend:
             with torch.no_grad():
                 if options.exporter == "dynamo":
                     require("onnxscript")
-                    b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                    dims: Dict[str, Any] = {}
+                    dynamic = {n: {i: dims.setdefault(d, torch.export.Dim(d))
+                                   for i, d in input_axes(source.spec, n).items()} for n in names}
                     torch.onnx.export(
                         wrapper, args, path, input_names=names, output_names=outputs,
                         opset_version=options.opset, dynamo=True, external_data=large,
-                        dynamic_shapes={n: {0: b, 1: s} for n in names},
+                        dynamic_shapes=dynamic,
                     )
                 else:
-                    axes = {n: dict(INPUT_AXES) for n in names}
-                    axes.update({o.name: dict(o.axes) for o in source.spec.outputs})
+                    axes = {n: input_axes(source.spec, n) for n in names}
+                    axes.update({o.name: dict(o.axes) for o in source.spec.outputs if o.name in outputs})
                     torch.onnx.export(
                         wrapper, args, path, input_names=names, output_names=outputs,
                         opset_version=options.opset, dynamo=False, dynamic_axes=axes,

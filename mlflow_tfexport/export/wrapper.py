@@ -13,7 +13,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.tasks import dummy_inputs
+from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
 
 if TYPE_CHECKING:
     from mlflow_tfexport.export.base import SourceModel
@@ -32,7 +32,8 @@ def untie_weights(model: Any) -> None:
 
 def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
     """Wrap ``model``; ``input_names`` must be a prefix-ordered subset of
-    ``(input_ids, attention_mask, token_type_ids)`` and is passed positionally."""
+    ``(input_ids, attention_mask, token_type_ids)`` or of ``(pixel_values, pixel_mask)`` (image
+    models) and is passed positionally."""
     torch = require("torch")
 
     class ExportWrapper(torch.nn.Module):  # type: ignore[misc,name-defined]
@@ -42,13 +43,21 @@ def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[
 
         def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tuple[Any, ...]:
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-            kwargs: Dict[str, Any] = {name: given[name] for name in input_names}
+            return self.run({name: given[name] for name in input_names})
+
+        def run(self, kwargs: Dict[str, Any]) -> Tuple[Any, ...]:
             if "use_cache" in model.forward.__code__.co_varnames:
                 kwargs["use_cache"] = False
             out = self.model(**kwargs, return_dict=True)
             return tuple(out[name] for name in output_names)
 
-    return ExportWrapper().eval()
+    class ImageExportWrapper(ExportWrapper):
+        def forward(self, pixel_values: Any, pixel_mask: Any = None) -> Tuple[Any, ...]:  # type: ignore[override]
+            given = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+            return self.run({name: given[name] for name in input_names})
+
+    image = bool(input_names) and input_names[0] == "pixel_values"
+    return (ImageExportWrapper() if image else ExportWrapper()).eval()
 
 
 def source_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -56,12 +65,27 @@ def source_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int =
     encoder-decoder each row ended by the end-of-sequence token (its tokenizer always appends it,
     and its classification head pools at it)."""
     conf = source.flavor_conf
+    if source.spec.input_kind == IMAGE:
+        return source_image_inputs(source, batch, sequence, seed=seed)
     eos = conf.get(FlavorKey.EOS_TOKEN_ID) if getattr(source.model.config, "is_encoder_decoder", False) else None
     return dummy_inputs(
         tuple(source.input_names), batch, min(sequence, source.max_length),
         vocab_size=source.vocab_size, pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=seed,
         eos_token_id=None if eos is None else int(eos),
     )
+
+
+def source_image_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Pixels for an image model: its image size (from the flavor block) when that is fixed; for a
+    task with dynamic image size (object detection) ``2 * sequence`` by ``2 * sequence + 8``, so that
+    every shape the backend asks for gives another height and width, with a padded last row."""
+    conf = source.flavor_conf
+    if source.spec.dynamic_image_size:
+        height, width = 2 * sequence, 2 * sequence + 8
+    else:
+        height, width = (int(v) for v in conf[FlavorKey.IMAGE_SIZE])
+    return image_inputs(tuple(source.input_names), batch, height, width,
+                        num_channels=int(conf.get(FlavorKey.NUM_CHANNELS) or 3), seed=seed)
 
 
 def length_dependent_path(source: SourceModel) -> Optional[str]:

@@ -26,10 +26,12 @@ class EagerRunner:
         return {name: out[name].float().numpy() for name in self.output_names}
 
     def generate(
-        self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int]
+        self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int = 1
     ) -> List[int]:
         torch = self.torch
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        if getattr(self.model.config, "is_encoder_decoder", False):
+            return self._generate_seq2seq(ids, int(max_new_tokens), eos_token_id, int(num_beams))
         with torch.inference_mode():
             out = self.model.generate(
                 ids,
@@ -42,6 +44,24 @@ class EagerRunner:
                 pad_token_id=eos_token_id if eos_token_id is not None else 0,
             )
         return [int(t) for t in out[0, ids.shape[1]:].tolist()]
+
+    def _generate_seq2seq(
+        self, ids: Any, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int
+    ) -> List[int]:
+        """An encoder-decoder's new tokens (after the decoder start token). Greedy (or beam) search on the
+        logits alone, with the generation config's forced first/last tokens; its other logits processors
+        (min_length, no_repeat_ngram_size, repetition_penalty, bad_words_ids) are off, as in the exported
+        variants' decoding loop."""
+        torch = self.torch
+        pad = getattr(self.model.generation_config, "pad_token_id", None)
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, min_new_tokens=0,
+                min_length=0, do_sample=False, num_beams=num_beams, eos_token_id=eos_token_id,
+                pad_token_id=pad if pad is not None else eos_token_id, no_repeat_ngram_size=0,
+                repetition_penalty=1.0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+            )
+        return [int(t) for t in out[0, 1:].tolist()]
 
     def describe(self) -> Dict[str, Any]:
         return {"device": "cpu", "torch": self.torch.__version__}
@@ -65,4 +85,6 @@ def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> A
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> EagerRunner:
     model = load_transformers_model(model_dir, flavor_conf)
     spec = get_task(flavor_conf[FlavorKey.TASK])
-    return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], spec.output_names)
+    # An image model records the outputs it has (a backbone may lack pooler_output).
+    outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == "image" else None
+    return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], outputs or spec.output_names)
