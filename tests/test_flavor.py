@@ -217,6 +217,13 @@ def test_every_task_has_a_round_trip_test() -> None:
         "fill-mask": test_fill_mask_round_trip,
         "text-generation": test_text_generation_round_trip,
     }
+    import test_vision  # image tasks: registry round trip (ViT) and the matrix's save -> export -> pyfunc cells
+
+    tested.update({
+        "image-classification": test_vision.test_registry_round_trip,
+        "image-feature-extraction": test_vision.test_vision_export_validates,
+        "object-detection": test_vision.test_vision_export_validates,
+    })
     assert set(tested) == set(TASKS)
 
 

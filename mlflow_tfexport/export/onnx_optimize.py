@@ -20,6 +20,7 @@ is measured and recorded, not gated.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -85,10 +86,9 @@ def _config_int(config: Any, *names: str) -> int:
 def prepare_model(model: Any, options: Any) -> None:
     """Before tracing: the eager attention graph is the one the ORT fusions match."""
     if options.optimize and hasattr(model, "set_attn_implementation"):
-        try:
+        # An architecture without the eager path keeps its own; fusion may then be partial.
+        with contextlib.suppress(Exception):
             model.set_attn_implementation("eager")
-        except Exception:  # an architecture without the eager path keeps its own; fusion may then be partial
-            pass
 
 
 def fusion_summary(stats: Mapping[str, int]) -> str:
@@ -186,10 +186,7 @@ def _agreement(spec: OutputSpec, task: str, ref: np.ndarray, got: np.ndarray, ma
         ref = np.where(valid, ref, -np.inf)
         got = np.where(valid, got, -np.inf)
         return int((ref.argmax(-1) == got.argmax(-1)).sum()), int(ref.shape[0])
-    if ref.shape[-1] == 1:
-        same = (ref[..., 0] > 0) == (got[..., 0] > 0)
-    else:
-        same = ref.argmax(-1) == got.argmax(-1)
+    same = (ref[..., 0] > 0) == (got[..., 0] > 0) if ref.shape[-1] == 1 else ref.argmax(-1) == got.argmax(-1)
     if same.ndim == 2:  # per token: real tokens only
         return int(same[valid].sum()), int(valid.sum())
     return int(same.sum()), int(same.size)

@@ -55,7 +55,7 @@ class OnnxRunner:
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         values = self.session.run(None, {k: feeds[k] for k in self.input_names})
-        return dict(zip(self.output_names, values))
+        return dict(zip(self.output_names, values, strict=True))
 
     def describe(self) -> Dict[str, Any]:
         return {"providers": self.session.get_providers()}
