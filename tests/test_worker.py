@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +21,7 @@ import mlflow
 import pytest
 import requests
 from mlflow import MlflowClient
+from servers import free_port, stop, tail
 
 import mlflow_tfexport
 from mlflow_tfexport import worker as wk
@@ -473,37 +472,6 @@ def test_serve_over_https(tracking_uri: str, tmp_path: Any) -> None:
 # ----------------------------------------------------------------------------------- a real mlflow server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate the server and every process it started (its own process group)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _tail(path: str, n: int = 4000) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-n:]
-    except OSError:
-        return ""
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[str]:
     """A real ``mlflow server`` (SQLite backend, served artifacts) that may deliver webhooks to loopback."""
@@ -513,7 +481,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: st
 
     root = tmp_path_factory.mktemp("mlflow-server")
     shutil.copyfile(_empty_mlflow_db, root / "mlflow.db")
-    port = _free_port()
+    port = free_port()
     env = dict(
         os.environ,
         # Development/test settings only: production webhooks use https to a public address.
@@ -540,18 +508,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: st
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{_tail(log_path)}")
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{tail(log_path)}")
             try:
                 if requests.get(f"{url}/health", timeout=5).status_code == 200:
                     break
             except requests.RequestException:  # not listening yet, or still busy starting
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health in {SERVER_START_S:.0f} s:\n{_tail(log_path)}")
+                pytest.fail(f"mlflow server did not answer /health in {SERVER_START_S:.0f} s:\n{tail(log_path)}")
             time.sleep(0.5)
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture
