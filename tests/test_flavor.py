@@ -150,6 +150,25 @@ def test_text_generation_round_trip(tracking_uri: str, tiny_model: Any) -> None:
     assert pf.predict(prompts[:1], params={"max_new_tokens": 0}) == prompts[:1]
 
 
+def test_text2text_generation_round_trip(tracking_uri: str) -> None:
+    from test_architectures import BY_NAME, build
+
+    model, tok = build(BY_NAME["T5"], "text2text-generation")
+    info, pf = log_and_load(model, "t2t", tokenizer=tok)
+    assert info.flavors[FLAVOR_NAME][FlavorKey.TASK] == "text2text-generation"  # T5ForConditionalGeneration
+    prompts = TEXTS[:2] + ["the"]
+    got = pf.predict(prompts, params={"max_new_tokens": 5})
+    expected = []
+    for p in prompts:
+        with torch.inference_mode():
+            enc = tok(p, return_tensors="pt")
+            out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=5,
+                                 do_sample=False)
+        expected.append(tok.decode(out[0], skip_special_tokens=True))
+    assert got == expected
+    assert pf.predict(prompts[:1], params={"max_new_tokens": 0}) == [""]
+
+
 def qa_reference(model: Any, tok: Any, question: str, context: str, max_answer_len: int = 15) -> Dict[str, Any]:
     """Brute force over every span in the context, scored as the former transformers QA pipeline did.
 
@@ -216,6 +235,7 @@ def test_every_task_has_a_round_trip_test() -> None:
         "question-answering": test_question_answering_round_trip,
         "fill-mask": test_fill_mask_round_trip,
         "text-generation": test_text_generation_round_trip,
+        "text2text-generation": test_text2text_generation_round_trip,
     }
     import test_vision  # image tasks: registry round trip (ViT) and the matrix's save -> export -> pyfunc cells
 

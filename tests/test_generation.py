@@ -129,7 +129,7 @@ def test_unsupported_generation_exports_raise_precise_errors(tmp_path: Any) -> N
     mlflow_tfexport.save_model(model, source, tokenizer=tok, task="seq2seq-lm-with-past")
     with pytest.raises(ExportError, match="exporter='dynamo' does not export text2text-generation"):
         export_to_directory(source, str(tmp_path / "dynamo"), "onnx", exporter="dynamo")
-    with pytest.raises(ExportError, match="needs decoder inputs"):
+    with pytest.raises(ExportError, match="cannot be exported to torchscript yet"):
         export_to_directory(source, str(tmp_path / "ts"), "torchscript", trace_shape="1x16")
     from mlflow_tfexport.export import ExportOptions, get_backend
     from mlflow_tfexport.serving import read_flavor_conf
@@ -185,7 +185,7 @@ def test_registry_round_trip(arch: str, task: str, registry: str) -> None:
         want = source.predict(PROMPTS, params={"max_new_tokens": n})
         assert exported.predict(PROMPTS, params={"max_new_tokens": n}) == want
         assert all(isinstance(t, str) for t in want)
-    if task == T2T:
+    if arch == "T5":  # tiny BART repeats its [SEP], a special token: its texts are empty
         assert any(want)
     with tempfile.TemporaryDirectory() as root:
         local = mlflow.artifacts.download_artifacts(result.model_uri, dst_path=root)

@@ -47,6 +47,11 @@ HOW_TO_PASS = (
 
 def check_traceable(spec: TaskSpec, fmt: str) -> None:
     """Every output needs a batch axis (and at most a sequence axis besides) so padding can be stripped."""
+    if spec.name == "text2text-generation":
+        raise ExportError(
+            f"Task 'text2text-generation' cannot be exported to {fmt} yet: its encoder and decoder with past key "
+            "values are exported to ONNX only. Use format='onnx'."
+        )
     bad = [
         o.name for o in spec.outputs
         if BATCH not in o.axes.values() or any(name not in (BATCH, SEQUENCE) for name in o.axes.values())
