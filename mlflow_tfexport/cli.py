@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import traceback
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mlflow_tfexport.constants import Format, Tag
@@ -216,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the stages are the CLI's progress
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:  # tracer and exporter warnings are noise at the command line
+        warnings.filterwarnings("ignore")
     if getattr(args, "trace_shape", None) is not None:
         args.trace_shape = [s for s in args.trace_shape if s.strip()] or None
     if getattr(args, "atol", None) is not None and not str(args.atol).strip():

@@ -338,7 +338,7 @@ def export(
             if existing:
                 mv = existing[0]
                 return ExportResult(mv, f"models:/{name}/{mv.version}", None, created=False, run_id=mv.run_id)
-        return _export_new(client, backend, source, options, tolerance, key, name, workdir, say, force)
+        return _export_new(_Job(client, backend, source, options, tolerance, key, name, say, force), workdir)
 
 
 def _experiment_id(client: MlflowClient, source: ResolvedSource) -> Optional[str]:
@@ -350,22 +350,27 @@ def _experiment_id(client: MlflowClient, source: ResolvedSource) -> Optional[str
     return None
 
 
-def _export_new(
-    client: MlflowClient,
-    backend: Any,
-    source: ResolvedSource,
-    options: ExportOptions,
-    tolerance: float,
-    key: str,
-    name: str,
-    workdir: str,
-    say: Progress,
-    force: bool = False,
-) -> ExportResult:
-    fmt = options.format
+@dataclass
+class _Job:
+    """One export whose options are checked: what the run, the log and the registration need."""
+
+    client: MlflowClient
+    backend: Any
+    source: ResolvedSource
+    options: ExportOptions
+    tolerance: float
+    key: str
+    name: str
+    say: Progress
+    force: bool
+
+
+def _export_new(job: _Job, workdir: str) -> ExportResult:
+    """Run the export inside its own MLflow run (nested in the active or the project's run)."""
+    source, fmt = job.source, job.options.format
     staging = os.path.join(workdir, "staging")
     os.makedirs(staging)
-    run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: key}
+    run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: job.key}
     if source.run_id:
         run_tags["tfexport.source_run_id"] = source.run_id
     with contextlib.ExitStack() as stack:
@@ -375,38 +380,26 @@ def _export_new(
         parent = mlflow.active_run()
         run = stack.enter_context(
             mlflow.start_run(
-                experiment_id=parent.info.experiment_id if parent else _experiment_id(client, source),
+                experiment_id=parent.info.experiment_id if parent else _experiment_id(job.client, source),
                 run_name=f"export-{fmt}",
                 nested=parent is not None,
                 tags=run_tags,
             )
         )
-        return _export_in_run(client, backend, source, options, tolerance, key, name, staging, say, force, run)
+        return _export_in_run(job, staging, run.info.run_id)
 
 
-def _export_in_run(
-    client: MlflowClient,
-    backend: Any,
-    source: ResolvedSource,
-    options: ExportOptions,
-    tolerance: float,
-    key: str,
-    name: str,
-    staging: str,
-    say: Progress,
-    force: bool,
-    run: Any,
-) -> ExportResult:
+def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
     from mlflow_tfexport import variant
 
-    fmt = options.format
+    source, options, fmt = job.source, job.options, job.options.format
     mlflow.log_params(
-        {"format": fmt, "opset": options.opset, "atol": tolerance, "source": source.canonical_uri,
+        {"format": fmt, "opset": options.opset, "atol": job.tolerance, "source": source.canonical_uri,
          "trace_shape": ",".join(f"{b}x{s}" for b, s in options.trace_shapes) or "dynamic",
          "exporter": options.exporter, "optimize": options.optimize, "quantize": options.quantize}
     )
-    say("load", source.canonical_uri)
-    staged = stage_export(source, backend, options, tolerance, staging, say)
+    job.say("load", source.canonical_uri)
+    staged = stage_export(source, job.backend, options, job.tolerance, staging, job.say)
     conf, artifact, report, export_seconds = staged.conf, staged.artifact, staged.report, staged.export_seconds
     report.extra.update({"format": fmt, "source": source.canonical_uri, "export_seconds": export_seconds})
     mlflow.log_metrics({"max_abs_diff": report.max_abs_diff, "export_seconds": export_seconds})
@@ -414,7 +407,7 @@ def _export_in_run(
     raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
     with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
         f.write(report.to_json())
-    say("log", "model")
+    job.say("log", "model")
     info = Model.log(
         artifact_path=None,
         name="model",
@@ -429,12 +422,12 @@ def _export_in_run(
     tags = {
         Tag.FORMAT: fmt,
         Tag.TASK: conf[FlavorKey.TASK],
-        Tag.ATOL: f"{tolerance:g}",
+        Tag.ATOL: f"{job.tolerance:g}",
         Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
         Tag.VALIDATION: VALIDATION_PASSED,
         Tag.VALIDATED_SHAPE: ",".join(f"{b}x{s}" for b, s in report.shapes),
         Tag.SOURCE: source.canonical_uri,
-        Tag.EXPORT_KEY: key,
+        Tag.EXPORT_KEY: job.key,
         Tag.EXPORT_SECONDS: f"{export_seconds:.2f}",
         Tag.VERSIONS: tool_versions(
             ["mlflow-tfexport", "torch", "transformers", "onnx", "onnxruntime", "mlflow"]
@@ -442,12 +435,12 @@ def _export_in_run(
         **artifact.tags,
         **report.tags,
     }
-    say("register", name)
-    mv = register_version(name, info, tags=tags, description=describe(fmt, source, options, report),
-                          client=client)
-    if not force:
-        mv = _settle_duplicates(client, name, key, mv)
-    return ExportResult(mv, f"models:/{name}/{mv.version}", report, created=True, run_id=run.info.run_id)
+    job.say("register", job.name)
+    mv = register_version(job.name, info, tags=tags, description=describe(fmt, source, options, report),
+                          client=job.client)
+    if not job.force:
+        mv = _settle_duplicates(job.client, job.name, job.key, mv)
+    return ExportResult(mv, f"models:/{job.name}/{mv.version}", report, created=True, run_id=run_id)
 
 
 def _settle_duplicates(client: MlflowClient, name: str, key: str, mine: ModelVersion) -> ModelVersion:
