@@ -22,7 +22,7 @@ temporary SQLite registry and exported, it measures in one run:
    loopback) for the ONNX variant and the ``mlflow.transformers`` model.
 
 Latencies are medians over trials; in every trial the candidates run one after
-the other in a rotating order (interleaved), so a shared, noisy machine slows
+the other in a new random order (interleaved), so a shared, noisy machine slows
 all of them alike and the ratios stay meaningful. Writes ``results.json``,
 ``results.md`` and ``latency.png`` into ``--out`` (default
 ``benchmarks/results``) and prints the target ratios.
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -55,6 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BATCHES = (1, 8, 32)
 SEQ_LENS = (16, 128)
 SERVE_CLIENTS = 8
+PAUSE_S = 0.05
 TARGETS = {
     "onnx_vs_mlflow_transformers_batch1": 2.5,
     "onnx_vs_mlflow_transformers_batch32": 4.0,
@@ -152,8 +154,8 @@ def setup(workdir: str, seed: int = 0) -> Dict[str, Any]:
 class Floor:
     """What the ONNX pyfunc cannot beat: tokenizers + InferenceSession.run + numpy softmax, nothing else."""
 
-    def __init__(self, model_dir: str) -> None:
-        import onnxruntime as ort
+    def __init__(self, model_dir: str, session: Any) -> None:
+        """``session``: the ONNX pyfunc's own InferenceSession, so both run the very same ORT work."""
         import tokenizers
         import yaml
 
@@ -162,8 +164,7 @@ class Floor:
         self.tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, conf["tokenizer_dir"], "tokenizer.json"))
         self.tok.enable_truncation(int(conf["max_length"]))
         self.tok.enable_padding(pad_id=int(conf["pad_token_id"]))
-        self.session = ort.InferenceSession(os.path.join(model_dir, conf["model_file"]),
-                                            providers=["CPUExecutionProvider"])
+        self.session = session
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
@@ -183,7 +184,9 @@ class Floor:
 
 
 def interleaved(fns: Dict[str, Callable[[], Any]], trials: int, budget_s: float) -> Dict[str, Dict[str, float]]:
-    """Median seconds per call of each fn: ``trials`` rounds, candidates in rotating order each round."""
+    """Median seconds per call of each fn: ``trials`` rounds, candidates in a new random order each round,
+    with a short pause before each (onnxruntime and torch worker threads spin for a while after a call and
+    would slow whichever candidate runs next)."""
     names = list(fns)
     reps: Dict[str, int] = {}
     for n in names:  # warm-up and calibration: about budget_s per measurement
@@ -193,9 +196,12 @@ def interleaved(fns: Dict[str, Callable[[], Any]], trials: int, budget_s: float)
         once = max(time.perf_counter() - started, 1e-6)
         reps[n] = max(1, min(200, int(budget_s / once)))
     samples: Dict[str, List[float]] = {n: [] for n in names}
-    for t in range(trials):
-        order = names[t % len(names):] + names[: t % len(names)]
+    shuffle = random.Random(0).shuffle
+    for _ in range(trials):
+        order = list(names)
+        shuffle(order)  # no candidate always follows the same one
         for n in order:
+            time.sleep(PAUSE_S)  # let the previous runtime's spinning worker threads go idle
             started = time.perf_counter()
             for _ in range(reps[n]):
                 fns[n]()
@@ -213,8 +219,8 @@ def latency(info: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any
 
     local = info["local"]
     models = {k: mlflow.pyfunc.load_model(p) for k, p in local.items()}
-    floor = Floor(local["onnx"])
     raw = models["onnx"]._model_impl  # the object _load_pyfunc returned, without PyFuncModel.predict around it
+    floor = Floor(local["onnx"], raw.runner.session)
     tokenizer = load_tokenizer(local["source"])
     results: Dict[str, Any] = {}
     for seq in SEQ_LENS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class TfexportPyfunc:
         columns = [c for c, _ in self.spec.output_columns]
         if not rows:
             return pd.DataFrame(columns=columns)
-        return pd.DataFrame(rows)
+        return _frame(pd, rows, self.spec.output_columns)
 
     def _generate(self, texts: List[str], p: Mapping[str, Any]) -> List[str]:
         if self.spec.name == "text2text-generation":
@@ -155,6 +155,45 @@ class TfexportPyfunc:
 #: MLflow's PyFuncModel.predict calls ``inspect.signature`` on this method for every request;
 #: a precomputed signature makes that lookup about 3x cheaper.
 TfexportPyfunc.predict.__signature__ = inspect.signature(TfexportPyfunc.predict)  # type: ignore[attr-defined]
+
+_FRAME_CACHE: Dict[Tuple[Tuple[str, str], ...], Any] = {}
+
+
+def _frame(pd: Any, rows: List[Dict[str, Any]], output_columns: Tuple[Tuple[str, str], ...]) -> Any:
+    """``pd.DataFrame(rows)``, built column by column from the task's typed output columns.
+
+    Same frame (columns, dtypes, values) as ``pd.DataFrame(rows)`` at a fraction of its cost, which
+    dominates a small batch (pandas infers types and builds indexes per call). Rows with other keys
+    (e.g. fill-mask's extra fields) take the general constructor.
+    """
+    names = tuple(name for name, _ in output_columns)
+    if tuple(rows[0]) != names:
+        return pd.DataFrame(rows)
+    cached = _FRAME_CACHE.get(output_columns)
+    if cached is None:
+        probe = pd.DataFrame({"s": ["a"]})["s"].dtype  # the string dtype pandas infers (str on pandas 3)
+        cached = _FRAME_CACHE[output_columns] = (pd.Index(list(names)), probe)
+    index, str_dtype = cached
+    arrays: List[Any] = []
+    try:
+        for name, kind in output_columns:
+            values = [row[name] for row in rows]
+            if kind == "double":
+                arrays.append(np.array(values, dtype=np.float64))
+            elif kind == "long":
+                arrays.append(np.array(values, dtype=np.int64))
+            elif kind == "string" and all(type(v) is str for v in values):
+                if str_dtype is np.dtype(object):
+                    arrays.append(np.array(values, dtype=object))
+                else:
+                    arrays.append(str_dtype.construct_array_type()._from_sequence(values, dtype=str_dtype))
+            else:
+                return pd.DataFrame(rows)
+        return pd.DataFrame._from_arrays(arrays, columns=index, index=pd.RangeIndex(len(rows)),
+                                         verify_integrity=False)
+    except Exception:  # a pandas without these internals: the general constructor
+        return pd.DataFrame(rows)
+
 
 def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> Any:
     """Entry point named by ``loader_module`` in every tfexport MLmodel."""

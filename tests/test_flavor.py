@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import mlflow
 import numpy as np
@@ -483,3 +483,24 @@ def test_gpt2_without_pad_token_serves_batches(tmp_path: Any) -> None:
     expected = pipe("text-classification", model, tok)(TEXTS)
     assert got["label"].tolist() == [e["label"] for e in expected]
     np.testing.assert_allclose(got["score"], [e["score"] for e in expected], atol=SCORE_ATOL)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.25}],
+        [{"answer": "Paris", "score": 0.5, "start": 0, "end": 5}],
+        [{"label": "POSITIVE", "score": 1}],  # an int score still becomes a float column
+    ],
+)
+def test_fast_output_frame_equals_the_pandas_constructor(rows: List[Dict[str, Any]]) -> None:
+    """The predict path builds its DataFrame column by column; it must equal ``pd.DataFrame(rows)``."""
+    import pandas as pd
+
+    from mlflow_tfexport.serving import _frame
+    from mlflow_tfexport.tasks import TASKS
+
+    columns = next(s.output_columns for s in TASKS.values() if [c for c, _ in s.output_columns] == list(rows[0]))
+    fast = _frame(pd, rows, columns)
+    pd.testing.assert_frame_equal(fast, pd.DataFrame(rows), check_dtype=rows[0]["score"] != 1)
+    assert list(fast.dtypes.astype(str))[1] == "float64"

@@ -262,3 +262,24 @@ def test_inf2_serving_requirements() -> None:
     fake = NeuronCompiler(target="inf2", version="x", compile=CpuStandIn())
     reqs = serving_requirements(neuron_runtime.TARGETS["inf2"], fake)
     assert [r.split("=")[0] for r in reqs] == ["mlflow", "torch-neuronx", "neuronx-cc", "tokenizers", "numpy"]
+
+
+def test_neuron_stand_in_variant_through_mlflow_models_serve(exported: Dict[str, Any], tmp_path: Any) -> None:
+    """`mlflow models serve` of the Neuron variant, up to the compile seam: the server process finds a
+    no-op stand-in ``torch_neuron`` package (the one import the Inf1 SDK provides at serve time)."""
+    from servers import models_serve
+
+    stub = tmp_path / "stand-in-sdk" / "torch_neuron"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text('"""CPU stand-in for the Inf1 SDK import."""\n__version__ = "0.0-stand-in"\n')
+    version = exported["result"].model_version.version
+    uri = mlflow.get_tracking_uri()
+    texts = ["I loved this film, the plot was great.", "dull"]
+    expected = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(texts)
+    pythonpath = os.pathsep.join(p for p in (str(stub.parent), os.environ.get("PYTHONPATH", "")) if p)
+    with models_serve(f"models:/{NAME}/{version}", uri, str(tmp_path), extra_env={"PYTHONPATH": pythonpath}) as srv:
+        response = srv.invoke({"inputs": texts})
+        assert response.status_code == 200, f"{response.text}\n{srv.log()}"
+        served = response.json()["predictions"]
+    assert [r["label"] for r in served] == list(expected["label"])
+    assert [r["score"] for r in served] == pytest.approx(list(expected["score"]), abs=1e-4)
