@@ -52,14 +52,13 @@ def make_encoder(path: str, conf: Mapping[str, Any], spec: TaskSpec) -> TextEnco
     )
 
 
-class TfexportPyfunc:
-    """``predict(data, params)`` with the same request and response for every format."""
+class PyfuncBase:
+    """What every tfexport pyfunc shares: the task, the runner, labels, batch size and ``params`` checks."""
 
-    def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
+    def __init__(self, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
         self.conf = dict(conf)
         self.spec = get_task(conf[FlavorKey.TASK])
         self.runner = runner
-        self.encoder = make_encoder(path, conf, self.spec)
         self.id2label = {int(k): v for k, v in (conf.get(FlavorKey.ID2LABEL) or {}).items()}
         self.batch_size = int(model_config.get("batch_size", DEFAULT_BATCH_SIZE))
         self._defaults = self.spec.param_defaults()
@@ -80,14 +79,24 @@ class TfexportPyfunc:
                 merged[key] = value
         return merged
 
+    def _batch_size(self, p: Mapping[str, Any]) -> int:
+        return int(p.get("batch_size") or 0) or self.batch_size
+
+
+class TfexportPyfunc(PyfuncBase):
+    """``predict(data, params)`` with the same request and response for every format."""
+
+    def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
+        super().__init__(conf, runner, model_config)
+        self.encoder = make_encoder(path, conf, self.spec)
+
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
         p = self._params(params)
         texts, pairs = parse_text_input(model_input, self.spec)
         if self.spec.generative:
             return self._generate(texts, p)
         rows: List[Any] = []
-        batch_size = int(p.get("batch_size") or 0) or self.batch_size
-        for start, stop in split_rows(len(texts), batch_size):
+        for start, stop in split_rows(len(texts), self._batch_size(p)):
             chunk_pairs = None if pairs is None else pairs[start:stop]
             batch = self.encoder.encode(texts[start:stop], chunk_pairs, truncation=bool(p["truncation"]))
             outputs = self.runner.run(batch.feeds)

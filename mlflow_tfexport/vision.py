@@ -21,9 +21,7 @@ from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.images import ImagePreprocessor, parse_image_input
 from mlflow_tfexport.postprocess import sigmoid, softmax
 from mlflow_tfexport.runtimes import Runner
-from mlflow_tfexport.tasks import get_task
-
-DEFAULT_BATCH_SIZE = 32
+from mlflow_tfexport.serving import PyfuncBase
 
 
 def _label(id2label: Mapping[int, str], index: int) -> str:
@@ -92,37 +90,18 @@ POSTPROCESS: Dict[str, Callable[..., List[Any]]] = {
 }
 
 
-class ImagePyfunc:
+class ImagePyfunc(PyfuncBase):
     """``predict(images, params)`` with the same request and response for every format."""
 
     def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
-        self.conf = dict(conf)
-        self.spec = get_task(conf[FlavorKey.TASK])
-        self.runner = runner
+        super().__init__(conf, runner, model_config)
         self.preprocessor = ImagePreprocessor.from_dir(os.path.join(path, conf[FlavorKey.IMAGE_PROCESSOR_DIR]))
         self.input_names = tuple(conf[FlavorKey.INPUT_NAMES])
-        self.id2label = {int(k): v for k, v in (conf.get(FlavorKey.ID2LABEL) or {}).items()}
-        self.batch_size = int(model_config.get("batch_size", DEFAULT_BATCH_SIZE))
-        self._defaults = self.spec.param_defaults()
-
-    def get_raw_model(self) -> Runner:
-        return self.runner
-
-    def _params(self, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-        merged = dict(self._defaults)
-        for key, value in (params or {}).items():
-            if key not in merged:
-                raise BadInputError(
-                    f"Unknown param {key!r} for task {self.spec.name!r}; accepted params: {', '.join(sorted(merged))}."
-                )
-            if value is not None:
-                merged[key] = value
-        return merged
 
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
         p = self._params(params)
         images = parse_image_input(model_input)
-        batch_size = int(p.get("batch_size") or 0) or self.batch_size
+        batch_size = self._batch_size(p)
         post = POSTPROCESS[self.spec.name]
         rows: List[Any] = []
         for start in range(0, len(images), batch_size):

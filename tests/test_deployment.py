@@ -24,7 +24,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import mlflow
 import pytest
 import requests
 from mlflow import MlflowClient
+from servers import free_port, tail
 from tiny import tiny
 
 import mlflow_tfexport
@@ -110,21 +110,6 @@ def postgres_bindir() -> Optional[str]:
         if all(os.access(os.path.join(bindir, exe), os.X_OK) for exe in ("initdb", "pg_ctl", "postgres")):
             return bindir
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tail(path: str, n: int = 4000) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-n:]
-    except OSError:
-        return ""
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
