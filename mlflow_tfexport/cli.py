@@ -40,6 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         neuron_target=args.neuron_target,
         compiler_args=args.compiler_arg or (),
+        device=args.device,
         force=args.force,
         progress=_progress,
     )
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --quantize: label agreement with the source required by validation (default 0.9)")
     p.add_argument("--neuron-target", choices=["inf1", "inf2"], default=None)
     p.add_argument("--compiler-arg", action="append", help="extra Neuron compiler argument (repeatable)")
+    p.add_argument("--device", default=None,
+                   help="TorchScript: trace on this device (cpu, cuda, cuda:N); a trace runs on the device type "
+                   "it was traced on (default cpu)")
     p.add_argument("--force", action="store_true", help="export again even if this export exists")
     p.set_defaults(func=cmd_export)
 

@@ -52,7 +52,10 @@ class FlavorKey:
     ARCHITECTURE = "architecture"
     PROBLEM_TYPE = "problem_type"
     TRACE_SHAPES = "trace_shapes"
+    TRACE_DEVICE = "trace_device"  # TorchScript: "cpu" or "cuda", the device type the trace runs on
     OPSET = "opset"
+    OPTIMIZED = "optimized"  # ONNX: what onnxruntime's transformer optimizer fused (as in tfexport.optimized)
+    QUANTIZED = "quantized"  # ONNX: "int8" for dynamic int8 quantisation
     NEURON_TARGET = "neuron_target"
     TRANSFORMERS_VERSION = "transformers_version"
     TORCH_VERSION = "torch_version"
@@ -77,6 +80,7 @@ class Tag:
     TASK = "tfexport.task"
     OPSET = "tfexport.opset"
     TRACE_SHAPE = "tfexport.trace_shape"
+    TRACE_DEVICE = "tfexport.trace_device"
     VALIDATED_SHAPE = "tfexport.validated_shape"
     ATOL = "tfexport.atol"
     MAX_ABS_DIFF = "tfexport.max_abs_diff"

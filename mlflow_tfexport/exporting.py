@@ -232,6 +232,12 @@ def export_to_directory(
     atol: Optional[float] = None,
     exporter: Optional[str] = None,
     trace_shape: TraceShapeArg = None,
+    optimize: bool = False,
+    quantize: Optional[str] = None,
+    min_agreement: Optional[float] = None,
+    neuron_target: Optional[str] = None,
+    compiler_args: Sequence[str] = (),
+    device: Optional[str] = None,
 ) -> Tuple[Dict[str, Any], ValidationReport]:
     """Export the tfexport source model saved in ``source_dir`` into a new model directory ``path``.
 
@@ -248,7 +254,9 @@ def export_to_directory(
 
     backend = get_backend(format)
     options = ExportOptions(format=format, opset=opset, trace_shapes=parse_trace_shapes(trace_shape),
-                            atol=check_atol(atol), exporter=exporter)
+                            atol=check_atol(atol), exporter=exporter, optimize=bool(optimize), quantize=quantize,
+                            min_agreement=min_agreement, neuron_target=neuron_target,
+                            compiler_args=tuple(compiler_args), device=device)
     source_conf = read_flavor_conf(source_dir)
     if source_conf.get(FlavorKey.FORMAT) != Format.TRANSFORMERS:
         raise ExportError(
@@ -290,6 +298,7 @@ def export(
     min_agreement: Optional[float] = None,
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
+    device: Optional[str] = None,
     force: bool = False,
     progress: Optional[Progress] = None,
 ) -> ExportResult:
@@ -317,6 +326,7 @@ def export(
         min_agreement=min_agreement,
         neuron_target=neuron_target,
         compiler_args=tuple(compiler_args),
+        device=device,
     )
     if registered_model_name is not None:
         check_model_name(registered_model_name)

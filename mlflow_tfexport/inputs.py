@@ -97,6 +97,8 @@ def _unwrap_single_row(columns: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
 
 def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[List[str]]]:
     """Return ``(texts, pairs)``; ``pairs`` is the second text column or None."""
+    if type(data) is list and len(spec.text_columns) == 1 and all(type(v) is str for v in data):
+        return list(data), None  # the common case, a plain list of strings: nothing to convert
     columns = _unwrap_single_row(_columns(data, spec))
     required = spec.text_columns
     first_name = required[0]

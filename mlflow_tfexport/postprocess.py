@@ -1,7 +1,8 @@
 """Numpy post-processing, one function per task.
 
 Each function takes the model outputs for a batch, the encoded batch and the
-task context, and returns that batch's rows. The shapes follow MLflow's own
+task context, and returns that batch's rows (or, for text classification, its
+``Columns``: what the output DataFrame is built from without per-row dicts). The shapes follow MLflow's own
 ``mlflow.transformers`` pyfunc so a client can switch flavors unchanged.
 Serving path: no torch, no transformers, Python 3.10.
 """
@@ -15,6 +16,10 @@ import numpy as np
 
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.tokenization import EncodedBatch, TextEncoder
+
+
+class Columns(Dict[str, Any]):
+    """A batch's output as columns (name -> list, or 1-D array for numbers), in the task's output column order."""
 
 
 @dataclass
@@ -46,15 +51,16 @@ def _label(ctx: Context, index: int) -> str:
     return str(ctx.id2label.get(int(index), f"LABEL_{int(index)}"))
 
 
-def text_classification(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Context) -> List[Dict[str, Any]]:
+def text_classification(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Context) -> Columns:
     logits = out["logits"].astype(np.float64)
+    best = logits.argmax(axis=-1)  # softmax and sigmoid keep the order: the best logit is the best score
+    top = logits.max(axis=-1)
     if ctx.problem_type == "multi_label_classification" or logits.shape[-1] == 1:
-        scores = sigmoid(logits)
-    else:
-        scores = softmax(logits)
-    best = scores.argmax(axis=-1)
-    top = scores[np.arange(len(best)), best]
-    return [{"label": _label(ctx, b), "score": float(s)} for b, s in zip(best, top, strict=True)]
+        score = sigmoid(top)
+    else:  # softmax at the best logit: 1 / sum(exp(logits - max))
+        score = 1.0 / np.exp(logits - top[:, None]).sum(axis=-1)
+    labels = ctx.id2label
+    return Columns(label=[str(labels.get(b, f"LABEL_{b}")) for b in best.tolist()], score=score)
 
 
 def feature_extraction(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Context) -> List[np.ndarray]:
@@ -179,7 +185,7 @@ def question_answering(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Con
     return rows
 
 
-POSTPROCESS: Dict[str, Callable[[Dict[str, np.ndarray], EncodedBatch, Context], List[Any]]] = {
+POSTPROCESS: Dict[str, Callable[[Dict[str, np.ndarray], EncodedBatch, Context], Any]] = {
     "feature-extraction": feature_extraction,
     "text-classification": text_classification,
     "token-classification": token_classification,

@@ -22,11 +22,17 @@ class EncodedBatch:
 
     feeds: Dict[str, np.ndarray]
     encodings: List[Any]  # tokenizers.Encoding, one per row
-    lengths: np.ndarray  # real tokens per row
+    mask: np.ndarray  # attention mask, also when the model takes none
 
     @property
     def attention_mask(self) -> np.ndarray:
-        return self.feeds["attention_mask"]
+        return self.mask
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Real tokens per row (computed when a post-processor asks: most never do)."""
+        out: np.ndarray = self.mask.sum(axis=1)
+        return out
 
 
 class TextEncoder:
@@ -102,14 +108,12 @@ class TextEncoder:
                 )
         if not encodings:
             empty = np.zeros((0, 0), dtype=np.int64)
-            return EncodedBatch({k: empty for k in self.input_names}, [], np.zeros(0, np.int64))
+            return EncodedBatch({k: empty for k in self.input_names}, [], empty)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64), "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        return EncodedBatch(
-            feeds={k: feeds[k] for k in self.input_names}, encodings=encodings, lengths=mask.sum(axis=1)
-        )
+        return EncodedBatch(feeds={k: feeds[k] for k in self.input_names}, encodings=encodings, mask=mask)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))

@@ -504,3 +504,21 @@ def test_fast_output_frame_equals_the_pandas_constructor(rows: List[Dict[str, An
     fast = _frame(pd, rows, columns)
     pd.testing.assert_frame_equal(fast, pd.DataFrame(rows), check_dtype=rows[0]["score"] != 1)
     assert list(fast.dtypes.astype(str))[1] == "float64"
+
+
+def test_output_frames_do_not_share_what_a_caller_changes() -> None:
+    """Small batches reuse cached label arrays: changing one returned frame must not change the next."""
+    import pandas as pd
+
+    from mlflow_tfexport.serving import _frame
+    from mlflow_tfexport.tasks import get_task
+
+    columns = get_task("text-classification").output_columns
+    rows = [{"label": "POSITIVE", "score": 0.75}]
+    first = _frame(pd, rows, columns)
+    first.loc[0, "label"] = "CHANGED"
+    first["label"] = first["label"].str.lower()
+    for _ in range(2):
+        again = _frame(pd, rows, columns)
+        pd.testing.assert_frame_equal(again, pd.DataFrame(rows))
+    assert first.loc[0, "label"] == "changed"

@@ -24,6 +24,7 @@ class ExportOptions:
     min_agreement: Optional[float] = None  # quantised exports: label agreement required by validation
     neuron_target: Optional[str] = None
     compiler_args: Tuple[str, ...] = ()
+    device: Optional[str] = None  # TorchScript: the device the trace is recorded on ("cpu", "cuda", "cuda:N")
 
     def key_fields(self) -> Dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class ExportOptions:
             "compiler_args": list(self.compiler_args),
             # Only when set, so the keys of earlier exports stay valid.
             **({"min_agreement": self.min_agreement} if self.min_agreement is not None else {}),
+            **({"device": self.device} if self.device is not None else {}),
         }
 
 

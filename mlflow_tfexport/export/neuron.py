@@ -164,6 +164,11 @@ class NeuronBackend(StaticBackend):
         return sdk_compiler(target_name)
 
     def check_target(self, options: ExportOptions) -> ExportOptions:
+        if options.device is not None:
+            raise ExportError(
+                f"device={options.device!r} applies to format='torchscript' only: a Neuron module runs on the "
+                "instance's NeuronCores. Drop device= (choose the instance with neuron_target=)."
+            )
         compiler = self.compiler(options.neuron_target)
         if not compiler.runnable:
             target = TARGETS[compiler.target]

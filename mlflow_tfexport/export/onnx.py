@@ -88,6 +88,12 @@ class OnnxBackend:
                 "trace_shape does not apply to ONNX exports: they have dynamic batch and sequence axes. "
                 "Drop trace_shape, or use format='torchscript' for static shapes."
             )
+        if options.device is not None:
+            raise ExportError(
+                f"device={options.device!r} applies to format='torchscript' only: an ONNX model chooses its device "
+                "when it is loaded (model_config={'providers': ['CUDAExecutionProvider', 'CPUExecutionProvider']})."
+                " Drop device=."
+            )
         onnx_optimize.check_options(options)
         if with_past(spec, exporter):
             _check_generation(exporter, options, spec)
@@ -141,6 +147,10 @@ class OnnxBackend:
         onnx.checker.check_model(path)
         post_tags = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options)
         extra_conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
+        if Tag.OPTIMIZED in post_tags:
+            extra_conf[FlavorKey.OPTIMIZED] = post_tags[Tag.OPTIMIZED]
+        if Tag.QUANTIZED in post_tags:
+            extra_conf[FlavorKey.QUANTIZED] = post_tags[Tag.QUANTIZED]
         tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter),
                 **post_tags}
         return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=extra_conf, tags=tags)

@@ -27,6 +27,7 @@ import copy
 import importlib
 import os
 import warnings
+from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -150,7 +151,29 @@ class StaticBackend:
             raise ExportError(
                 "neuron_target and compiler_args apply to format='neuron' only; drop them for format='torchscript'."
             )
-        return options
+        if options.device is None:
+            return options
+        from mlflow_tfexport.errors import TfexportError
+        from mlflow_tfexport.runtimes.torch_device import check_device_name
+
+        try:
+            device = check_device_name(options.device)
+        except TfexportError as exc:
+            raise ExportError(str(exc).split(". Pass")[0] + ". Trace on 'cpu' (default) or 'cuda'.") from exc
+        if device == "auto":
+            raise ExportError("device='auto' is for loading; say where to trace: device='cpu' or 'cuda'.")
+        torch = require("torch")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ExportError(
+                f"device={options.device!r}: torch {torch.__version__} sees no CUDA GPU on this machine, so the "
+                "trace cannot be recorded (or validated) there. Export on a GPU machine, or drop device= for a "
+                "CPU trace."
+            )
+        return replace(options, device=device)
+
+    def trace_device(self, options: ExportOptions) -> str:
+        """Where the trace is recorded (and must later run)."""
+        return options.device or "cpu"
 
     def compile(self, module: Any, example_inputs: Tuple[Any, ...], options: ExportOptions) -> Any:
         """One bucket: static-shape tensors in, a TorchScript module out."""
@@ -160,15 +183,16 @@ class StaticBackend:
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         torch = require("torch")
         names = source.input_names
+        device = torch.device(self.trace_device(options))
         model = copy.deepcopy(source.model)  # untie on a copy: the reference model stays as logged
         untie_weights(model)
-        model.eval()
+        model.eval().to(device)
         wrapper = make_wrapper(model, names, list(source.spec.output_names))
         folder = os.path.join(staging_dir, self.folder)
         os.makedirs(folder)
         for i, shape in enumerate(options.trace_shapes):
             feeds = trace_inputs(source, shape, seed=i)
-            args = tuple(torch.from_numpy(feeds[n]) for n in names)
+            args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
             try:
                 with torch.no_grad(), warnings.catch_warnings(), traceable_masks():
                     warnings.simplefilter("ignore")  # TracerWarnings about Python control flow
@@ -192,6 +216,8 @@ class StaticBackend:
             FlavorKey.MAX_LENGTH: min(largest, source.max_length),
         }
         tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
+        if self.name == Format.TORCHSCRIPT:
+            conf[FlavorKey.TRACE_DEVICE] = tags[Tag.TRACE_DEVICE] = device.type
         return self.artifact(source, options, conf, tags)
 
     def artifact(

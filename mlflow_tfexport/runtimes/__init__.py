@@ -26,6 +26,8 @@ _RUNNERS: Dict[str, str] = {
 BASE_MODEL_CONFIG: Dict[str, Any] = {"batch_size": 32}
 #: Extra keys per format (0 threads and "all" are onnxruntime's own defaults).
 FORMAT_MODEL_CONFIG: Dict[str, Dict[str, Any]] = {
+    Format.TRANSFORMERS: {"device": "auto"},
+    Format.TORCHSCRIPT: {"device": "auto"},
     Format.ONNX: {
         "providers": [],
         "intra_op_num_threads": 0,

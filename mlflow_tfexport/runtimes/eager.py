@@ -13,23 +13,28 @@ from mlflow_tfexport.tasks import get_task
 
 
 class EagerRunner:
-    def __init__(self, model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> None:
+    def __init__(
+        self, model: Any, input_names: Sequence[str], output_names: Sequence[str], device: Any = None
+    ) -> None:
         self.torch = require("torch")
-        self.model = model.eval()
+        self.device = device if device is not None else self.torch.device("cpu")
+        self.model = model.eval().to(self.device)
         self.input_names: Tuple[str, ...] = tuple(input_names)
         self.output_names: Tuple[str, ...] = tuple(output_names)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names})
-        return {name: out[name].float().numpy() for name in self.output_names}
+            out = self.model(
+                **{k: torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device) for k in self.input_names}
+            )
+        return {name: out[name].float().cpu().numpy() for name in self.output_names}
 
     def generate(
         self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int = 1
     ) -> List[int]:
         torch = self.torch
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         if getattr(self.model.config, "is_encoder_decoder", False):
             return self._generate_seq2seq(ids, int(max_new_tokens), eos_token_id, int(num_beams))
         with torch.inference_mode():
@@ -64,7 +69,7 @@ class EagerRunner:
         return [int(t) for t in out[0, 1:].tolist()]
 
     def describe(self) -> Dict[str, Any]:
-        return {"device": "cpu", "torch": self.torch.__version__}
+        return {"device": str(self.device), "torch": self.torch.__version__}
 
 
 def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> Any:
@@ -87,4 +92,7 @@ def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any])
     spec = get_task(flavor_conf[FlavorKey.TASK])
     # An image model records the outputs it has (a backbone may lack pooler_output).
     outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == "image" else None
-    return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], outputs or spec.output_names)
+    from mlflow_tfexport.runtimes.torch_device import resolve_device
+
+    device = resolve_device(require("torch"), config)
+    return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], outputs or spec.output_names, device)

@@ -11,23 +11,24 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from mlflow_tfexport._lazy import require
+from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.runtimes.static import BucketFn, Shape, StaticRunner, bucket_paths, shape_name, static_runner
 
 
-def load_modules(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any) -> Dict[Shape, Any]:
-    """``torch.jit.load`` every bucket's module (on CPU; Neuron modules place themselves)."""
+def load_modules(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, device: Any = "cpu") -> Dict[Shape, Any]:
+    """``torch.jit.load`` every bucket's module onto ``device`` (Neuron modules load on CPU and place themselves)."""
     modules = {}
     for shape, path in bucket_paths(model_dir, flavor_conf).items():
-        module = torch.jit.load(path, map_location="cpu")
+        module = torch.jit.load(path, map_location=device)
         module.eval()
         modules[shape] = module
     return modules
 
 
-def bucket_fn(modules: Mapping[Shape, Any], torch: Any) -> BucketFn:
+def bucket_fn(modules: Mapping[Shape, Any], torch: Any, device: Any = "cpu") -> BucketFn:
     def run(shape: Shape, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         with torch.no_grad():
-            out = modules[shape](*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+            out = modules[shape](*[torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays])
         if not isinstance(out, (tuple, list)):
             out = (out,)
         return [o.detach().float().cpu().numpy() for o in out]
@@ -49,18 +50,24 @@ class TorchScriptRunner(StaticRunner):
 
 
 def make_runner(
-    model_dir: str, flavor_conf: Mapping[str, Any], config: Mapping[str, Any], extra: Optional[Dict[str, Any]] = None
+    model_dir: str,
+    flavor_conf: Mapping[str, Any],
+    config: Mapping[str, Any],
+    extra: Optional[Dict[str, Any]] = None,
+    device: Any = "cpu",
 ) -> TorchScriptRunner:
     torch = require("torch")
     if config.get("torch_num_threads") is not None:
         torch.set_num_threads(int(config["torch_num_threads"]))
-    modules = load_modules(model_dir, flavor_conf, torch)
-    runner = static_runner(
-        flavor_conf, bucket_fn(modules, torch), {"torch": str(torch.__version__), **(extra or {})}, TorchScriptRunner
-    )
+    modules = load_modules(model_dir, flavor_conf, torch, device)
+    facts = {"torch": str(torch.__version__), "device": str(device), **(extra or {})}
+    runner = static_runner(flavor_conf, bucket_fn(modules, torch, device), facts, TorchScriptRunner)
     runner.modules = {shape_name(s): m for s, m in modules.items()}
     return runner
 
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> TorchScriptRunner:
-    return make_runner(model_dir, flavor_conf, config)
+    from mlflow_tfexport.runtimes.torch_device import resolve_device
+
+    traced = str(flavor_conf.get(FlavorKey.TRACE_DEVICE) or "cpu")
+    return make_runner(model_dir, flavor_conf, config, device=resolve_device(require("torch"), config, traced))
