@@ -57,17 +57,23 @@ class TextEncoder:
         self._tokenizer.enable_padding(direction="right", pad_id=self.pad_token_id, pad_token=pad_token)
         unk = getattr(self._tokenizer.model, "unk_token", None)
         self.unk_token_id: Optional[int] = None if unk is None else self._tokenizer.token_to_id(unk)
-        self._limit: Tuple[int, str] = (-1, "right")
+        self._limit: Optional[Tuple[int, str]] = None  # the truncation set on the tokenizer (None: off)
         self._set_limit(self.max_length)
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _set_limit(self, limit: int, direction: str = "right") -> None:
-        if (limit, direction) != self._limit:
+    def _set_limit(self, limit: Optional[int], direction: str = "right") -> None:
+        """Truncate at ``limit`` tokens from ``direction``; ``limit=None`` turns truncation off."""
+        wanted = None if limit is None else (limit, direction)
+        if wanted == self._limit:
+            return
+        if limit is None:
+            self._tokenizer.no_truncation()
+        else:
             self._tokenizer.enable_truncation(limit, strategy=self.pair_strategy, direction=direction)
-            self._limit = (limit, direction)
+        self._limit = wanted
 
     def encode(
         self,
@@ -85,7 +91,9 @@ class TextEncoder:
         or rejected with ``BadInputError`` when ``truncation`` is False.
         """
         limit = self.max_length if not max_length else min(int(max_length), self.max_length)
-        self._set_limit(limit, truncation_side)
+        # Without truncation the whole text is encoded and measured: whether a tokenizer reports what it cut
+        # (``Encoding.overflowing``) differs between tokenizers releases and truncation sides.
+        self._set_limit(limit if truncation else None, truncation_side)
         inputs: List[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
         try:
             encodings = self._tokenizer.encode_batch(inputs)
@@ -99,7 +107,7 @@ class TextEncoder:
                 )
             ) from exc
         if not truncation:
-            too_long = [i for i, e in enumerate(encodings) if e.overflowing]
+            too_long = [i for i, e in enumerate(encodings) if sum(e.attention_mask) > limit]
             if too_long:
                 raise BadInputError(
                     f"{len(too_long)} input(s) (rows {too_long[:10]}) are longer than the "
