@@ -38,7 +38,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from run import BATCHES, SEQ_LENS, SERVE_CLIENTS, Floor, interleaved, log, serve_throughput  # noqa: E402
+from run import (  # noqa: E402
+    BATCHES,
+    SEQ_LENS,
+    SERVE_CLIENTS,
+    Floor,
+    interleaved,
+    log,
+    serve_throughput,
+    trace_buckets,
+)
 
 CUDA_EP = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -85,7 +94,7 @@ def build_variants(model_dir: str, workdir: str, trace_on_cuda: bool, seed: int 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     local = {"source": os.path.join(workdir, "source")}
     mlflow_tfexport.save_model(model, local["source"], tokenizer=tokenizer)
-    buckets = ",".join(f"{b}x{s}" for s in SEQ_LENS for b in BATCHES)
+    buckets = trace_buckets(tokenizer)
     exports: Dict[str, Dict[str, Any]] = {
         "onnx": {"format": "onnx"},
         "onnx-optimized": {"format": "onnx", "optimize": True},

@@ -176,6 +176,20 @@ _STRINGS_CACHE_ROWS = 4
 _STRINGS_CACHE_SIZE = 4096
 
 
+_ROW_INDEXES: Dict[int, Any] = {}
+
+
+def _row_index(pd: Any, n: int) -> Any:
+    """``pd.RangeIndex(n)``, shared between frames of small batches (pandas shares index objects between
+    frames too; index values are immutable). A caller renaming its frame's index gets a new one next time."""
+    index = _ROW_INDEXES.get(n)
+    if index is None or index.name is not None:
+        index = pd.RangeIndex(n)
+        if n <= _STRINGS_CACHE_ROWS:
+            _ROW_INDEXES[n] = index
+    return index
+
+
 def _strings(values: List[str], dtype: Any) -> Any:
     """pandas' inferred string array of ``values`` (a fresh object each call: callers may modify it)."""
     key = tuple(values) if len(values) <= _STRINGS_CACHE_ROWS else None
@@ -247,7 +261,7 @@ def _frame_from_columns(pd: Any, columns: Columns, output_columns: Tuple[Tuple[s
                     arrays.append(_strings(list(values), str_dtype))
             else:
                 return pd.DataFrame(_rows(columns))
-        rows_index = pd.RangeIndex(len(arrays[0]))
+        rows_index = _row_index(pd, len(arrays[0]))
         if from_blocks is not None:
             blocks = [(a.reshape(1, -1) if isinstance(a, np.ndarray) else a, np.array([i]))
                       for i, a in enumerate(arrays)]

@@ -518,7 +518,8 @@ def test_output_frames_do_not_share_what_a_caller_changes() -> None:
     first = _frame(pd, rows, columns)
     first.loc[0, "label"] = "CHANGED"
     first["label"] = first["label"].str.lower()
+    first.index.name = "row"
     for _ in range(2):
         again = _frame(pd, rows, columns)
         pd.testing.assert_frame_equal(again, pd.DataFrame(rows))
-    assert first.loc[0, "label"] == "changed"
+    assert first.loc[0, "label"] == "changed" and first.index.name == "row"

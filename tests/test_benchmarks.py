@@ -1,0 +1,64 @@
+"""The benchmark scripts' own logic: buckets that fit the texts, GPU detection, ratio arithmetic."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import pytest
+from tiny import bert_tokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import gpu  # noqa: E402
+import run  # noqa: E402
+
+
+def test_trace_buckets_hold_every_benchmark_text() -> None:
+    tok = bert_tokenizer(model_max_length=512)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in run.trace_buckets(tok).split(",")]
+    assert sorted({b for b, _ in shapes}) == sorted(run.BATCHES)
+    from mlflow_tfexport.bench import texts_of_length
+
+    backend = tok.backend_tokenizer
+    for seq in run.SEQ_LENS:
+        texts, _ = texts_of_length(backend, seq, max(run.BATCHES))
+        longest = max(len(tok(t)["input_ids"]) for t in texts)
+        assert min(s for _, s in shapes if s >= seq) == longest  # fits, no more than needed
+
+
+def test_gpu_status_matches_the_machine() -> None:
+    import onnxruntime
+    import torch
+
+    status = gpu.gpu_status()
+    assert status["torch_cuda"] == torch.cuda.is_available()
+    assert status["ort_cuda"] == ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
+    assert status["available"] == (status["torch_cuda"] or status["ort_cuda"])
+
+
+def test_gpu_benchmark_without_a_gpu_says_so_and_writes_nothing(tmp_path: Any, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    if gpu.gpu_status()["available"]:
+        pytest.skip("this machine has a GPU: benchmarks/gpu.py measures instead")  # the no-GPU path only
+    assert gpu.main(["--out", str(tmp_path)]) == 0
+    assert "No GPU on this machine" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
+
+
+def test_gpu_ratios_and_report() -> None:
+    cell = {"batch": 1, "seq_len": 16, "variants": {k: {"median_ms": v} for k, v in {
+        "source (CPU)": 8.0, "source (CUDA)": 4.0, "onnx (CUDA EP)": 2.0, "floor (CUDA EP)": 1.6,
+        "torchscript (CUDA)": 5.0}.items()}}
+    r = gpu.ratios({"b1_s16": cell})
+    assert r["onnx_cuda_vs_source_cuda_b1_s16"] == pytest.approx(2.0)
+    assert r["onnx_cuda_vs_source_cpu_b1_s16"] == pytest.approx(4.0)
+    assert r["torchscript_cuda_vs_source_cuda_b1_s16"] == pytest.approx(0.8)
+    assert r["pyfunc_over_floor_cuda_b1_s16"] == pytest.approx(1.25)
+    report = gpu.markdown({"machine": "m", "gpu": {"available": True, "gpu": "G"}, "command": "c", "trials": 3,
+                           "latency": {"b1_s16": cell}, "ratios": r, "export_seconds": {"onnx": 1.0},
+                           "skipped": {}, "check": {"onnx (CUDA EP)": {"label_agreement": 1.0, "max_score_diff": 1e-6,
+                                                                       "providers": ["CUDAExecutionProvider"]}}},
+                          level=2)
+    assert report.startswith("## GPU benchmark") and "| 1 x 16 | 8.00 | 4.00 | 2.00 | 1.60 | 5.00 |" in report
