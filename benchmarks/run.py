@@ -206,30 +206,37 @@ class Floor:
 
 
 def interleaved(fns: Dict[str, Callable[[], Any]], trials: int, budget_s: float) -> Dict[str, Dict[str, float]]:
-    """Median seconds per call of each fn: ``trials`` rounds, candidates in a new random order each round,
-    with a short pause before each (onnxruntime and torch worker threads spin for a while after a call and
-    would slow whichever candidate runs next)."""
+    """Median seconds per call of each fn over every call of ``trials`` rounds; in each round the candidates run
+    in a new random order, each after a short pause (onnxruntime and torch worker threads spin for a while
+    after a call and would slow whichever candidate runs next) and then about ``budget_s`` of calls, each timed
+    on its own. The median over single calls does not depend on how many calls a candidate makes per round,
+    so candidates of different speeds are measured alike."""
     names = list(fns)
     reps: Dict[str, int] = {}
-    for n in names:  # warm-up and calibration: about budget_s per measurement
+    for n in names:  # warm-up and calibration: about budget_s of calls per round, at least 3
         fns[n]()
-        started = time.perf_counter()
-        fns[n]()
-        once = max(time.perf_counter() - started, 1e-6)
-        reps[n] = max(1, min(200, int(budget_s / once)))
+        once = []
+        for _ in range(3):
+            started = time.perf_counter()
+            fns[n]()
+            once.append(time.perf_counter() - started)
+        reps[n] = max(3, min(200, int(budget_s / max(min(once), 1e-6))))
     samples: Dict[str, List[float]] = {n: [] for n in names}
     shuffle = random.Random(0).shuffle
+    clock = time.perf_counter
     for _ in range(trials):
         order = list(names)
         shuffle(order)  # no candidate always follows the same one
         for n in order:
             time.sleep(PAUSE_S)  # let the previous runtime's spinning worker threads go idle
-            started = time.perf_counter()
+            fn, out = fns[n], samples[n]
             for _ in range(reps[n]):
-                fns[n]()
-            samples[n].append((time.perf_counter() - started) / reps[n])
+                started = clock()
+                fn()
+                out.append(clock() - started)
     return {
-        n: {"median_ms": statistics.median(v) * 1000, "min_ms": min(v) * 1000, "trials": len(v), "reps": reps[n]}
+        n: {"median_ms": statistics.median(v) * 1000, "min_ms": min(v) * 1000, "trials": trials, "reps": reps[n],
+            "calls": len(v)}
         for n, v in samples.items()
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -27,28 +28,41 @@ def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.fixture
-def tracking_uri(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, _empty_mlflow_db: str) -> Iterator[str]:
-    """A fresh SQLite tracking + registry store in ``tmp_path`` (also the working directory).
+@contextlib.contextmanager
+def registry_in(root: Any, template: str) -> Iterator[str]:
+    """A fresh SQLite tracking + registry store in ``root`` (also the working directory), copied from the
+    schema-only ``template``; the working directory, the URIs and the environment are restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.delenv(var, raising=False)
+        shutil.copyfile(template, os.path.join(root, "mlflow.db"))
+        uri = f"sqlite:///{root}/mlflow.db"
+        previous_tracking = mlflow.get_tracking_uri()
+        previous_registry = mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(previous_tracking)
+            mlflow.set_registry_uri(previous_registry)
 
-    Artifacts (``mlruns/``) land in ``tmp_path`` too; the previous URIs are restored afterwards.
-    """
-    monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
-    shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    previous_tracking = mlflow.get_tracking_uri()
-    previous_registry = mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+
+@pytest.fixture
+def tracking_uri(tmp_path: Any, _empty_mlflow_db: str) -> Iterator[str]:
+    """A fresh registry per test in ``tmp_path`` (artifacts, ``mlruns/``, land there too)."""
+    with registry_in(tmp_path, _empty_mlflow_db) as uri:
         yield uri
-    finally:
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous_tracking)
-        mlflow.set_registry_uri(previous_registry)
+
+
+@pytest.fixture(scope="module")
+def module_registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[str]:
+    """One registry shared by a test module (for modules that export once and check many things)."""
+    with registry_in(tmp_path_factory.mktemp("registry"), _empty_mlflow_db) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

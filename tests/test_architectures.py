@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pytest
 
@@ -263,26 +263,9 @@ def test_export_validates(cell: Tuple[str, str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def registry(module_registry: str) -> str:
     """One SQLite registry for the module's registry cells (the working directory moves there)."""
-    import mlflow
-
-    root = tmp_path_factory.mktemp("arch-registry")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            mp.delenv(var, raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        try:
-            yield uri
-        finally:
-            while mlflow.active_run() is not None:
-                mlflow.end_run()
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
+    return module_registry
 
 
 REGISTRY_CELLS = [(a.name, task) for a in ARCHITECTURES for task in a.registry]

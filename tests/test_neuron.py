@@ -58,25 +58,14 @@ def fake_torch_neuron(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
-    root = tmp_path_factory.mktemp("neuron-registry")
-    old_cwd, old_uri = os.getcwd(), mlflow.get_tracking_uri()
-    os.chdir(root)
-    uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+def registry(module_registry: str) -> Iterator[Dict[str, Any]]:
+    model, tok = tiny("text-classification")
+    with mlflow.start_run():
+        mlflow_tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
     try:
-        model, tok = tiny("text-classification")
-        with mlflow.start_run():
-            mlflow_tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
-        yield {"root": str(root), "model": model}
+        yield {"root": os.getcwd(), "model": model}
     finally:
         set_compiler(None)
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(old_uri)
-        mlflow.set_registry_uri(old_uri)
-        os.chdir(old_cwd)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import mlflow
 import numpy as np
@@ -36,32 +36,19 @@ LONG_TEXT = " ".join(["the film was really very good and the actors were great"]
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
+def registry(module_registry: str) -> Dict[str, Any]:
     """A SQLite registry with a text-classification source (v1) and its TorchScript export (v2),
     plus a feature-extraction source with a 2-row-bucket export."""
-    root = tmp_path_factory.mktemp("ts-registry")
-    old_cwd, old_uri = os.getcwd(), mlflow.get_tracking_uri()
-    os.chdir(root)
-    uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        model, tok = tiny("text-classification")
-        with mlflow.start_run():
-            mlflow_tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
-        result = mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape=TRACE)
-        fmodel, ftok = tiny("feature-extraction")
-        with mlflow.start_run():
-            mlflow_tfexport.log_model(fmodel, tokenizer=ftok, registered_model_name=FEATURES)
-        features = mlflow_tfexport.export(f"models:/{FEATURES}/1", format="torchscript", trace_shape=["2x8", "2x16"])
-        yield {"uri": uri, "root": str(root), "result": result, "model": model, "features": features,
-               "feature_model": fmodel}
-    finally:
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(old_uri)
-        mlflow.set_registry_uri(old_uri)
-        os.chdir(old_cwd)
+    model, tok = tiny("text-classification")
+    with mlflow.start_run():
+        mlflow_tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
+    result = mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape=TRACE)
+    fmodel, ftok = tiny("feature-extraction")
+    with mlflow.start_run():
+        mlflow_tfexport.log_model(fmodel, tokenizer=ftok, registered_model_name=FEATURES)
+    features = mlflow_tfexport.export(f"models:/{FEATURES}/1", format="torchscript", trace_shape=["2x8", "2x16"])
+    return {"uri": module_registry, "root": os.getcwd(), "result": result, "model": model, "features": features,
+            "feature_model": fmodel}
 
 
 def read(path: str) -> str:
