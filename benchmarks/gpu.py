@@ -242,7 +242,8 @@ def markdown(res: Dict[str, Any], level: int = 1) -> str:
     """The report; ``level`` 2 nests it under another report's top heading."""
     h = "#" * level
     lines = [f"{h} GPU benchmark", "", f"Machine: {res['machine']}. GPU: {res['gpu'].get('gpu')}.",
-             f"Command: `{res['command']}` ({res['trials']} interleaved trials per cell, medians).", ""]
+             f"Command: `{res['command']}` ({res['trials']} interleaved trials per cell; "
+             "medians over single calls).", ""]
     if not res["gpu"]["available"]:
         return "\n".join(lines + ["No GPU on this machine: nothing measured.", ""])
     lat = res["latency"]

@@ -21,9 +21,9 @@ temporary SQLite registry and exported, it measures in one run:
 5. ``mlflow models serve`` throughput (requests/s, 8 concurrent clients,
    loopback) for the ONNX variant and the ``mlflow.transformers`` model.
 
-Latencies are medians over trials; in every trial the candidates run one after
-the other in a new random order (interleaved), so a shared, noisy machine slows
-all of them alike and the ratios stay meaningful. Writes ``results.json``,
+Latencies are medians over single timed calls; in every trial the candidates
+run one after the other in a new random order (interleaved), so a shared, noisy
+machine slows all of them alike and the ratios stay meaningful. Writes ``results.json``,
 ``results.md`` and ``latency.png`` into ``--out`` (default
 ``benchmarks/results``) and prints the target ratios.
 """
@@ -500,7 +500,7 @@ def markdown(res: Dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         f"Machine: {res['machine']}. GPU: {res['gpu']['summary']}.",
-        f"Command: `{res['command']}` ({res['trials']} interleaved trials per cell, medians).",
+        f"Command: `{res['command']}` ({res['trials']} interleaved trials per cell; medians over single calls).",
         "",
         "## pyfunc latency (ms per request, median)",
         "",
