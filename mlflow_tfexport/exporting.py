@@ -113,6 +113,28 @@ def check_model_name(name: str) -> None:
         )
 
 
+def make_options(
+    format: str,
+    *,
+    opset: Optional[int],
+    trace_shape: TraceShapeArg,
+    atol: Optional[float],
+    exporter: Optional[str],
+    optimize: bool,
+    quantize: Optional[str],
+    min_agreement: Optional[float],
+    neuron_target: Optional[str],
+    compiler_args: Sequence[str],
+    device: Optional[str],
+) -> ExportOptions:
+    """The options of ``export()`` and ``export_to_directory()``, parsed (trace shapes, atol) but not yet checked
+    by the backend."""
+    return ExportOptions(format=format, opset=opset, trace_shapes=parse_trace_shapes(trace_shape),
+                         atol=check_atol(atol), exporter=exporter, optimize=bool(optimize), quantize=quantize,
+                         min_agreement=min_agreement, neuron_target=neuron_target,
+                         compiler_args=tuple(compiler_args), device=device)
+
+
 def export_key(source: ResolvedSource, options: ExportOptions) -> str:
     payload = json.dumps({"source": source.identity, **options.key_fields()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -253,10 +275,9 @@ def export_to_directory(
     from mlflow_tfexport.serving import read_flavor_conf
 
     backend = get_backend(format)
-    options = ExportOptions(format=format, opset=opset, trace_shapes=parse_trace_shapes(trace_shape),
-                            atol=check_atol(atol), exporter=exporter, optimize=bool(optimize), quantize=quantize,
-                            min_agreement=min_agreement, neuron_target=neuron_target,
-                            compiler_args=tuple(compiler_args), device=device)
+    options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,
+                           optimize=optimize, quantize=quantize, min_agreement=min_agreement,
+                           neuron_target=neuron_target, compiler_args=compiler_args, device=device)
     source_conf = read_flavor_conf(source_dir)
     if source_conf.get(FlavorKey.FORMAT) != Format.TRANSFORMERS:
         raise ExportError(
@@ -315,19 +336,9 @@ def export(
     """
     say = progress or _noop
     backend = get_backend(format)
-    options = ExportOptions(
-        format=format,
-        opset=opset,
-        trace_shapes=parse_trace_shapes(trace_shape),
-        atol=check_atol(atol),
-        exporter=exporter,
-        optimize=bool(optimize),
-        quantize=quantize,
-        min_agreement=min_agreement,
-        neuron_target=neuron_target,
-        compiler_args=tuple(compiler_args),
-        device=device,
-    )
+    options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,
+                           optimize=optimize, quantize=quantize, min_agreement=min_agreement,
+                           neuron_target=neuron_target, compiler_args=compiler_args, device=device)
     if registered_model_name is not None:
         check_model_name(registered_model_name)
     client = MlflowClient()
