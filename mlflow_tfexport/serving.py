@@ -97,15 +97,16 @@ class TfexportPyfunc(PyfuncBase):
             return self._generate(texts, p)
         parts: List[Any] = []  # one per chunk: its rows, or its Columns
         for start, stop in split_rows(len(texts), self._batch_size(p)):
+            chunk = texts if (start, stop) == (0, len(texts)) else texts[start:stop]
             chunk_pairs = None if pairs is None else pairs[start:stop]
-            batch = self.encoder.encode(texts[start:stop], chunk_pairs, truncation=bool(p["truncation"]))
+            batch = self.encoder.encode(chunk, chunk_pairs, truncation=bool(p["truncation"]))
             outputs = self.runner.run(batch.feeds)
             ctx = Context(
                 encoder=self.encoder,
                 id2label=self.id2label,
                 problem_type=self.conf.get(FlavorKey.PROBLEM_TYPE),
                 mask_token_id=self.conf.get(FlavorKey.MASK_TOKEN_ID),
-                texts=texts[start:stop],
+                texts=chunk,
                 pairs=chunk_pairs,
                 params=p,
             )
@@ -258,7 +259,7 @@ def _frame_from_columns(pd: Any, columns: Columns, output_columns: Tuple[Tuple[s
                 if str_dtype is np.dtype(object):
                     arrays.append(np.array(values, dtype=object))
                 else:
-                    arrays.append(_strings(list(values), str_dtype))
+                    arrays.append(_strings(values if isinstance(values, list) else list(values), str_dtype))
             else:
                 return pd.DataFrame(_rows(columns))
         rows_index = _row_index(pd, len(arrays[0]))

@@ -8,6 +8,7 @@ once per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,9 +29,9 @@ class EncodedBatch:
     def attention_mask(self) -> np.ndarray:
         return self.mask
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
-        """Real tokens per row (computed when a post-processor asks: most never do)."""
+        """Real tokens per row (computed once, when a post-processor asks: most never do)."""
         out: np.ndarray = self.mask.sum(axis=1)
         return out
 
