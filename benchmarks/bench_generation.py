@@ -47,10 +47,10 @@ def main(argv: List[str] | None = None) -> int:
     from tiny import gpt2_tokenizer
 
     import mlflow_tfexport
-    from mlflow_tfexport.exporting import export_to_directory
-    from mlflow_tfexport.runtimes import load_runner
-    from mlflow_tfexport.runtimes.base import greedy_generate
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.export.api import export_to_directory
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.runtimes import load_runner
+    from mlflow_tfexport.serving.runtimes.base import greedy_generate
 
     torch.manual_seed(0)
     tok = gpt2_tokenizer(model_max_length=512)

@@ -5,7 +5,7 @@ CUDA, and the source model on CUDA, through the same pyfunc.
     python benchmarks/gpu.py --model-dir DIR       # any BERT-like checkpoint folder
 
 Needs no registry: the model is saved with ``mlflow_tfexport.save_model`` and
-exported with ``mlflow_tfexport.exporting.export_to_directory`` (the same
+exported with ``mlflow_tfexport.export.api.export_to_directory`` (the same
 export and validation as ``mlflow-tfexport export``), so it runs with
 ``mlflow-skinny``. On a machine without a GPU it says so and exits 0.
 
@@ -86,7 +86,7 @@ def build_variants(model_dir: str, workdir: str, trace_on_cuda: bool, seed: int 
     import transformers
 
     import mlflow_tfexport
-    from mlflow_tfexport.exporting import export_to_directory
+    from mlflow_tfexport.export.api import export_to_directory
 
     torch.manual_seed(seed)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -136,7 +136,7 @@ def benchmark(model_dir: str, status: Dict[str, Any], trials: int, budget_s: flo
 
 
 def serving(local: Dict[str, str], status: Dict[str, Any], seconds: float) -> Dict[str, Any]:
-    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
 
     text = texts_of_length(load_tokenizer(local["source"]), SEQ_LENS[0], 1)[0][0]
     out: Dict[str, Any] = {}
@@ -156,7 +156,7 @@ def serving(local: Dict[str, str], status: Dict[str, Any], seconds: float) -> Di
 def load_models(local: Dict[str, str], status: Dict[str, Any]) -> Dict[str, Any]:
     import mlflow
 
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
 
     models: Dict[str, Any] = {"source (CPU)": mlflow.pyfunc.load_model(local["source"],
                                                                        model_config={"device": "cpu"})}
@@ -195,7 +195,7 @@ def check_outputs(models: Dict[str, Any], texts: List[str]) -> Dict[str, Any]:
 
 def measure(local: Dict[str, str], status: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
     """Latency of every variant on the GPU (and the CPU source), per batch and length."""
-    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
 
     models = load_models(local, status)
     tokenizer = load_tokenizer(local["source"])
@@ -275,7 +275,7 @@ def markdown(res: Dict[str, Any], level: int = 1) -> str:
 
 
 def machine(status: Dict[str, Any]) -> str:
-    from mlflow_tfexport.bench import machine_description
+    from mlflow_tfexport.cli.bench import machine_description
 
     return machine_description() + f", Python {platform.python_version()}, torch {status.get('torch', '-')}"
 

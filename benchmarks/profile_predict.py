@@ -41,10 +41,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import transformers
 
     import mlflow_tfexport
-    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
-    from mlflow_tfexport.exporting import export_to_directory
-    from mlflow_tfexport.inputs import parse_text_input
-    from mlflow_tfexport.postprocess import POSTPROCESS, Context
+    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.export.api import export_to_directory
+    from mlflow_tfexport.serving.inputs import parse_text_input
+    from mlflow_tfexport.serving.postprocess import POSTPROCESS, Context
 
     with tempfile.TemporaryDirectory(prefix="tfexport-profile-") as root:
         torch.manual_seed(0)

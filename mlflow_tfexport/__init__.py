@@ -22,7 +22,7 @@ from mlflow_tfexport.errors import (
     UnknownTaskError,
     ValidationFailedError,
 )
-from mlflow_tfexport.flavor import LoadedModel, get_default_pip_requirements, load_model, log_model, save_model
+from mlflow_tfexport.flavor.api import LoadedModel, get_default_pip_requirements, load_model, log_model, save_model
 from mlflow_tfexport.tasks import TASKS, get_task
 
 __version__ = "0.1.0"
@@ -57,6 +57,6 @@ def _attach_to_mlflow() -> None:
 
 _attach_to_mlflow()
 
-from mlflow_tfexport.exporting import ExportResult, export  # noqa: E402
+from mlflow_tfexport.export.api import ExportResult, export  # noqa: E402
 
 __all__ += ["ExportResult", "export"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from mlflow_tfexport.cli import main
+from mlflow_tfexport.cli.main import main
 
 sys.exit(main())

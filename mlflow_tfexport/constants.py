@@ -4,7 +4,7 @@ from __future__ import annotations
 
 FLAVOR_NAME = "tfexport"
 PACKAGE = "mlflow_tfexport"
-SERVING_MODULE = "mlflow_tfexport.serving"
+SERVING_MODULE = "mlflow_tfexport.serving.pyfunc"
 
 # Files and folders inside a saved model directory.
 MODEL_DIR = "model"  # transformers weights (safetensors) + config

@@ -191,11 +191,11 @@ def save_source(arch: Arch, task: str, root: str) -> Tuple[str, Any]:
 
 def validate_at_max_length(model: Any, source_dir: str, exported_dir: str, atol: float) -> None:
     """The flavor's ``max_length`` is usable (position-offset architectures) and the export holds there."""
-    from mlflow_tfexport.export.base import SourceModel
-    from mlflow_tfexport.exporting import run_validation
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.export.api import run_validation
+    from mlflow_tfexport.export.options import SourceModel
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
     from mlflow_tfexport.tasks import get_task
-    from mlflow_tfexport.validate import raise_for_failures
+    from mlflow_tfexport.validation.report import raise_for_failures
 
     conf = read_flavor_conf(source_dir)
     source = SourceModel(model, get_task(conf["task"]), conf, source_dir)
@@ -223,7 +223,7 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str) -> None:
 
 def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: bool = True) -> CellResult:
     """Save, export (no registry) and validate one cell; errors become a failed result."""
-    from mlflow_tfexport.exporting import export_to_directory
+    from mlflow_tfexport.export.api import export_to_directory
 
     arch = BY_NAME[arch_name]
     started = time.perf_counter()

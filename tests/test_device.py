@@ -15,8 +15,8 @@ import yaml
 
 import mlflow_tfexport
 from mlflow_tfexport.errors import ExportError, TfexportError
-from mlflow_tfexport.exporting import export_to_directory
-from mlflow_tfexport.runtimes.torch_device import resolve_device
+from mlflow_tfexport.export.api import export_to_directory
+from mlflow_tfexport.serving.runtimes.device import resolve_device
 
 TEXTS = ["I loved this film, the plot was great.", "It was not good."]
 

@@ -14,10 +14,10 @@ import pytest
 from mlflow import MlflowClient
 
 import mlflow_tfexport
-from mlflow_tfexport import exporting
-from mlflow_tfexport.cli import main as cli_main
+from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.errors import ExportError, NotATfexportModelError, TfexportError, ValidationFailedError
+from mlflow_tfexport.export import api as exporting
 
 TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it was the worst film of the city."]
 
@@ -178,8 +178,8 @@ def _fail(*args: Any, **kwargs: Any) -> Any:
 
 @pytest.mark.parametrize("stage", ["load", "export", "validate", "log", "register"])
 def test_a_failure_at_any_stage_registers_nothing(source: str, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlflow_tfexport import variant
-    from mlflow_tfexport.export import onnx as onnx_backend
+    from mlflow_tfexport.export.onnx import backend as onnx_backend
+    from mlflow_tfexport.flavor import variant
 
     targets = {
         "load": (exporting, "load_source_model"),
@@ -238,7 +238,7 @@ def test_onnx_runtime_options_via_model_config(source: str) -> None:
 
 
 def test_large_models_use_external_data(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlflow_tfexport.export import onnx as onnx_backend
+    from mlflow_tfexport.export.onnx import backend as onnx_backend
 
     monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_THRESHOLD", 0)
     result = mlflow_tfexport.export(f"models:/{source}/1")

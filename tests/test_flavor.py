@@ -383,7 +383,7 @@ def test_mlmodel_flavor_block_and_loader_module(saved: Tuple[Any, str]) -> None:
     assert block[FlavorKey.ARCHITECTURE] == "BertForSequenceClassification"
     assert block[FlavorKey.TRANSFORMERS_VERSION] == transformers.__version__
     pyfunc = mlmodel["flavors"]["python_function"]
-    assert pyfunc["loader_module"] == SERVING_MODULE == "mlflow_tfexport.serving"
+    assert pyfunc["loader_module"] == SERVING_MODULE == "mlflow_tfexport.serving.pyfunc"
     assert pyfunc["code"] == CODE_DIR
     assert os.path.isfile(os.path.join(path, CODE_DIR, "mlflow_tfexport", "serving.py"))
     assert mlmodel["metadata"] == {"owner": "team-a"}
@@ -439,7 +439,7 @@ def test_signature_has_outputs_and_params(saved: Tuple[Any, str]) -> None:
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_default_signature_params_per_task(task: str) -> None:
-    from mlflow_tfexport.signatures import task_signature
+    from mlflow_tfexport.flavor.signatures import task_signature
 
     spec = get_task(task)
     signature = task_signature(spec, hidden_size=32)
@@ -497,7 +497,7 @@ def test_fast_output_frame_equals_the_pandas_constructor(rows: List[Dict[str, An
     """The predict path builds its DataFrame column by column; it must equal ``pd.DataFrame(rows)``."""
     import pandas as pd
 
-    from mlflow_tfexport.serving import _frame
+    from mlflow_tfexport.serving.pyfunc import _frame
     from mlflow_tfexport.tasks import TASKS
 
     columns = next(s.output_columns for s in TASKS.values() if [c for c, _ in s.output_columns] == list(rows[0]))
@@ -510,7 +510,7 @@ def test_output_frames_do_not_share_what_a_caller_changes() -> None:
     """Small batches reuse cached label arrays: changing one returned frame must not change the next."""
     import pandas as pd
 
-    from mlflow_tfexport.serving import _frame
+    from mlflow_tfexport.serving.pyfunc import _frame
     from mlflow_tfexport.tasks import get_task
 
     columns = get_task("text-classification").output_columns

@@ -36,7 +36,7 @@ def _export(arch: str, task: str, root: str, *, rare_eos: bool = False) -> Tuple
     """Save a tiny ``arch`` source in ``root`` and export it to ONNX; ``rare_eos`` makes the last vocabulary
     id the end-of-sequence token (and drops a forced one), so decoding runs to ``max_new_tokens``."""
     import mlflow_tfexport
-    from mlflow_tfexport.exporting import export_to_directory
+    from mlflow_tfexport.export.api import export_to_directory
 
     model, tok = build(BY_NAME[arch], task)
     if rare_eos:
@@ -50,8 +50,8 @@ def _export(arch: str, task: str, root: str, *, rare_eos: bool = False) -> Tuple
 
 
 def _runners(source: str, exported: str) -> Tuple[Any, Any, Dict[str, Any]]:
-    from mlflow_tfexport.runtimes import load_runner
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.runtimes import load_runner
 
     conf = read_flavor_conf(exported)
     return load_runner(source, read_flavor_conf(source)), load_runner(exported, conf), conf
@@ -122,7 +122,7 @@ def test_num_beams(tmp_path: Any) -> None:
 
 def test_unsupported_generation_exports_raise_precise_errors(tmp_path: Any) -> None:
     import mlflow_tfexport
-    from mlflow_tfexport.exporting import export_to_directory
+    from mlflow_tfexport.export.api import export_to_directory
 
     model, tok = build(BY_NAME["T5"], T2T)
     source = str(tmp_path / "source")
@@ -131,8 +131,9 @@ def test_unsupported_generation_exports_raise_precise_errors(tmp_path: Any) -> N
         export_to_directory(source, str(tmp_path / "dynamo"), "onnx", exporter="dynamo")
     with pytest.raises(ExportError, match="cannot be exported to torchscript yet"):
         export_to_directory(source, str(tmp_path / "ts"), "torchscript", trace_shape="1x16")
-    from mlflow_tfexport.export import ExportOptions, get_backend
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.export.formats import get_backend
+    from mlflow_tfexport.export.options import ExportOptions
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
     from mlflow_tfexport.tasks import get_task
 
     for task in (TG, T2T):

@@ -55,7 +55,7 @@ def test_mlflow_tfexport_resolves_without_importing_the_package() -> None:
         print(log_model is mlflow_tfexport.log_model)
         """
     )
-    assert out.splitlines() == ["False", "mlflow_tfexport.flavor", "True True", "True"]
+    assert out.splitlines() == ["False", "mlflow_tfexport.flavor.api", "True True", "True"]
 
 
 def test_import_mlflow_tfexport_statement() -> None:
@@ -100,9 +100,9 @@ def test_serving_module_does_not_import_torch_or_transformers() -> None:
     out = run_fresh(
         """
         import sys
-        import mlflow_tfexport.serving
-        from mlflow_tfexport.runtimes import load_runner
-        import mlflow_tfexport.runtimes.onnx
+        import mlflow_tfexport.serving.pyfunc
+        from mlflow_tfexport.serving.runtimes import load_runner
+        import mlflow_tfexport.serving.runtimes.onnx
         print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
         """
     )
@@ -118,7 +118,7 @@ def test_reading_a_saved_model_and_tokenizing_needs_no_torch(tmp_path: Any, tiny
     out = run_fresh(
         f"""
         import sys
-        from mlflow_tfexport.serving import make_encoder, read_flavor_conf
+        from mlflow_tfexport.serving.pyfunc import make_encoder, read_flavor_conf
         from mlflow_tfexport.tasks import get_task
         conf = read_flavor_conf({path!r})
         encoder = make_encoder({path!r}, conf, get_task(conf["task"]))

@@ -234,7 +234,7 @@ def test_missing_columns_are_named(classifier: Any, models: Dict[str, Any]) -> N
 
 
 def test_unknown_params_are_rejected_by_the_runtime(classifier: Any, paths: Dict[str, str]) -> None:
-    from mlflow_tfexport.serving import _load_pyfunc
+    from mlflow_tfexport.serving.pyfunc import _load_pyfunc
 
     runtime = _load_pyfunc(paths["text-classification"])  # what mlflow.pyfunc wraps
     with pytest.raises(MlflowException) as excinfo:
@@ -304,7 +304,7 @@ def test_over_long_inputs_for_every_task(models: Dict[str, Any]) -> None:
 
 def test_records_with_zero_d_array_values_are_unwrapped() -> None:
     """``{"inputs": [{"text": ...}, ...]}`` reaches the model with 0-d arrays as values."""
-    from mlflow_tfexport.inputs import parse_text_input
+    from mlflow_tfexport.serving.inputs import parse_text_input
     from mlflow_tfexport.tasks import get_task
 
     spec = get_task("text-classification")

@@ -10,10 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 import mlflow_tfexport
-from mlflow_tfexport.cli import main as cli_main
+from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.errors import ExportError, ValidationFailedError
-from mlflow_tfexport.export import onnx_optimize
+from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 
 TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it was the worst film of the city."]
 

@@ -24,9 +24,9 @@ from tiny import CORPUS, tiny
 import mlflow_tfexport
 from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.errors import BadInputError, ExportError
-from mlflow_tfexport.runtimes import load_runner
-from mlflow_tfexport.runtimes.eager import EagerRunner
-from mlflow_tfexport.runtimes.static import StaticRunner, pick_bucket
+from mlflow_tfexport.serving.runtimes import load_runner
+from mlflow_tfexport.serving.runtimes.eager import EagerRunner
+from mlflow_tfexport.serving.runtimes.static import StaticRunner, pick_bucket
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, TASKS, OutputSpec, dummy_inputs
 
 NAME = "ts-sentiment"
@@ -77,7 +77,7 @@ def test_export_registers_tagged_version(registry: Dict[str, Any]) -> None:
 
 def test_variant_files_and_flavor_block(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
-    conf = mlflow_tfexport.serving.read_flavor_conf(local)
+    conf = mlflow_tfexport.serving.pyfunc.read_flavor_conf(local)
     assert conf[FlavorKey.FORMAT] == "torchscript"
     assert conf[FlavorKey.TRACE_SHAPES] == [[1, 8], [1, 32]]
     assert conf[FlavorKey.MAX_LENGTH] == 32  # the largest bucket, not the model's 64
@@ -111,7 +111,7 @@ def test_bucketing_matches_eager_for_every_batch_and_length(registry: Dict[str, 
                                                             name: str) -> None:
     """Batch 1..2x the trace batch, 1 token to the largest bucket, through the real runner."""
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/2", dst_path=str(tmp_path))
-    conf = mlflow_tfexport.serving.read_flavor_conf(local)
+    conf = mlflow_tfexport.serving.pyfunc.read_flavor_conf(local)
     runner = load_runner(local, conf, {})
     assert isinstance(runner, StaticRunner)
     model = registry["model"] if name == NAME else registry["feature_model"]
@@ -240,4 +240,4 @@ def test_reexport_is_idempotent(registry: Dict[str, Any]) -> None:
 def test_mlmodel_is_plain_yaml(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
     mlmodel = yaml.safe_load(read(os.path.join(local, "MLmodel")))
-    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tfexport.serving"
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tfexport.serving.pyfunc"

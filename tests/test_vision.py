@@ -182,7 +182,7 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str, images: L
 def run_vision_cell(arch_name: str, task: str) -> VisionCellResult:
     """Save, export (no registry), validate and compare the pyfuncs of one cell; errors become a failed result."""
     import mlflow_tfexport
-    from mlflow_tfexport.exporting import export_to_directory
+    from mlflow_tfexport.export.api import export_to_directory
 
     arch = VISION_BY_NAME[arch_name]
     started = time.perf_counter()
@@ -241,7 +241,7 @@ def test_preprocessing_matches_transformers(name: str) -> None:
     """The numpy/Pillow preprocessing equals the transformers image processor's output."""
     import transformers
 
-    from mlflow_tfexport.images import ImagePreprocessor
+    from mlflow_tfexport.serving.images import ImagePreprocessor
 
     cls, kwargs = PROCESSORS[name]
     processor = getattr(transformers, cls)(**kwargs)
@@ -258,7 +258,7 @@ def test_preprocessing_matches_transformers(name: str) -> None:
 @pytest.fixture(scope="module")
 def vit_dirs(tmp_path_factory: pytest.TempPathFactory) -> Tuple[str, str]:
     import mlflow_tfexport
-    from mlflow_tfexport.exporting import export_to_directory
+    from mlflow_tfexport.export.api import export_to_directory
 
     root = tmp_path_factory.mktemp("vit")
     model, processor = build(VISION_BY_NAME["ViT"], IC)
@@ -310,7 +310,7 @@ def test_bad_inputs(vit_dirs: Tuple[str, str], bad: Any, message: str) -> None:
 
 def test_flavor_facts_and_files(vit_dirs: Tuple[str, str]) -> None:
     from mlflow_tfexport.constants import FlavorKey
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
 
     source, exported = vit_dirs
     for path in (source, exported):
@@ -340,7 +340,7 @@ def test_pipeline_brings_its_image_processor(tmp_path: Any) -> None:
     import transformers
 
     import mlflow_tfexport
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
 
     model, processor = build(VISION_BY_NAME["ConvNeXT"], IFE)
     pipe = transformers.pipeline("image-feature-extraction", model=model, image_processor=processor)

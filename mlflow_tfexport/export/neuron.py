@@ -32,12 +32,12 @@ from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
-from mlflow_tfexport.environment import pinned
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, SourceModel
+from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
 from mlflow_tfexport.export.torchscript import StaticBackend
-from mlflow_tfexport.runtimes.neuron import NEURON_INDEX_URL, TARGETS, NeuronTarget, missing_sdk_message
-from mlflow_tfexport.runtimes.static import NEURON_DIR
+from mlflow_tfexport.flavor.environment import pinned
+from mlflow_tfexport.serving.runtimes.neuron import NEURON_INDEX_URL, TARGETS, NeuronTarget, missing_sdk_message
+from mlflow_tfexport.serving.runtimes.static import NEURON_DIR
 
 CompileFn = Callable[[Any, Tuple[Any, ...], Sequence[str]], Any]
 

@@ -35,9 +35,9 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
+from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
 from mlflow_tfexport.export.wrapper import make_wrapper, source_inputs, untie_weights
-from mlflow_tfexport.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
+from mlflow_tfexport.serving.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, TaskSpec
 
 HOW_TO_PASS = (
@@ -120,7 +120,7 @@ class StaticBackend:
     folder = TORCHSCRIPT_DIR
 
     def check(self, options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> ExportOptions:
-        from mlflow_tfexport.exporting import MAX_BUCKETS
+        from mlflow_tfexport.export.api import MAX_BUCKETS
 
         fmt = self.name
         if not options.trace_shapes:
@@ -154,7 +154,7 @@ class StaticBackend:
         if options.device is None:
             return options
         from mlflow_tfexport.errors import TfexportError
-        from mlflow_tfexport.runtimes.torch_device import check_device_name
+        from mlflow_tfexport.serving.runtimes.device import check_device_name
 
         try:
             device = check_device_name(options.device)

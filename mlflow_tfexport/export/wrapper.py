@@ -16,7 +16,7 @@ from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
 
 if TYPE_CHECKING:
-    from mlflow_tfexport.export.base import SourceModel
+    from mlflow_tfexport.export.options import SourceModel
 
 
 def untie_weights(model: Any) -> None:

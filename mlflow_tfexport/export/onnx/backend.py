@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Mapping, Tuple
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export import onnx_optimize
-from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, Shape, SourceModel
+from mlflow_tfexport.export.onnx import optimize as onnx_optimize
+from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
 from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
 from mlflow_tfexport.tasks import TaskSpec, input_axes
 
@@ -101,7 +101,7 @@ class OnnxBackend:
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         if with_past(source.spec, str(options.exporter)):  # graph(s) with past key values, numpy decoding
-            from mlflow_tfexport.export.onnx_generation import export_generation
+            from mlflow_tfexport.export.onnx.generation import export_generation
 
             return export_generation(source, options, staging_dir)
         torch = require("torch")

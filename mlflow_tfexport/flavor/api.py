@@ -29,9 +29,10 @@ from mlflow_tfexport.constants import (
     Format,
     Tag,
 )
-from mlflow_tfexport.environment import default_requirements, resolve_requirements, write_environment
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.signatures import task_signature
+from mlflow_tfexport.flavor.environment import default_requirements, resolve_requirements, write_environment
+from mlflow_tfexport.flavor.signatures import task_signature
+from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.tasks import IMAGE, TEXT, TEXT_INPUTS, TaskSpec, for_input_kind, get_task, infer_task
 
 _PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
@@ -45,7 +46,7 @@ def get_default_pip_requirements(fmt: str = Format.TRANSFORMERS) -> list:
 
 
 def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_processor: Any = None) -> tuple:
-    from mlflow_tfexport.image_flavor import check_image_processor, check_model_inputs, is_image_model
+    from mlflow_tfexport.flavor.image import check_image_processor, check_model_inputs, is_image_model
 
     transformers = require("transformers")
     if isinstance(model, transformers.Pipeline):
@@ -79,7 +80,7 @@ def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_proce
 
 def resolve_task(model: Any, task: Optional[str]) -> TaskSpec:
     """The task spec for ``model``: inferred from its class, or checked against it when given."""
-    from mlflow_tfexport.image_flavor import is_image_model
+    from mlflow_tfexport.flavor.image import is_image_model
 
     kind = IMAGE if is_image_model(model) else TEXT
     return for_input_kind(_resolve_task(model, task, kind), kind)
@@ -203,13 +204,11 @@ def write_model(
     """Write MLmodel (flavor + pyfunc), the code and the environment into ``path``."""
     from mlflow import pyfunc
 
-    from mlflow_tfexport.runtimes import default_model_config
-
     mlflow_model = mlflow_model or Model()
     if flavor_conf.get(FlavorKey.IMAGE_PROCESSOR_DIR) and not any(
         r.lower().startswith("pillow") for r in requirements
     ):  # image variants decode and resize with Pillow
-        from mlflow_tfexport.environment import pinned
+        from mlflow_tfexport.flavor.environment import pinned
 
         requirements = [*requirements, pinned("pillow")]
     if signature is not None:
@@ -261,7 +260,7 @@ def save_model(
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)
     if spec.input_kind == IMAGE:
-        from mlflow_tfexport.image_flavor import image_model_facts, save_image_processor
+        from mlflow_tfexport.flavor.image import image_model_facts, save_image_processor
 
         conf = image_model_facts(model, preprocessor, spec, save_image_processor(preprocessor, path))
         asset_dir = IMAGE_PROCESSOR_DIR
@@ -377,8 +376,8 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
     """Load the native model object of any tfexport variant."""
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_tfexport.runtimes import load_runner
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.runtimes import load_runner
 
     local = download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
     conf = read_flavor_conf(local)
@@ -387,7 +386,7 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
         return _load_image_model(local, conf)
     tok_dir = os.path.join(local, conf[FlavorKey.TOKENIZER_DIR])
     if fmt == Format.TRANSFORMERS:
-        from mlflow_tfexport.runtimes.eager import load_transformers_model
+        from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 
         transformers = require("transformers")
         return LoadedModel(
@@ -411,13 +410,13 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
 
 def _load_image_model(local: str, conf: Dict[str, Any]) -> LoadedModel:
     """A vision variant: the transformers image processor for the source, the numpy one otherwise."""
-    from mlflow_tfexport.images import ImagePreprocessor
-    from mlflow_tfexport.runtimes import load_runner
+    from mlflow_tfexport.serving.images import ImagePreprocessor
+    from mlflow_tfexport.serving.runtimes import load_runner
 
     fmt = conf[FlavorKey.FORMAT]
     processor_dir = os.path.join(local, conf[FlavorKey.IMAGE_PROCESSOR_DIR])
     if fmt == Format.TRANSFORMERS:
-        from mlflow_tfexport.runtimes.eager import load_transformers_model
+        from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 
         transformers = require("transformers")
         return LoadedModel(load_transformers_model(local, conf),

@@ -11,19 +11,12 @@ from __future__ import annotations
 import os
 import sys
 from importlib import metadata
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import yaml
 
-from mlflow_tfexport.constants import Format
 from mlflow_tfexport.errors import TfexportError
-
-# Packages each format needs to serve, beyond MLflow itself.
-SERVING_PACKAGES: Dict[str, List[str]] = {
-    Format.TRANSFORMERS: ["torch", "transformers", "safetensors", "tokenizers", "numpy"],
-    Format.ONNX: ["onnxruntime", "tokenizers", "numpy"],
-    Format.TORCHSCRIPT: ["torch", "tokenizers", "numpy"],
-}
+from mlflow_tfexport.formats import FORMATS
 
 
 def pinned(package: str) -> str:
@@ -36,7 +29,7 @@ def pinned(package: str) -> str:
 
 
 def default_requirements(fmt: str) -> List[str]:
-    return [pinned("mlflow")] + [pinned(p) for p in SERVING_PACKAGES.get(fmt, [])]
+    return [pinned("mlflow")] + [pinned(p) for p in (FORMATS[fmt].serving_packages if fmt in FORMATS else ())]
 
 
 def resolve_requirements(

@@ -92,7 +92,7 @@ def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any])
     spec = get_task(flavor_conf[FlavorKey.TASK])
     # An image model records the outputs it has (a backbone may lack pooler_output).
     outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == "image" else None
-    from mlflow_tfexport.runtimes.torch_device import resolve_device
+    from mlflow_tfexport.serving.runtimes.device import resolve_device
 
     device = resolve_device(require("torch"), config)
     return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], outputs or spec.output_names, device)

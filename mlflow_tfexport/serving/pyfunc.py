@@ -16,12 +16,12 @@ import numpy as np
 
 from mlflow_tfexport.constants import FLAVOR_NAME, FlavorKey
 from mlflow_tfexport.errors import BadInputError
-from mlflow_tfexport.inputs import parse_text_input
-from mlflow_tfexport.postprocess import POSTPROCESS, Columns, Context
-from mlflow_tfexport.runtimes import Runner, load_runner
-from mlflow_tfexport.runtimes.base import greedy_generate
+from mlflow_tfexport.serving.inputs import parse_text_input
+from mlflow_tfexport.serving.postprocess import POSTPROCESS, Columns, Context
+from mlflow_tfexport.serving.runtimes import Runner, load_runner
+from mlflow_tfexport.serving.runtimes.base import greedy_generate
+from mlflow_tfexport.serving.tokenization import TextEncoder, split_rows
 from mlflow_tfexport.tasks import TaskSpec, get_task
-from mlflow_tfexport.tokenization import TextEncoder, split_rows
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -132,7 +132,7 @@ class TfexportPyfunc(PyfuncBase):
 
     def _generate(self, texts: List[str], p: Mapping[str, Any]) -> List[str]:
         if self.spec.name == "text2text-generation":
-            from mlflow_tfexport.generation import text2text
+            from mlflow_tfexport.serving.generation import text2text
 
             return text2text(self.runner, self.encoder, self.conf, texts, p)
         eos = self.conf.get(FlavorKey.EOS_TOKEN_ID)
@@ -278,7 +278,7 @@ def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> An
     config = dict(model_config or {})
     runner = load_runner(path, conf, config)
     if get_task(conf[FlavorKey.TASK]).input_kind == "image":
-        from mlflow_tfexport.vision import ImagePyfunc
+        from mlflow_tfexport.serving.image_pyfunc import ImagePyfunc
 
         return ImagePyfunc(path, conf, runner, config)
     return TfexportPyfunc(path, conf, runner, config)

@@ -71,7 +71,7 @@ def import_neuron(target_name: str) -> ModuleType:
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> Any:
     neuron = import_neuron(str(flavor_conf.get(FlavorKey.NEURON_TARGET) or "inf1"))
-    from mlflow_tfexport.runtimes.torchscript import make_runner
+    from mlflow_tfexport.serving.runtimes.torchscript import make_runner
 
     version = getattr(neuron, "__version__", "unknown")
     return make_runner(

@@ -30,7 +30,7 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.tasks import SEQUENCE, OutputSpec
-from mlflow_tfexport.validate import Feeds, OutputCheck, RunFn, ValidationReport
+from mlflow_tfexport.validation.report import Feeds, OutputCheck, RunFn, ValidationReport
 
 QUANTIZE_MODES: Tuple[str, ...] = ("int8",)
 DEFAULT_MIN_AGREEMENT = 0.9

@@ -127,8 +127,8 @@ _EXAMPLE = "e.g. 'onnx', 'onnx:opset=18', 'torchscript:1x128' or 'onnx,torchscri
 
 
 def _parse_spec(text: str, whole: str) -> ExportSpec:
-    from mlflow_tfexport.export import known_formats
-    from mlflow_tfexport.exporting import check_atol, parse_trace_shapes
+    from mlflow_tfexport.export.api import check_atol, parse_trace_shapes
+    from mlflow_tfexport.formats import export_formats as known_formats
 
     head, *fields = [p.strip() for p in text.split(":")]
     fmt = head.lower()
@@ -339,7 +339,7 @@ def format_status(results: Sequence[Tuple[str, str]], failures: Sequence[Tuple[s
 
 
 def _default_export() -> Callable[..., Any]:
-    from mlflow_tfexport.exporting import export
+    from mlflow_tfexport.export.api import export
 
     return export
 

@@ -63,7 +63,7 @@ class OnnxRunner:
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> Any:
     if flavor_conf.get(FlavorKey.GENERATION):  # generation graphs with past key values
-        from mlflow_tfexport.runtimes import onnx_generation
+        from mlflow_tfexport.serving.runtimes import onnx_with_past as onnx_generation
 
         return onnx_generation.load(model_dir, flavor_conf, config)
     return OnnxRunner(os.path.join(model_dir, flavor_conf[FlavorKey.MODEL_FILE]), config)

@@ -18,10 +18,10 @@ import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
-from mlflow_tfexport.images import ImagePreprocessor, parse_image_input
-from mlflow_tfexport.postprocess import sigmoid, softmax
-from mlflow_tfexport.runtimes import Runner
-from mlflow_tfexport.serving import PyfuncBase
+from mlflow_tfexport.serving.images import ImagePreprocessor, parse_image_input
+from mlflow_tfexport.serving.postprocess import sigmoid, softmax
+from mlflow_tfexport.serving.pyfunc import PyfuncBase
+from mlflow_tfexport.serving.runtimes import Runner
 
 
 def _label(id2label: Mapping[int, str], index: int) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Generation
 from mlflow_tfexport.errors import BadInputError, TfexportError
-from mlflow_tfexport.runtimes.onnx import default_providers, session_options
+from mlflow_tfexport.serving.runtimes.onnx import default_providers, session_options
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 

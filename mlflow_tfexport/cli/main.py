@@ -18,14 +18,14 @@ from mlflow_tfexport.constants import Format, Tag
 
 
 def _progress(stage: str, detail: str) -> None:
-    from mlflow_tfexport.exporting import STAGES
+    from mlflow_tfexport.export.api import STAGES
 
     step = STAGES.index(stage) + 1 if stage in STAGES else 0
     print(f"[{step}/{len(STAGES)}] {stage}: {detail}", file=sys.stderr, flush=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mlflow_tfexport.exporting import export
+    from mlflow_tfexport.export.api import export
 
     result = export(
         args.model_uri,
@@ -119,7 +119,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     import mlflow
 
-    from mlflow_tfexport import worker
+    from mlflow_tfexport.worker import core as worker
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=30, help="seconds between polls (default 30)")
     p.add_argument("--once", action="store_true", help="with --poll: one pass, wait for its exports, exit")
     p.set_defaults(func=cmd_worker)
-    __import__("mlflow_tfexport.bench", fromlist=["add_parser"]).add_parser(sub)
+    __import__("mlflow_tfexport.cli.bench", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 

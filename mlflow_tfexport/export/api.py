@@ -29,14 +29,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from mlflow_tfexport.constants import VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
-from mlflow_tfexport.environment import default_requirements
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export import ExportOptions, SourceModel, get_backend
-from mlflow_tfexport.export.base import ExportedArtifact, Shape
+from mlflow_tfexport.export.formats import get_backend
+from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
+from mlflow_tfexport.export.source import ResolvedSource, resolve_source
+from mlflow_tfexport.flavor.environment import default_requirements
 from mlflow_tfexport.registry import find_by_export_key, register_version
-from mlflow_tfexport.source import ResolvedSource, resolve_source
 from mlflow_tfexport.tasks import get_task
-from mlflow_tfexport.validate import ValidationReport, raise_for_failures, validate
+from mlflow_tfexport.validation.report import ValidationReport, raise_for_failures, validate
 
 STAGES = ("load", "export", "validate", "log", "register")
 _BACKEND_LOCK = threading.Lock()  # exports in threads of one process (the worker, tests) take turns
@@ -173,7 +173,7 @@ def describe(fmt: str, source: ResolvedSource, options: ExportOptions, report: V
 
 
 def load_source_model(source: ResolvedSource) -> SourceModel:
-    from mlflow_tfexport.runtimes.eager import load_transformers_model
+    from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 
     model = load_transformers_model(source.local_path, source.flavor_conf)
     return SourceModel(model, get_task(source.flavor_conf[FlavorKey.TASK]), source.flavor_conf, source.local_path)
@@ -184,18 +184,18 @@ def run_validation(
     options: Optional[ExportOptions] = None,
 ) -> ValidationReport:
     from mlflow_tfexport.export.wrapper import source_inputs
-    from mlflow_tfexport.runtimes import load_runner
-    from mlflow_tfexport.runtimes.eager import EagerRunner
+    from mlflow_tfexport.serving.runtimes import load_runner
+    from mlflow_tfexport.serving.runtimes.eager import EagerRunner
 
     if conf.get(FlavorKey.GENERATION):  # graphs with past key values: checked step by step
-        from mlflow_tfexport.export.onnx_generation import validate_generation
+        from mlflow_tfexport.export.onnx.generation import validate_generation
 
         return validate_generation(source, staging, conf, shapes, atol)
     reference = EagerRunner(source.model, source.input_names, source.output_names)
     exported = load_runner(staging, conf, {})
     feeds = [source_inputs(source, b, s, seed=1000 + i) for i, (b, s) in enumerate(shapes)]
     if options is not None and options.quantize:  # a quantised model is checked at task level
-        from mlflow_tfexport.export.onnx_optimize import validate_quantized
+        from mlflow_tfexport.export.onnx.optimize import validate_quantized
 
         return validate_quantized(reference.run, exported.run, feeds, source.spec.outputs, source.spec.name,
                                   atol, options.min_agreement, options.quantize)
@@ -271,8 +271,8 @@ def export_to_directory(
         >>> mlflow_tfexport.save_model(model, "bert-src", tokenizer=tok)
         >>> conf, report = export_to_directory("bert-src", "bert-onnx", "onnx")
     """
-    from mlflow_tfexport import variant
-    from mlflow_tfexport.serving import read_flavor_conf
+    from mlflow_tfexport.flavor import variant
+    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
 
     backend = get_backend(format)
     options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,
@@ -411,7 +411,7 @@ def _export_new(job: _Job, workdir: str) -> ExportResult:
 
 
 def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
-    from mlflow_tfexport import variant
+    from mlflow_tfexport.flavor import variant
 
     source, options, fmt = job.source, job.options, job.options.format
     mlflow.log_params(

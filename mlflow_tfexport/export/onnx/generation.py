@@ -35,9 +35,9 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, ONNX_FILE, FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export.base import ExportedArtifact, ExportOptions, SourceModel
+from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
 from mlflow_tfexport.tasks import BATCH
-from mlflow_tfexport.validate import OutputCheck, ValidationReport, compare
+from mlflow_tfexport.validation.report import OutputCheck, ValidationReport, compare
 
 #: (batch, past, new) of the export trace: batch >= 2 so the batch axis stays dynamic, a past > 0
 #: so the cache length is traced as a shape, not a constant.
@@ -338,7 +338,7 @@ def validate_generation(source: SourceModel, staging: str, conf: Mapping[str, An
     """Decode in chunks with the exported graph(s) (each step fed the previous step's presents) and
     compare every step's logits and presents with one full forward of the eager model."""
     from mlflow_tfexport.export.wrapper import source_inputs
-    from mlflow_tfexport.runtimes import load_runner
+    from mlflow_tfexport.serving.runtimes import load_runner
 
     runner: Any = load_runner(staging, conf, {})
     report = ValidationReport(atol=atol)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import IMAGE_PROCESSOR_DIR, FlavorKey
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.images import PREPROCESSOR_FILE, ImagePreprocessor
+from mlflow_tfexport.serving.images import PREPROCESSOR_FILE, ImagePreprocessor
 from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, TaskSpec
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import numpy as np
 
 from mlflow_tfexport.errors import BadInputError
-from mlflow_tfexport.tokenization import EncodedBatch, TextEncoder
+from mlflow_tfexport.serving.tokenization import EncodedBatch, TextEncoder
 
 
 class Columns(Dict[str, Any]):

@@ -13,7 +13,7 @@ from typing import Any, List, Mapping
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
-from mlflow_tfexport.tokenization import TextEncoder
+from mlflow_tfexport.serving.tokenization import TextEncoder
 
 
 def text2text(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],

@@ -20,7 +20,7 @@ def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSi
     and a text schema there turns ``{"inputs": [1, 2]}`` into the strings
     ``"1"``, ``"2"``, keeps only the first column of an unnamed DataFrame (so a
     ``text_pair`` column is silently dropped), and rejects an empty batch. The
-    pyfunc checks its inputs itself (``mlflow_tfexport.inputs``): text in a
+    pyfunc checks its inputs itself (``mlflow_tfexport.serving.inputs``): text in a
     list, an array, a string, a dict or a DataFrame, with the task's columns
     (``text`` and optional ``text_pair``, or ``question`` and ``context``).
     """
