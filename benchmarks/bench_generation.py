@@ -48,7 +48,7 @@ def main(argv: List[str] | None = None) -> int:
 
     import mlflow_tfexport
     from mlflow_tfexport.export.api import export_to_directory
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
     from mlflow_tfexport.serving.runtimes import load_runner
     from mlflow_tfexport.serving.runtimes.base import greedy_generate
 

@@ -156,7 +156,7 @@ def serving(local: Dict[str, str], status: Dict[str, Any], seconds: float) -> Di
 def load_models(local: Dict[str, str], status: Dict[str, Any]) -> Dict[str, Any]:
     import mlflow
 
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     models: Dict[str, Any] = {"source (CPU)": mlflow.pyfunc.load_model(local["source"],
                                                                        model_config={"device": "cpu"})}

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 FLAVOR_NAME = "tfexport"
 PACKAGE = "mlflow_tfexport"
+#: The pyfunc ``loader_module`` of every tfexport model.
 SERVING_MODULE = "mlflow_tfexport.serving.pyfunc"
+#: What a saved model's ``code/mlflow_tfexport`` holds (relative to the package): the serving tree and the
+#: shared modules it imports. Nothing of export, validation, registry, CLI or worker.
+SERVING_COPY = ("constants.py", "errors.py", "_lazy.py", "_compat.py", "tasks.py", "formats.py", "serving")
 
 # Files and folders inside a saved model directory.
 MODEL_DIR = "model"  # transformers weights (safetensors) + config
 TOKENIZER_DIR = "tokenizer"  # tokenizer.json + tokenizer_config.json
 IMAGE_PROCESSOR_DIR = "image_processor"  # preprocessor_config.json (image models)
+MLMODEL_FILE = "MLmodel"
+TOKENIZER_FILE = "tokenizer.json"  # inside TOKENIZER_DIR: what the serving tokenizer loads
 CODE_DIR = "code"  # this package's runtime code, so serving needs no pip install of it
 ONNX_FILE = "model.onnx"
 ONNX_ENCODER_FILE = "encoder.onnx"
@@ -105,6 +111,7 @@ class Tag:
     BENCH_MACHINE = "tfexport.bench.machine"
     REQUEST = "tfexport.request"
     REQUEST_STATUS = "tfexport.request.status"
+    SOURCE_RUN_ID = "tfexport.source_run_id"  # run tag of an export run: the source version's run
     REQUEST_HANDLED = "tfexport.request.handled"  # the request value the status answers (set by the worker)
 
 

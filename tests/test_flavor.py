@@ -385,7 +385,10 @@ def test_mlmodel_flavor_block_and_loader_module(saved: Tuple[Any, str]) -> None:
     pyfunc = mlmodel["flavors"]["python_function"]
     assert pyfunc["loader_module"] == SERVING_MODULE == "mlflow_tfexport.serving.pyfunc"
     assert pyfunc["code"] == CODE_DIR
-    assert os.path.isfile(os.path.join(path, CODE_DIR, "mlflow_tfexport", "serving.py"))
+    assert os.path.isfile(os.path.join(path, CODE_DIR, "mlflow_tfexport", "serving", "pyfunc.py"))
+    # Only the serving tree travels with the model: nothing of export, validation, registry, CLI or worker.
+    for absent in ("export", "validation", "registry.py", "cli", "worker", "flavor"):
+        assert not os.path.exists(os.path.join(path, CODE_DIR, "mlflow_tfexport", absent)), absent
     assert mlmodel["metadata"] == {"owner": "team-a"}
     assert os.path.exists(os.path.join(path, mlmodel["saved_input_example_info"]["artifact_path"]))
 

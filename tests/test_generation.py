@@ -50,7 +50,7 @@ def _export(arch: str, task: str, root: str, *, rare_eos: bool = False) -> Tuple
 
 
 def _runners(source: str, exported: str) -> Tuple[Any, Any, Dict[str, Any]]:
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
     from mlflow_tfexport.serving.runtimes import load_runner
 
     conf = read_flavor_conf(exported)
@@ -133,7 +133,7 @@ def test_unsupported_generation_exports_raise_precise_errors(tmp_path: Any) -> N
         export_to_directory(source, str(tmp_path / "ts"), "torchscript", trace_shape="1x16")
     from mlflow_tfexport.export.formats import get_backend
     from mlflow_tfexport.export.options import ExportOptions
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
     from mlflow_tfexport.tasks import get_task
 
     for task in (TG, T2T):

@@ -121,7 +121,7 @@ def test_neuron_export_with_cpu_stand_in_compiler(exported: Dict[str, Any]) -> N
 def test_neuron_stand_in_variant_describes_the_inf1_serving_stack(exported: Dict[str, Any], tmp_path: Any) -> None:
     version = exported["result"].model_version.version
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(tmp_path))
-    conf = mlflow_tfexport.serving.pyfunc.read_flavor_conf(local)
+    conf = mlflow_tfexport.serving.conf.read_flavor_conf(local)
     assert conf[FlavorKey.FORMAT] == "neuron" and conf[FlavorKey.NEURON_TARGET] == "inf1"
     assert conf[FlavorKey.MAX_LENGTH] == 32
     assert sorted(os.listdir(os.path.join(local, conf[FlavorKey.MODEL_FILE]))) == ["1x32.pt", "1x8.pt"]
@@ -153,7 +153,7 @@ def test_neuron_runtime_imports_sdk_before_jit_load(exported: Dict[str, Any], tm
 
     version = exported["result"].model_version.version
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(tmp_path))
-    conf = mlflow_tfexport.serving.pyfunc.read_flavor_conf(local)
+    conf = mlflow_tfexport.serving.conf.read_flavor_conf(local)
     order: List[str] = []
     real_import, real_load = neuron_runtime.import_neuron, torch.jit.load
 

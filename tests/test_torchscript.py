@@ -77,7 +77,7 @@ def test_export_registers_tagged_version(registry: Dict[str, Any]) -> None:
 
 def test_variant_files_and_flavor_block(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
-    conf = mlflow_tfexport.serving.pyfunc.read_flavor_conf(local)
+    conf = mlflow_tfexport.serving.conf.read_flavor_conf(local)
     assert conf[FlavorKey.FORMAT] == "torchscript"
     assert conf[FlavorKey.TRACE_SHAPES] == [[1, 8], [1, 32]]
     assert conf[FlavorKey.MAX_LENGTH] == 32  # the largest bucket, not the model's 64
@@ -111,7 +111,7 @@ def test_bucketing_matches_eager_for_every_batch_and_length(registry: Dict[str, 
                                                             name: str) -> None:
     """Batch 1..2x the trace batch, 1 token to the largest bucket, through the real runner."""
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/2", dst_path=str(tmp_path))
-    conf = mlflow_tfexport.serving.pyfunc.read_flavor_conf(local)
+    conf = mlflow_tfexport.serving.conf.read_flavor_conf(local)
     runner = load_runner(local, conf, {})
     assert isinstance(runner, StaticRunner)
     model = registry["model"] if name == NAME else registry["feature_model"]

@@ -310,7 +310,7 @@ def test_bad_inputs(vit_dirs: Tuple[str, str], bad: Any, message: str) -> None:
 
 def test_flavor_facts_and_files(vit_dirs: Tuple[str, str]) -> None:
     from mlflow_tfexport.constants import FlavorKey
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     source, exported = vit_dirs
     for path in (source, exported):
@@ -340,7 +340,7 @@ def test_pipeline_brings_its_image_processor(tmp_path: Any) -> None:
     import transformers
 
     import mlflow_tfexport
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     model, processor = build(VISION_BY_NAME["ConvNeXT"], IFE)
     pipe = transformers.pipeline("image-feature-extraction", model=model, image_processor=processor)

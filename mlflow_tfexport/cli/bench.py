@@ -106,7 +106,7 @@ def texts_of_length(tokenizer: Any, seq_len: int, count: int) -> Tuple[List[str]
 
 def load_tokenizer(local_dir: str) -> Any:
     """The variant's ``tokenizers.Tokenizer`` from its saved ``tokenizer.json`` (None if absent)."""
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     try:
         import tokenizers

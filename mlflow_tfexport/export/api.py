@@ -272,7 +272,7 @@ def export_to_directory(
         >>> conf, report = export_to_directory("bert-src", "bert-onnx", "onnx")
     """
     from mlflow_tfexport.flavor import variant
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     backend = get_backend(format)
     options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,

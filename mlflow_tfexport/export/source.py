@@ -42,7 +42,7 @@ def resolve_source(client: MlflowClient, model_uri: str, dst_path: Optional[str]
     from mlflow.artifacts import download_artifacts
     from mlflow.models import Model
 
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     if not isinstance(model_uri, str) or not model_uri.strip():
         raise ExportError(

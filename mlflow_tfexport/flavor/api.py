@@ -10,29 +10,26 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from mlflow.models import Model, ModelInputExample, ModelSignature
 from mlflow.models.model import ModelInfo
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import (
-    CODE_DIR,
     FLAVOR_NAME,
     IMAGE_PROCESSOR_DIR,
     MODEL_DIR,
-    SERVING_MODULE,
     TOKENIZER_DIR,
     FlavorKey,
     Format,
     Tag,
 )
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.flavor.environment import default_requirements, resolve_requirements, write_environment
+from mlflow_tfexport.flavor.block import source_block, write_model
+from mlflow_tfexport.flavor.environment import default_requirements, resolve_requirements
 from mlflow_tfexport.flavor.signatures import task_signature
-from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.tasks import IMAGE, TEXT, TEXT_INPUTS, TaskSpec, for_input_kind, get_task, infer_task
 
 _PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
@@ -158,16 +155,6 @@ def model_facts(model: Any, tokenizer: Any, spec: TaskSpec) -> Dict[str, Any]:
     }
 
 
-def copy_runtime_code(path: str) -> None:
-    """Put this package's code in the model so serving needs no install of it."""
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-    shutil.copytree(
-        package_dir,
-        os.path.join(path, CODE_DIR, os.path.basename(package_dir)),
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-
-
 def check_no_pickle(path: str) -> None:
     """Refuse pickle-based weight files: the source variant is safetensors only."""
     for root, _, files in os.walk(path):
@@ -187,51 +174,6 @@ def save_tokenizer(tokenizer: Any, path: str) -> None:
             f"The tokenizer {type(tokenizer).__name__} did not write a tokenizer.json; the serving "
             "runtime needs a fast tokenizer. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
         )
-
-
-def write_model(
-    path: str,
-    flavor_conf: Mapping[str, Any],
-    *,
-    requirements: Sequence[str],
-    signature: Optional[ModelSignature],
-    input_example: Optional[ModelInputExample],
-    metadata: Optional[Dict[str, Any]],
-    mlflow_model: Optional[Model] = None,
-    python_version: Optional[str] = None,
-    extra_index_urls: Sequence[str] = (),
-) -> Model:
-    """Write MLmodel (flavor + pyfunc), the code and the environment into ``path``."""
-    from mlflow import pyfunc
-
-    mlflow_model = mlflow_model or Model()
-    if flavor_conf.get(FlavorKey.IMAGE_PROCESSOR_DIR) and not any(
-        r.lower().startswith("pillow") for r in requirements
-    ):  # image variants decode and resize with Pillow
-        from mlflow_tfexport.flavor.environment import pinned
-
-        requirements = [*requirements, pinned("pillow")]
-    if signature is not None:
-        mlflow_model.signature = signature
-    if metadata is not None:
-        mlflow_model.metadata = metadata
-    if input_example is not None:
-        from mlflow.models.utils import _save_example
-
-        _save_example(mlflow_model, input_example, path)
-    copy_runtime_code(path)
-    mlflow_model.add_flavor(FLAVOR_NAME, code=CODE_DIR, **flavor_conf)
-    pyfunc.add_to_model(
-        mlflow_model,
-        loader_module=SERVING_MODULE,
-        code=CODE_DIR,
-        python_env="python_env.yaml",
-        conda_env="conda.yaml",
-        model_config=default_model_config(flavor_conf[FlavorKey.FORMAT]),
-    )
-    write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
-    mlflow_model.save(os.path.join(path, "MLmodel"))
-    return mlflow_model
 
 
 def save_model(
@@ -262,14 +204,13 @@ def save_model(
     if spec.input_kind == IMAGE:
         from mlflow_tfexport.flavor.image import image_model_facts, save_image_processor
 
-        conf = image_model_facts(model, preprocessor, spec, save_image_processor(preprocessor, path))
-        asset_dir = IMAGE_PROCESSOR_DIR
+        facts = image_model_facts(model, preprocessor, spec, save_image_processor(preprocessor, path))
+        asset_key, asset_dir = FlavorKey.IMAGE_PROCESSOR_DIR, IMAGE_PROCESSOR_DIR
     else:
-        conf = model_facts(model, preprocessor, spec)
-        conf[FlavorKey.TOKENIZER_DIR] = asset_dir = TOKENIZER_DIR
+        facts = model_facts(model, preprocessor, spec)
+        asset_key, asset_dir = FlavorKey.TOKENIZER_DIR, TOKENIZER_DIR
         save_tokenizer(preprocessor, path)
-    conf[FlavorKey.FORMAT] = Format.TRANSFORMERS
-    conf[FlavorKey.MODEL_FILE] = MODEL_DIR
+    conf = source_block(facts, fmt=Format.TRANSFORMERS, model_file=MODEL_DIR, assets={asset_key: asset_dir})
     model.save_pretrained(os.path.join(path, MODEL_DIR))
     check_no_pickle(os.path.join(path, MODEL_DIR))
     check_no_pickle(os.path.join(path, asset_dir))
@@ -376,7 +317,7 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
     """Load the native model object of any tfexport variant."""
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_tfexport.serving.pyfunc import read_flavor_conf
+    from mlflow_tfexport.serving.conf import read_flavor_conf
     from mlflow_tfexport.serving.runtimes import load_runner
 
     local = download_artifacts(artifact_uri=model_uri, dst_path=dst_path)

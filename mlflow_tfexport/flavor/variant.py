@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from mlflow.models import Model, ModelSignature
 
-from mlflow_tfexport.flavor.api import write_model
+from mlflow_tfexport.flavor.block import write_model
 
 
 def save_model(

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from mlflow_tfexport.constants import FLAVOR_NAME, FlavorKey
+from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.serving.conf import read_flavor_conf
 from mlflow_tfexport.serving.inputs import parse_text_input
 from mlflow_tfexport.serving.postprocess import POSTPROCESS, Columns, Context
 from mlflow_tfexport.serving.runtimes import Runner, load_runner
@@ -24,22 +25,6 @@ from mlflow_tfexport.serving.tokenization import TextEncoder, split_rows
 from mlflow_tfexport.tasks import TaskSpec, get_task
 
 DEFAULT_BATCH_SIZE = 32
-
-
-def read_flavor_conf(path: str) -> Dict[str, Any]:
-    """The ``tfexport`` block of the MLmodel file in ``path``."""
-    from mlflow.models import Model
-
-    from mlflow_tfexport.errors import NotATfexportModelError
-
-    model = Model.load(os.path.join(path, "MLmodel"))
-    if FLAVOR_NAME not in model.flavors:
-        raise NotATfexportModelError(
-            f"The model at {path} has flavors {sorted(model.flavors)}, not {FLAVOR_NAME!r}. "
-            "Log it with mlflow.tfexport.log_model first."
-        )
-    conf: Dict[str, Any] = model.flavors[FLAVOR_NAME]
-    return conf
 
 
 def make_encoder(path: str, conf: Mapping[str, Any], spec: TaskSpec) -> TextEncoder:
