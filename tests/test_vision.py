@@ -397,17 +397,3 @@ def test_onnx_serving_without_torch(vit_dirs: Tuple[str, str]) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = json.loads(proc.stdout.strip().splitlines()[-1])
     assert labels == list(load_model(vit_dirs[0]).predict(images)["label"])
-
-
-def test_serving_modules_are_python310_and_torch_free() -> None:
-    import ast
-
-    import mlflow_tfexport
-
-    root = os.path.dirname(mlflow_tfexport.__file__)
-    for module in ("images.py", "vision.py"):
-        with open(os.path.join(root, module)) as f:
-            tree = ast.parse(f.read(), feature_version=(3, 10))
-        imported = {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
-        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert not imported & {"torch", "transformers"}, (module, imported)

@@ -142,7 +142,7 @@ def model_facts(model: Any, tokenizer: Any, spec: TaskSpec) -> Dict[str, Any]:
         FlavorKey.TASK: spec.name,
         FlavorKey.INPUT_NAMES: model_input_names(model, tokenizer),
         FlavorKey.OUTPUT_NAMES: list(spec.output_names),
-        FlavorKey.ID2LABEL: id2label if spec.name in ("text-classification", "token-classification") else {},
+        FlavorKey.ID2LABEL: id2label if spec.keeps_labels else {},
         FlavorKey.MAX_LENGTH: max_length(model, tokenizer),
         FlavorKey.PAD_TOKEN_ID: pad,
         FlavorKey.EOS_TOKEN_ID: eos,

@@ -123,7 +123,7 @@ def image_model_facts(model: Any, image_processor: Any, spec: TaskSpec, pre: Ima
         FlavorKey.TASK: spec.name,
         FlavorKey.INPUT_NAMES: input_names,
         FlavorKey.OUTPUT_NAMES: _produced_outputs(model, spec, input_names, image_size),
-        FlavorKey.ID2LABEL: id2label if spec.name != "image-feature-extraction" else {},
+        FlavorKey.ID2LABEL: id2label if spec.keeps_labels else {},
         FlavorKey.IMAGE_SIZE: image_size,
         FlavorKey.NUM_CHANNELS: int(getattr(config, "num_channels", 3)),
         FlavorKey.IMAGE_PREPROCESSING: pre.facts(),

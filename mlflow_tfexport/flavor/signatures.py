@@ -7,7 +7,7 @@ from typing import Optional
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from mlflow_tfexport.tasks import TaskSpec
+from mlflow_tfexport.tasks import OutputKind, TaskSpec
 
 _DTYPES = {"string": "string", "double": "double", "long": "long", "boolean": "boolean"}
 
@@ -24,7 +24,7 @@ def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSi
     list, an array, a string, a dict or a DataFrame, with the task's columns
     (``text`` and optional ``text_pair``, or ``question`` and ``context``).
     """
-    if spec.name in ("feature-extraction", "image-feature-extraction"):
+    if spec.output_kind == OutputKind.ARRAY:
         import numpy as np
 
         outputs = Schema([TensorSpec(np.dtype("float32"), (-1, hidden_size or -1))])

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from mlflow_tfexport._lazy import require
 from mlflow_tfexport.errors import BadInputError, TfexportError
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -40,16 +41,7 @@ RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "b
 
 
 def _pil() -> Any:
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - Pillow is in every image variant's requirements
-        from mlflow_tfexport.errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"'Pillow' is needed to decode and resize images but is not installed ({exc}). "
-            "Install it with: pip install Pillow"
-        ) from exc
-    return Image
+    return require("PIL.Image")
 
 
 def _size(value: Any) -> Dict[str, int]:

@@ -10,16 +10,13 @@ Serving path: no torch, no transformers, Python 3.10.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.serving.frames import Columns
 from mlflow_tfexport.serving.tokenization import EncodedBatch, TextEncoder
-
-
-class Columns(Dict[str, Any]):
-    """A batch's output as columns (name -> list, or 1-D array for numbers), in the task's output column order."""
 
 
 @dataclass
@@ -183,12 +180,3 @@ def question_answering(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Con
             }
         )
     return rows
-
-
-POSTPROCESS: Dict[str, Callable[[Dict[str, np.ndarray], EncodedBatch, Context], Any]] = {
-    "feature-extraction": feature_extraction,
-    "text-classification": text_classification,
-    "token-classification": token_classification,
-    "fill-mask": fill_mask,
-    "question-answering": question_answering,
-}

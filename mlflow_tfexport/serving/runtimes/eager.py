@@ -9,7 +9,7 @@ import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
-from mlflow_tfexport.tasks import get_task
+from mlflow_tfexport.tasks import IMAGE, get_task
 
 
 class EagerRunner:
@@ -91,7 +91,7 @@ def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any])
     model = load_transformers_model(model_dir, flavor_conf)
     spec = get_task(flavor_conf[FlavorKey.TASK])
     # An image model records the outputs it has (a backbone may lack pooler_output).
-    outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == "image" else None
+    outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == IMAGE else None
     from mlflow_tfexport.serving.runtimes.device import resolve_device
 
     device = resolve_device(require("torch"), config)

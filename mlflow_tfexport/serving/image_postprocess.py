@@ -1,27 +1,20 @@
-"""The pyfunc of image models: decode, preprocess (``images``), run the format's runner, post-process.
+"""Numpy post-processing of image tasks, one function per task (named by the task table).
 
-Same runners as the text pyfunc; the response follows ``mlflow.transformers``:
-``image-classification`` returns a DataFrame with ``label`` and ``score``
-(``top_k`` rows per image, 1 by default), ``image-feature-extraction`` an
-array with one feature vector per image, ``object-detection`` one list per
-image of ``{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}`` above
-``threshold`` (the transformers pipeline's shape). Serving path: no torch, no
-transformers, Python 3.10.
+The response follows ``mlflow.transformers``: ``image-classification`` gives
+rows of ``label`` and ``score`` (``top_k`` per image), ``image-feature-extraction``
+one feature vector per image, ``object-detection`` one list per image of
+``{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}`` above
+``threshold``. Serving path: no torch, no transformers, Python 3.10.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
-from mlflow_tfexport.serving.images import ImagePreprocessor, parse_image_input
 from mlflow_tfexport.serving.postprocess import sigmoid, softmax
-from mlflow_tfexport.serving.pyfunc import PyfuncBase
-from mlflow_tfexport.serving.runtimes import Runner
 
 
 def _label(id2label: Mapping[int, str], index: int) -> str:
@@ -81,40 +74,3 @@ def object_detection(out: Dict[str, np.ndarray], sizes: Sequence[Tuple[int, int]
             for q in keep
         ])
     return rows
-
-
-POSTPROCESS: Dict[str, Callable[..., List[Any]]] = {
-    "image-classification": image_classification,
-    "image-feature-extraction": image_feature_extraction,
-    "object-detection": object_detection,
-}
-
-
-class ImagePyfunc(PyfuncBase):
-    """``predict(images, params)`` with the same request and response for every format."""
-
-    def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
-        super().__init__(conf, runner, model_config)
-        self.preprocessor = ImagePreprocessor.from_dir(os.path.join(path, conf[FlavorKey.IMAGE_PROCESSOR_DIR]))
-        self.input_names = tuple(conf[FlavorKey.INPUT_NAMES])
-
-    def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
-        p = self._params(params)
-        images = parse_image_input(model_input)
-        batch_size = self._batch_size(p)
-        post = POSTPROCESS[self.spec.name]
-        rows: List[Any] = []
-        for start in range(0, len(images), batch_size):
-            batch = self.preprocessor(images[start:start + batch_size], self.input_names)
-            outputs = self.runner.run(batch.feeds)
-            rows.extend(post(outputs, batch.sizes, self.id2label, self.conf.get(FlavorKey.PROBLEM_TYPE), p))
-        return self._format(rows)
-
-    def _format(self, rows: List[Any]) -> Any:
-        if self.spec.name == "image-feature-extraction":
-            return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
-        if self.spec.output_columns:
-            import pandas as pd
-
-            return pd.DataFrame(rows, columns=[c for c, _ in self.spec.output_columns])
-        return rows

@@ -1,0 +1,90 @@
+"""The response of table-shaped tasks: a pandas DataFrame built from a batch's output columns.
+
+``pd.DataFrame(rows)`` infers types and builds an index per call, which
+dominates a small batch; the task table says each column's type, so the frame
+is assembled column by column with public pandas APIs (``pd.array`` for
+strings, ``create_dataframe_from_blocks`` where pandas has it). Nothing is
+cached per request: every frame is new, so a caller changing one never
+changes the next. Serving path: Python 3.10, no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+OutputColumns = Tuple[Tuple[str, str], ...]
+
+
+class Columns(Dict[str, Any]):
+    """A batch's output as columns (name -> list, or 1-D array for numbers), in the task's output column order."""
+
+
+@cache  # one entry per task's output columns: a handful, a few hundred bytes each
+def _frame_parts(output_columns: OutputColumns) -> Tuple[Any, Any, Optional[Any]]:
+    """(column index, pandas' inferred string dtype, the block constructor or None) for these columns."""
+    import pandas as pd
+
+    probe = pd.DataFrame({"s": ["a"]})["s"].dtype  # the string dtype pandas infers (str on pandas 3)
+    try:  # pandas >= 3: a public constructor from ready-made blocks, no inference, no consolidation
+        from pandas.api.internals import create_dataframe_from_blocks as from_blocks
+    except ImportError:
+        from_blocks = None
+    return pd.Index([c for c, _ in output_columns]), probe, from_blocks
+
+
+def rows_of(columns: Columns) -> List[Dict[str, Any]]:
+    names = list(columns)
+    values = [v.tolist() if isinstance(v, np.ndarray) else v for v in columns.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def concat_columns(parts: Sequence[Columns]) -> Columns:
+    if len(parts) == 1:
+        return parts[0]
+    out = Columns()
+    for name, first in parts[0].items():
+        chunks = [part[name] for part in parts]
+        out[name] = np.concatenate(chunks) if isinstance(first, np.ndarray) else [v for c in chunks for v in c]
+    return out
+
+
+def frame(rows: List[Dict[str, Any]], output_columns: OutputColumns) -> Any:
+    """``pd.DataFrame(rows)``, built column by column from the task's typed output columns.
+
+    Rows with other keys (e.g. fill-mask's extra fields) take the general constructor.
+    """
+    import pandas as pd
+
+    names = tuple(name for name, _ in output_columns)
+    if not rows:
+        return pd.DataFrame(columns=list(names))
+    if tuple(rows[0]) != names:
+        return pd.DataFrame(rows)
+    return frame_from_columns(Columns((n, [row[n] for row in rows]) for n in names), output_columns)
+
+
+def frame_from_columns(columns: Columns, output_columns: OutputColumns) -> Any:
+    """The DataFrame ``pd.DataFrame(rows)`` would give for these columns (same columns, dtypes, values)."""
+    import pandas as pd
+
+    index, str_dtype, from_blocks = _frame_parts(output_columns)
+    arrays: List[Any] = []
+    for name, kind in output_columns:
+        values = columns[name]
+        if kind == "double":
+            arrays.append(np.asarray(values, dtype=np.float64))
+        elif kind == "long":
+            arrays.append(np.asarray(values, dtype=np.int64))
+        elif kind == "string" and all(type(v) is str for v in values):
+            arrays.append(np.array(values, dtype=object) if str_dtype == np.dtype(object)
+                          else pd.array(list(values), dtype=str_dtype))
+        else:  # mixed or unexpected values: let pandas infer
+            return pd.DataFrame(rows_of(columns))
+    rows_index = pd.RangeIndex(len(arrays[0]))
+    if from_blocks is not None:
+        blocks = [(a.reshape(1, -1) if isinstance(a, np.ndarray) else a, np.array([i])) for i, a in enumerate(arrays)]
+        return from_blocks(blocks, index=rows_index, columns=index.copy())  # a caller may rename its columns
+    return pd.DataFrame(dict(zip(index, arrays, strict=True)), index=rows_index, columns=index, copy=False)

@@ -1,0 +1,48 @@
+"""The pyfunc of image models: decode, preprocess (``images``), run the format's runner, post-process.
+
+Same runners as the text pyfunc; the task table names the post-processing.
+Serving path: no torch, no transformers, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.serving.base import PyfuncBase
+from mlflow_tfexport.serving.frames import frame
+from mlflow_tfexport.serving.images import ImagePreprocessor, parse_image_input
+from mlflow_tfexport.serving.runtimes import Runner
+from mlflow_tfexport.tasks import OutputKind
+
+
+class ImagePyfunc(PyfuncBase):
+    """``predict(images, params)`` with the same request and response for every format."""
+
+    def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
+        super().__init__(conf, runner, model_config)
+        self.preprocessor = ImagePreprocessor.from_dir(os.path.join(path, conf[FlavorKey.IMAGE_PROCESSOR_DIR]))
+        self.input_names = tuple(conf[FlavorKey.INPUT_NAMES])
+
+    def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+        p = self._params(params)
+        images = parse_image_input(model_input)
+        batch_size = self._batch_size(p)
+        post = self.spec.postprocess
+        assert post is not None  # every image task has one (tasks.py)
+        rows: List[Any] = []
+        for start in range(0, len(images), batch_size):
+            batch = self.preprocessor(images[start:start + batch_size], self.input_names)
+            outputs = self.runner.run(batch.feeds)
+            rows.extend(post(outputs, batch.sizes, self.id2label, self.conf.get(FlavorKey.PROBLEM_TYPE), p))
+        return self._format(rows)
+
+    def _format(self, rows: List[Any]) -> Any:
+        if self.spec.output_kind == OutputKind.ARRAY:
+            return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        if self.spec.output_kind == OutputKind.FRAME:
+            return frame(rows, self.spec.output_columns)
+        return rows
