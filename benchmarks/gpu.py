@@ -136,7 +136,7 @@ def benchmark(model_dir: str, status: Dict[str, Any], trials: int, budget_s: flo
 
 
 def serving(local: Dict[str, str], status: Dict[str, Any], seconds: float) -> Dict[str, Any]:
-    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
 
     text = texts_of_length(load_tokenizer(local["source"]), SEQ_LENS[0], 1)[0][0]
     out: Dict[str, Any] = {}
@@ -195,7 +195,7 @@ def check_outputs(models: Dict[str, Any], texts: List[str]) -> Dict[str, Any]:
 
 def measure(local: Dict[str, str], status: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
     """Latency of every variant on the GPU (and the CPU source), per batch and length."""
-    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
 
     models = load_models(local, status)
     tokenizer = load_tokenizer(local["source"])
@@ -275,7 +275,7 @@ def markdown(res: Dict[str, Any], level: int = 1) -> str:
 
 
 def machine(status: Dict[str, Any]) -> str:
-    from mlflow_tfexport.cli.bench import machine_description
+    from mlflow_tfexport.bench import machine_description
 
     return machine_description() + f", Python {platform.python_version()}, torch {status.get('torch', '-')}"
 

@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import transformers
 
     import mlflow_tfexport
-    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
     from mlflow_tfexport.export.api import export_to_directory
     from mlflow_tfexport.serving.inputs import parse_text_input
     from mlflow_tfexport.serving.postprocess import Context

@@ -158,7 +158,7 @@ def trace_buckets(tokenizer: Any) -> str:
     length (a batch of "16-token" texts holds some of 17; a bucket of 16 would send it to the 128 bucket)."""
     import tokenizers
 
-    from mlflow_tfexport.cli.bench import texts_of_length
+    from mlflow_tfexport.bench import texts_of_length
 
     tok = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     tok.no_truncation()
@@ -253,7 +253,7 @@ def cpu_config(variant: str) -> Optional[Dict[str, Any]]:
 def latency(info: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
     import mlflow
 
-    from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
+    from mlflow_tfexport.bench import load_tokenizer, texts_of_length
 
     local = info["local"]
     models = {k: mlflow.pyfunc.load_model(p, model_config=cpu_config(k)) for k, p in local.items()}
@@ -579,7 +579,7 @@ def chart(res: Dict[str, Any], path: str) -> None:
 
 
 def machine() -> str:
-    from mlflow_tfexport.cli.bench import machine_description
+    from mlflow_tfexport.bench import machine_description
 
     return machine_description() + f", Python {platform.python_version()}"
 
@@ -624,7 +624,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.skip_serving:
             res["serving"] = {}
         else:
-            from mlflow_tfexport.cli.bench import load_tokenizer, texts_of_length
+            from mlflow_tfexport.bench import load_tokenizer, texts_of_length
 
             text = texts_of_length(load_tokenizer(info["local"]["source"]), SEQ_LENS[0], 1)[0][0]
             res["serving"] = serving(info, serve_seconds, text)

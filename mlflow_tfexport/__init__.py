@@ -22,13 +22,16 @@ from mlflow_tfexport.errors import (
     UnknownTaskError,
     ValidationFailedError,
 )
+from mlflow_tfexport.export.api import ExportResult, export, export_to_directory
 from mlflow_tfexport.flavor.api import LoadedModel, get_default_pip_requirements, load_model, log_model, save_model
+from mlflow_tfexport.registry import promote
 from mlflow_tfexport.tasks import TASKS, get_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FLAVOR_NAME",
+    "ExportResult",
     "TASKS",
     "ExportError",
     "FlavorKey",
@@ -40,10 +43,13 @@ __all__ = [
     "UnknownFormatError",
     "UnknownTaskError",
     "ValidationFailedError",
+    "export",
+    "export_to_directory",
     "get_default_pip_requirements",
     "get_task",
     "load_model",
     "log_model",
+    "promote",
     "save_model",
 ]
 
@@ -56,7 +62,3 @@ def _attach_to_mlflow() -> None:
 
 
 _attach_to_mlflow()
-
-from mlflow_tfexport.export.api import ExportResult, export  # noqa: E402
-
-__all__ += ["ExportResult", "export"]

@@ -113,6 +113,14 @@ class Tag:
     REQUEST_STATUS = "tfexport.request.status"
     SOURCE_RUN_ID = "tfexport.source_run_id"  # run tag of an export run: the source version's run
     REQUEST_HANDLED = "tfexport.request.handled"  # the request value the status answers (set by the worker)
+    # Who runs an export (run tags) or a worker job (version tags), so that a later process can tell a dead one.
+    EXPORT_HOST = "tfexport.export_host"  # socket.gethostname() of the exporting process
+    EXPORT_PID = "tfexport.export_pid"  # its os.getpid()
+    EXPORT_PROCESS = "tfexport.export_process"  # "start=<ticks since boot>;pidns=<id>": tells a reused pid apart
+    EXPORT_ABANDONED = "tfexport.export_abandoned"  # run tag: why a RUNNING export run of a dead process was failed
+    REQUEST_HEARTBEAT = "tfexport.request.heartbeat"  # version tag: unix time the running worker last said it lives
 
 
 VALIDATION_PASSED = "passed"
+#: The artifact name an export logs its variant under (``Model.log(name=...)``), like ``log_model``'s default.
+LOGGED_MODEL_NAME = "model"

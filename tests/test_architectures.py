@@ -191,11 +191,11 @@ def save_source(arch: Arch, task: str, root: str) -> Tuple[str, Any]:
 
 def validate_at_max_length(model: Any, source_dir: str, exported_dir: str, atol: float) -> None:
     """The flavor's ``max_length`` is usable (position-offset architectures) and the export holds there."""
-    from mlflow_tfexport.export.api import run_validation
     from mlflow_tfexport.export.options import SourceModel
     from mlflow_tfexport.serving.conf import read_flavor_conf
     from mlflow_tfexport.tasks import get_task
     from mlflow_tfexport.validation.report import raise_for_failures
+    from mlflow_tfexport.validation.run import run_validation
 
     conf = read_flavor_conf(source_dir)
     source = SourceModel(model, get_task(conf["task"]), conf, source_dir)

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 import mlflow_tfexport
-from mlflow_tfexport.cli import bench
+from mlflow_tfexport import bench
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 

@@ -19,7 +19,7 @@ def test_trace_buckets_hold_every_benchmark_text() -> None:
     tok = bert_tokenizer(model_max_length=512)
     shapes = [tuple(int(v) for v in s.split("x")) for s in run.trace_buckets(tok).split(",")]
     assert sorted({b for b, _ in shapes}) == sorted(run.BATCHES)
-    from mlflow_tfexport.cli.bench import texts_of_length
+    from mlflow_tfexport.bench import texts_of_length
 
     backend = tok.backend_tokenizer
     for seq in run.SEQ_LENS:

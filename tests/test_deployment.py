@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import mlflow
 import pytest
 import requests
+from helpers import TEXTS
 from mlflow import MlflowClient
 from servers import free_port, tail
 from tiny import tiny
@@ -46,11 +47,6 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "team-sentiment"
 BUCKET = "tfexport-artifacts"
 ARTIFACT_PREFIX = "mlartifacts"
-TEXTS = [
-    "I loved this film, the plot was great.",
-    "I hated this movie, the story was dull.",
-    "Paris is the capital of France.",
-]
 # Only the tracking server and the test's own boto3 client know these; moto accepts any values.
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import TEXTS
 
 import mlflow_tfexport
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.export.api import export_to_directory
 from mlflow_tfexport.serving.runtimes.device import resolve_device
-
-TEXTS = ["I loved this film, the plot was great.", "It was not good."]
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +74,19 @@ def test_torchscript_trace_device_is_recorded(variants: dict) -> None:
         assert yaml.safe_load(f)["flavors"]["tfexport"]["trace_device"] == "cpu"
 
 
-def test_torchscript_traced_on_cuda(variants: dict, tmp_path: Any) -> None:
-    """On a GPU machine: a CUDA trace validates, serves on CUDA and predicts like the CPU source.
-    Without one: the export is refused before any work, naming the way out."""
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: the CUDA trace test runs instead")
+def test_torchscript_on_cuda_is_refused_without_a_gpu(variants: dict, tmp_path: Any) -> None:
+    """Without a GPU, a CUDA trace is refused before any work, naming the way out."""
     path = str(tmp_path / "ts-cuda")
-    if not torch.cuda.is_available():
-        with pytest.raises(ExportError, match="sees no CUDA GPU on this machine.*drop device= for a CPU trace"):
-            export_to_directory(variants["source"], path, "torchscript", trace_shape="1x16,2x32", device="cuda")
-        assert not os.path.exists(path)
-        return
+    with pytest.raises(ExportError, match="sees no CUDA GPU on this machine.*drop device= for a CPU trace"):
+        export_to_directory(variants["source"], path, "torchscript", trace_shape="1x16,2x32", device="cuda")
+    assert not os.path.exists(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_torchscript_traced_on_cuda(variants: dict, tmp_path: Any) -> None:
+    """On a GPU machine: a CUDA trace validates, serves on CUDA and predicts like the CPU source."""
+    path = str(tmp_path / "ts-cuda")
     conf, report = export_to_directory(variants["source"], path, "torchscript", trace_shape="1x16,2x32",
                                        device="cuda")
     assert report.passed and conf["trace_device"] == "cuda"

@@ -13,7 +13,8 @@ import mlflow_tfexport
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.errors import ExportError, ValidationFailedError
-from mlflow_tfexport.export.onnx import optimize as onnx_optimize
+from mlflow_tfexport.tasks import TASKS
+from mlflow_tfexport.validation import quantized
 
 TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it was the worst film of the city."]
 
@@ -72,7 +73,7 @@ def test_optimized_and_quantized_together(source: str) -> None:
 
 
 def test_failing_agreement_registers_nothing(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_optimize, "label_agreement", lambda spec, task, ref, got, mask: (1, 2))
+    monkeypatch.setattr(quantized, "label_agreement", lambda spec, task, ref, got, mask: (1, 2))
     before = _versions(source)
     with pytest.raises(ValidationFailedError, match=r"label agreement .*0\.500.*< min 0\.9"):
         mlflow_tfexport.export(f"models:/{source}/1", format="onnx", quantize="int8")
@@ -80,7 +81,7 @@ def test_failing_agreement_registers_nothing(source: str, monkeypatch: pytest.Mo
 
 
 def test_agreement_threshold_is_an_option(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_optimize, "label_agreement", lambda spec, task, ref, got, mask: (3, 4))
+    monkeypatch.setattr(quantized, "label_agreement", lambda spec, task, ref, got, mask: (3, 4))
     with pytest.raises(ValidationFailedError):
         mlflow_tfexport.export(f"models:/{source}/1", format="onnx", quantize="int8")
     result = mlflow_tfexport.export(f"models:/{source}/1", format="onnx", quantize="int8", min_agreement=0.7)
@@ -115,15 +116,16 @@ def test_agreement_rules() -> None:
 
     mask = np.array([[1, 1, 0], [1, 1, 1]])
     row = OutputSpec("logits", {0: "batch"})
-    assert onnx_optimize._agreement(row, "text-classification", np.array([[1.0, 0.0], [0.0, 1.0]]),
-                                    np.array([[0.9, 0.1], [0.6, 0.4]]), mask) == (1, 2)
+    assert quantized.agreement(row, TASKS["text-classification"].agreement, np.array([[1.0, 0.0], [0.0, 1.0]]),
+                               np.array([[0.9, 0.1], [0.6, 0.4]]), mask) == (1, 2)
     seq = OutputSpec("start_logits", {0: "batch", 1: "sequence"})
     # The padded position never wins, even when its logit is the highest.
-    assert onnx_optimize._agreement(seq, "question-answering", np.array([[0.0, 1.0, 9.0], [3.0, 0.0, 0.0]]),
-                                    np.array([[0.0, 2.0, -9.0], [0.0, 3.0, 0.0]]), mask) == (1, 2)
+    assert quantized.agreement(seq, TASKS["question-answering"].agreement,
+                               np.array([[0.0, 1.0, 9.0], [3.0, 0.0, 0.0]]),
+                               np.array([[0.0, 2.0, -9.0], [0.0, 3.0, 0.0]]), mask) == (1, 2)
     tok = OutputSpec("logits", {0: "batch", 1: "sequence"})
     ref = np.zeros((2, 3, 2))
     ref[..., 0] = 1.0
     got = ref.copy()
     got[1, 2] = [0.0, 1.0]
-    assert onnx_optimize._agreement(tok, "token-classification", ref, got, mask) == (4, 5)
+    assert quantized.agreement(tok, TASKS["token-classification"].agreement, ref, got, mask) == (4, 5)

@@ -1,7 +1,10 @@
-"""``mlflow-tfexport`` / ``python -m mlflow_tfexport``: a thin layer over the public API.
+"""``mlflow-tfexport`` / ``python -m mlflow_tfexport``: argparse over the public functions.
 
-Exit codes: 0 on success, 1 with a one-line reason on failure (the full
-traceback only with ``--verbose``), 2 for bad command-line usage.
+Each command maps its arguments onto one public function (``export``,
+``registry.variant_rows``, ``registry.promote``, ``bench.bench``, the worker)
+and prints the result. Exit codes: 0 on success, 1 with a one-line reason on
+failure (the full traceback only with ``--verbose``), 2 for bad command-line
+usage.
 """
 
 from __future__ import annotations
@@ -12,21 +15,25 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from mlflow_tfexport.constants import Format, Tag
+from mlflow_tfexport import worker
+from mlflow_tfexport.bench import bench
+from mlflow_tfexport.constants import Format
+from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.export.api import STAGES, export
+from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
+from mlflow_tfexport.export.options import QUANTIZE_MODES
+from mlflow_tfexport.registry import parse_models_uri, promote, resolve_version, set_version_tags, variant_rows
+from mlflow_tfexport.serving.runtimes.neuron import TARGETS
 
 
 def _progress(stage: str, detail: str) -> None:
-    from mlflow_tfexport.export.api import STAGES
-
     step = STAGES.index(stage) + 1 if stage in STAGES else 0
     print(f"[{step}/{len(STAGES)}] {stage}: {detail}", file=sys.stderr, flush=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mlflow_tfexport.export.api import export
-
     result = export(
         args.model_uri,
         format=args.format,
@@ -53,36 +60,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def variant_rows(name: str) -> List[Dict[str, str]]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    escaped = name.replace("'", "\\'")
-    versions = sorted(client.search_model_versions(f"name = '{escaped}'"), key=lambda v: int(v.version))
-    aliases: Dict[str, List[str]] = {}
-    for alias, version in (client.get_registered_model(name).aliases or {}).items():
-        aliases.setdefault(str(version), []).append(alias)
-    rows = []
-    for mv in versions:
-        tags = mv.tags or {}
-        rows.append(
-            {
-                "version": str(mv.version),
-                "format": tags.get(Tag.FORMAT, "-"),
-                "task": tags.get(Tag.TASK, "-"),
-                "opset": tags.get(Tag.OPSET, "-"),
-                "trace shape": tags.get(Tag.TRACE_SHAPE, "-"),
-                "atol": tags.get(Tag.ATOL, "-"),
-                "max diff": tags.get(Tag.MAX_ABS_DIFF, "-"),
-                "validation": tags.get(
-                    Tag.VALIDATION, "source" if tags.get(Tag.FORMAT) == Format.TRANSFORMERS else "-"
-                ),
-                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
-            }
-        )
-    return rows
-
-
 def render_table(rows: Sequence[Dict[str, str]]) -> str:
     if not rows:
         return "(no versions)"
@@ -100,10 +77,30 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from mlflow_tfexport.registry import promote
-
     promote(args.name, args.version, args.alias)
     print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    target = None
+    if args.tag:  # a bad URI for --tag fails before the measurement
+        if parse_models_uri(args.model_uri) is None:
+            raise TfexportError(
+                f"--tag records figures on a registered version: use models:/<name>/<version> or "
+                f"models:/<name>@<alias>, not {args.model_uri!r}."
+            )
+        target = resolve_version(args.model_uri)
+    config = {"intra_op_num_threads": args.threads} if args.threads else None
+    result = bench(args.model_uri, batch_size=args.batch_size, seq_len=args.seq_len,
+                   iterations=args.iterations, warmup=args.warmup, model_config=config)
+    print(f"{result.model_uri}: batch {result.batch_size} x {result.seq_len} tokens, {result.iterations} iterations")
+    print(f"  p50 {result.p50_ms:.2f} ms   p99 {result.p99_ms:.2f} ms   mean {result.mean_ms:.2f} ms")
+    print(f"  machine: {result.machine}")
+    if target is not None:
+        name, version = target
+        set_version_tags(name, version, result.tags())
+        print(f"Recorded {', '.join(sorted(result.tags()))} on models:/{name}/{version}")
     return 0
 
 
@@ -119,8 +116,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     import mlflow
 
-    from mlflow_tfexport.worker import core as worker
-
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tracking_uri:
@@ -129,6 +124,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     if args.poll:
         jobs = worker.ExportWorker(threads=args.threads).start()
+        worker.recover(jobs, requeue=False)  # a poll pass finds interrupted requests by itself
         try:
             queued = worker.poll(jobs, interval_s=args.interval, once=args.once)
         except KeyboardInterrupt:
@@ -169,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=str, default=None, help="validation tolerance (default: the task's)")
     p.add_argument("--trace-shape", action="append", help="BATCHxSEQ for static formats; repeat for buckets")
     p.add_argument("--registered-model-name", default=None, help="default: the source's registered model")
-    p.add_argument("--exporter", choices=["legacy", "dynamo"], default=None, help="ONNX exporter")
+    p.add_argument("--exporter", choices=list(OPSET_RANGE), default=None, help="ONNX exporter")
     p.add_argument("--optimize", action="store_true",
                    help="ONNX: fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="ONNX: dynamic int8 quantisation")
+    p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default=None, help="ONNX: dynamic int8 quantisation")
     p.add_argument("--min-agreement", type=float, default=None,
                    help="with --quantize: label agreement with the source required by validation (default 0.9)")
-    p.add_argument("--neuron-target", choices=["inf1", "inf2"], default=None)
+    p.add_argument("--neuron-target", choices=list(TARGETS), default=None)
     p.add_argument("--compiler-arg", action="append", help="extra Neuron compiler argument (repeatable)")
     p.add_argument("--device", default=None,
                    help="TorchScript: trace on this device (cpu, cuda, cuda:N); a trace runs on the device type "
@@ -215,7 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=30, help="seconds between polls (default 30)")
     p.add_argument("--once", action="store_true", help="with --poll: one pass, wait for its exports, exit")
     p.set_defaults(func=cmd_worker)
-    __import__("mlflow_tfexport.cli.bench", fromlist=["add_parser"]).add_parser(sub)
+
+    p = sub.add_parser("bench", help="measure a registered variant's latency on this machine")
+    p.add_argument("model_uri", help="e.g. models:/sentiment/2 or models:/sentiment@production")
+    p.add_argument("--batch-size", type=int, default=1, help="texts per request (default 1)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per text, at most the variant's max_length "
+                   "(default 128)")
+    p.add_argument("--iterations", type=int, default=100, help="timed requests (default 100)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed requests first (default 5)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: runtime's)")
+    p.add_argument("--tag", action="store_true", help="record p50/p99 and the machine as tags on the version")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
+import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 from importlib import metadata
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import mlflow
 from mlflow import MlflowClient
@@ -28,21 +28,30 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from mlflow_tfexport.constants import VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
+from mlflow_tfexport.constants import LOGGED_MODEL_NAME, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.formats import get_backend
-from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
-from mlflow_tfexport.export.source import ResolvedSource, resolve_source
+from mlflow_tfexport.export.options import (
+    ExportedArtifact,
+    ExportOptions,
+    SourceModel,
+    TraceShapeArg,
+    make_options,
+)
+from mlflow_tfexport.export.source import ResolvedSource, local_source, resolve_source
+from mlflow_tfexport.flavor import variant
+from mlflow_tfexport.flavor.block import variant_block
 from mlflow_tfexport.flavor.environment import default_requirements
-from mlflow_tfexport.registry import find_by_export_key, register_version
+from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
+from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
+from mlflow_tfexport.serving.runtimes.static import shape_name
 from mlflow_tfexport.tasks import get_task
-from mlflow_tfexport.validation.report import ValidationReport, raise_for_failures, validate
+from mlflow_tfexport.validation.report import ValidationReport, describe, raise_for_failures
+from mlflow_tfexport.validation.run import run_validation
 
 STAGES = ("load", "export", "validate", "log", "register")
 _BACKEND_LOCK = threading.Lock()  # exports in threads of one process (the worker, tests) take turns
-MAX_BUCKETS = 8
 Progress = Callable[[str, str], None]
-TraceShapeArg = Union[None, str, Tuple[int, int], Sequence[Union[str, Tuple[int, int]]]]
 
 
 @dataclass
@@ -54,85 +63,6 @@ class ExportResult:
     report: Optional[ValidationReport]
     created: bool = True
     run_id: Optional[str] = None
-
-
-def _shape(value: Any) -> Shape:
-    if isinstance(value, str):
-        parts = value.lower().split("x")
-        if len(parts) != 2:
-            raise ExportError(f"trace_shape {value!r} is not BATCHxSEQUENCE, e.g. '1x128'.")
-        try:
-            value = (int(parts[0]), int(parts[1]))
-        except ValueError:
-            raise ExportError(f"trace_shape {value!r} must be two integers, e.g. '1x128'.") from None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ExportError(f"trace_shape {value!r} must be (batch, sequence), e.g. (1, 128).")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ExportError(f"trace_shape {tuple(value)!r} must hold integers, received {type(v).__name__}.")
-        if v <= 0:
-            raise ExportError(f"trace_shape {tuple(value)!r} must be positive, e.g. (1, 128).")
-    return (int(value[0]), int(value[1]))
-
-
-def parse_trace_shapes(trace_shape: TraceShapeArg) -> Tuple[Shape, ...]:
-    """``"1x128"``, ``(1, 128)``, ``"1x32,1x128"`` or a list of those -> sorted unique shapes."""
-    if trace_shape is None:
-        return ()
-    if isinstance(trace_shape, str):
-        items: List[Any] = [s for s in trace_shape.split(",") if s.strip()]
-    elif isinstance(trace_shape, (tuple, list)) and len(trace_shape) == 2 and all(
-        isinstance(v, (int, float)) for v in trace_shape
-    ):  # one (batch, sequence) pair; its values are checked by _shape
-        items = [tuple(trace_shape)]
-    else:  # a list of shapes; a string in it may itself hold several ("1x32,1x128", as from the CLI)
-        items = [p for s in trace_shape for p in (s.split(",") if isinstance(s, str) else [s])
-                 if not isinstance(p, str) or p.strip()]
-    shapes = sorted({_shape(s.strip() if isinstance(s, str) else s) for s in items}, key=lambda s: (s[1], s[0]))
-    if len(shapes) > MAX_BUCKETS:
-        raise ExportError(f"{len(shapes)} trace shapes given; at most {MAX_BUCKETS} buckets are supported.")
-    return tuple(shapes)
-
-
-def check_atol(atol: Any) -> Optional[float]:
-    if atol is None:
-        return None
-    try:
-        value = float(atol)
-    except (TypeError, ValueError):
-        raise ExportError(f"atol must be a positive number, received {atol!r}; e.g. 1e-4.") from None
-    if isinstance(atol, bool) or not math.isfinite(value) or value <= 0:
-        raise ExportError(f"atol must be a positive number, received {atol!r}; e.g. 1e-4.")
-    return value
-
-
-def check_model_name(name: str) -> None:
-    if not isinstance(name, str) or not name.strip() or "/" in name or ":" in name:
-        raise ExportError(
-            f"Registered model name {name!r} is not allowed: it must be non-empty and contain no '/' or ':'."
-        )
-
-
-def make_options(
-    format: str,
-    *,
-    opset: Optional[int],
-    trace_shape: TraceShapeArg,
-    atol: Optional[float],
-    exporter: Optional[str],
-    optimize: bool,
-    quantize: Optional[str],
-    min_agreement: Optional[float],
-    neuron_target: Optional[str],
-    compiler_args: Sequence[str],
-    device: Optional[str],
-) -> ExportOptions:
-    """The options of ``export()`` and ``export_to_directory()``, parsed (trace shapes, atol) but not yet checked
-    by the backend."""
-    return ExportOptions(format=format, opset=opset, trace_shapes=parse_trace_shapes(trace_shape),
-                         atol=check_atol(atol), exporter=exporter, optimize=bool(optimize), quantize=quantize,
-                         min_agreement=min_agreement, neuron_target=neuron_target,
-                         compiler_args=tuple(compiler_args), device=device)
 
 
 def export_key(source: ResolvedSource, options: ExportOptions) -> str:
@@ -154,52 +84,10 @@ def _noop(stage: str, detail: str) -> None:
     return None
 
 
-# MLflow's UI renders markdown tables without cell padding (its sanitizer drops style attributes):
-# an em space after each cell keeps the columns, their headers in particular, from running together.
-UI_CELL_GAP = "&emsp;"
-
-
-def describe(fmt: str, source: ResolvedSource, options: ExportOptions, report: ValidationReport) -> str:
-    what = {Format.ONNX: f"ONNX (opset {options.opset}, dynamic batch and sequence)"}.get(
-        fmt, f"{fmt} (trace shapes {', '.join(f'{b}x{s}' for b, s in options.trace_shapes)})"
-    )
-    return (
-        # Plain first words: the registry's versions table previews the description's raw text.
-        f"{what} export of `{source.canonical_uri}` "
-        f"({source.flavor_conf[FlavorKey.TASK]}, {source.flavor_conf.get(FlavorKey.ARCHITECTURE)}).\n\n"
-        f"Validated against the eager model on padded batches: **{'passed' if report.passed else 'failed'}**, "
-        f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g}).\n\n" + report.to_markdown(gap=UI_CELL_GAP)
-    )
-
-
 def load_source_model(source: ResolvedSource) -> SourceModel:
-    from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
-
+    """The eager source model (torch, transformers) with its task spec and flavor block."""
     model = load_transformers_model(source.local_path, source.flavor_conf)
     return SourceModel(model, get_task(source.flavor_conf[FlavorKey.TASK]), source.flavor_conf, source.local_path)
-
-
-def run_validation(
-    source: SourceModel, staging: str, conf: Dict[str, Any], shapes: Sequence[Shape], atol: float,
-    options: Optional[ExportOptions] = None,
-) -> ValidationReport:
-    from mlflow_tfexport.export.wrapper import source_inputs
-    from mlflow_tfexport.serving.runtimes import load_runner
-    from mlflow_tfexport.serving.runtimes.eager import EagerRunner
-
-    if conf.get(FlavorKey.GENERATION):  # graphs with past key values: checked step by step
-        from mlflow_tfexport.export.onnx.generation import validate_generation
-
-        return validate_generation(source, staging, conf, shapes, atol)
-    reference = EagerRunner(source.model, source.input_names, source.output_names)
-    exported = load_runner(staging, conf, {})
-    feeds = [source_inputs(source, b, s, seed=1000 + i) for i, (b, s) in enumerate(shapes)]
-    if options is not None and options.quantize:  # a quantised model is checked at task level
-        from mlflow_tfexport.export.onnx.optimize import validate_quantized
-
-        return validate_quantized(reference.run, exported.run, feeds, source.spec.outputs, source.spec.name,
-                                  atol, options.min_agreement, options.quantize)
-    return validate(reference.run, exported.run, feeds, source.output_names, atol)
 
 
 @dataclass
@@ -225,8 +113,6 @@ def stage_export(
     ``options`` must already be completed by ``backend.check``. Never raises on a validation
     mismatch: the report says so, and the caller decides.
     """
-    import shutil
-
     started = time.perf_counter()
     loaded = load_source_model(source)
     say("export", options.format)
@@ -236,9 +122,8 @@ def stage_export(
               if source.flavor_conf.get(key)}  # the tokenizer, or an image model's image processor
     for folder in assets.values():
         shutil.copytree(os.path.join(source.local_path, folder), os.path.join(staging, folder))
-    conf = {k: v for k, v in source.flavor_conf.items() if k != "code"}
-    conf.update({FlavorKey.FORMAT: options.format, FlavorKey.MODEL_FILE: artifact.model_file,
-                 **assets, **artifact.flavor_conf})
+    conf = variant_block(source.flavor_conf, fmt=options.format, model_file=artifact.model_file,
+                         entries={**assets, **artifact.flavor_conf})
     export_seconds = time.perf_counter() - started
     say("validate", f"atol {tolerance:g}")
     report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options)
@@ -250,7 +135,7 @@ def export_to_directory(
     path: str,
     format: str = Format.ONNX,
     *,
-    opset: Optional[int] = None,
+    opset: Union[int, str, None] = None,
     atol: Optional[float] = None,
     exporter: Optional[str] = None,
     trace_shape: TraceShapeArg = None,
@@ -263,35 +148,44 @@ def export_to_directory(
 ) -> Tuple[Dict[str, Any], ValidationReport]:
     """Export the tfexport source model saved in ``source_dir`` into a new model directory ``path``.
 
-    The same export and validation as ``export()``, without tracking or registry: ``path`` becomes
-    a complete MLflow model (loadable with ``mlflow.pyfunc.load_model``). Returns the variant's
-    flavor block and the validation report; a validation failure raises and leaves ``path`` absent.
+    The same export and validation as :func:`export`, without tracking or registry: ``path`` becomes a
+    complete MLflow model (loadable with ``mlflow.pyfunc.load_model`` and servable with
+    ``mlflow models serve -m <path>``).
+
+    Args:
+        source_dir: A directory written by ``mlflow_tfexport.save_model`` (a source model, not a variant).
+        path: The directory to write; it must not exist or be empty.
+        format: ``"onnx"`` (default), ``"torchscript"`` or ``"neuron"``.
+        opset, atol, exporter, trace_shape, optimize, quantize, min_agreement, neuron_target, compiler_args,
+            device: As for :func:`export`.
+
+    Returns:
+        The variant's ``tfexport`` flavor block and its validation report.
+
+    Raises:
+        ExportError: a bad option (refused before any work), ``source_dir`` not a tfexport source model,
+            ``path`` not empty, or an export that fails.
+        ValidationFailedError: the exported model differs from the source beyond the tolerance; ``path`` is
+            then left absent.
+        MissingDependencyError: a package the format needs is not installed (the message names the extra).
 
     Example:
         >>> mlflow_tfexport.save_model(model, "bert-src", tokenizer=tok)
         >>> conf, report = export_to_directory("bert-src", "bert-onnx", "onnx")
+        >>> report.passed
+        True
     """
-    from mlflow_tfexport.flavor import variant
-    from mlflow_tfexport.serving.conf import read_flavor_conf
-
     backend = get_backend(format)
     options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,
                            optimize=optimize, quantize=quantize, min_agreement=min_agreement,
                            neuron_target=neuron_target, compiler_args=compiler_args, device=device)
-    source_conf = read_flavor_conf(source_dir)
-    if source_conf.get(FlavorKey.FORMAT) != Format.TRANSFORMERS:
-        raise ExportError(
-            f"{source_dir} is already an exported variant (format {source_conf.get(FlavorKey.FORMAT)!r}); "
-            "export from its source model instead."
-        )
-    spec = get_task(source_conf[FlavorKey.TASK])
-    options = backend.check(options, source_conf, spec)
+    source = local_source(source_dir)
+    spec = get_task(source.flavor_conf[FlavorKey.TASK])
+    options = backend.check(options, source.flavor_conf, spec)
     tolerance = options.atol if options.atol is not None else spec.atol
     if os.path.exists(path) and os.listdir(path):
         raise ExportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     with tempfile.TemporaryDirectory(prefix="tfexport-") as staging:
-        signature = Model.load(os.path.join(source_dir, "MLmodel")).signature
-        source = ResolvedSource(source_dir, source_dir, source_conf, signature, None, None, None, None)
         staged = stage_export(source, backend, options, tolerance, staging)
         raise_for_failures(staged.report, f"the {format} export of {source_dir}")
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
@@ -309,7 +203,7 @@ def export(
     model_uri: str,
     format: str = Format.ONNX,
     *,
-    opset: Optional[int] = None,
+    opset: Union[int, str, None] = None,
     trace_shape: TraceShapeArg = None,
     atol: Optional[float] = None,
     registered_model_name: Optional[str] = None,
@@ -323,16 +217,62 @@ def export(
     force: bool = False,
     progress: Optional[Progress] = None,
 ) -> ExportResult:
-    """Export a logged tfexport source version and register the result as a new version.
+    """Export a logged tfexport source model and register the validated result as a new model version.
+
+    The source is loaded, exported, validated against the eager model on padded batches of other shapes
+    than the export's, logged in its own MLflow run (nested in the active run, if any) and registered with
+    its ``tfexport.*`` tags and a markdown validation report as description. Every option is checked before
+    any work, and any failure registers nothing. Asking again for the same source and options returns the
+    existing version (``created`` is False) unless ``force=True``.
+
+    Args:
+        model_uri: The source model: ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+            ``runs:/<run_id>/<path>``, ``models:/<model_id>`` or a local directory written by
+            ``save_model``. It must be a source model logged with ``mlflow.tfexport.log_model``, not an
+            exported variant.
+        format: ``"onnx"`` (default, dynamic batch and sequence), ``"torchscript"`` or ``"neuron"``
+            (static shapes: need ``trace_shape``).
+        opset: ONNX opset; default the task's (17), within the exporter's range (legacy 14..20,
+            dynamo 18..23). A string of digits is read as the number.
+        trace_shape: TorchScript/Neuron: ``(batch, sequence)``, ``"1x128"``, or several buckets
+            (``["1x32", "1x128"]`` or ``"1x32,1x128"``); at most 8 buckets, batch <= 256,
+            batch x sequence <= 262144, sequence <= the model's maximum length.
+        atol: Validation tolerance (max abs diff per output); default the task's (1e-4).
+        registered_model_name: The registered model the export becomes a version of; default the
+            source's. It may not contain ``/``, ``:``, ``@`` or ``?`` (it could not be loaded back as a
+            ``models:/`` URI).
+        exporter: ONNX: ``"legacy"`` (default, TorchScript-based) or ``"dynamo"`` (opset >= 18).
+        optimize: ONNX: fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer.
+        quantize: ONNX: ``"int8"`` for dynamic int8 quantisation, validated by task-level agreement.
+        min_agreement: With ``quantize``: the agreement with the source that validation requires, in
+            (0, 1] (default 0.9).
+        neuron_target: Neuron: ``"inf1"`` (torch-neuron) or ``"inf2"`` (torch-neuronx, Inf2/Trn1);
+            default the installed SDK.
+        compiler_args: Neuron: extra compiler arguments (default: keep fp32 numerics).
+        device: TorchScript: where to trace (``"cpu"``, default, ``"cuda"`` or ``"cuda:N"``); the variant
+            runs on that device type.
+        force: Export and register again even if this export exists.
+        progress: Called as ``progress(stage, detail)`` at each stage (``STAGES``), e.g. to print them.
+
+    Returns:
+        ExportResult: ``model_version`` (the registered ``ModelVersion``), ``model_uri``
+        (``models:/<name>/<version>``), ``report`` (the ``ValidationReport``; None when an existing
+        version was returned), ``created`` and ``run_id`` (the export run).
+
+    Raises:
+        UnknownFormatError: ``format`` is not an export format (the message lists them).
+        ExportError: a bad option, a model URI that is not a tfexport source model, a registered model
+            name that is not allowed, or an export that fails. Nothing is registered.
+        ValidationFailedError: the exported model differs from the source beyond the tolerance; the
+            message lists every failing output and ``.report`` holds the report. Nothing is registered.
+        MissingDependencyError: a package the format needs is not installed (the message names the extra).
 
     Example:
         >>> result = mlflow_tfexport.export("models:/sentiment/1", format="onnx", opset=17)
-        >>> result.model_version.version
-        '2'
-
-    Asking again for the same source and options returns the existing version
-    (``result.created`` is False) unless ``force=True``. Any failure raises a
-    ``TfexportError`` and registers nothing.
+        >>> result.model_uri
+        'models:/sentiment/2'
+        >>> ts = mlflow_tfexport.export("models:/sentiment/1", format="torchscript", trace_shape=["1x32", "1x128"])
+        >>> mlflow.pyfunc.load_model(ts.model_uri).predict(["I loved it"])
     """
     say = progress or _noop
     backend = get_backend(format)
@@ -393,7 +333,7 @@ def _export_new(job: _Job, workdir: str) -> ExportResult:
     os.makedirs(staging)
     run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: job.key}
     if source.run_id:
-        run_tags["tfexport.source_run_id"] = source.run_id
+        run_tags[Tag.SOURCE_RUN_ID] = source.run_id
     with contextlib.ExitStack() as stack:
         if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
             # Inside `mlflow run`: the project's run is the parent of the export run.
@@ -411,12 +351,10 @@ def _export_new(job: _Job, workdir: str) -> ExportResult:
 
 
 def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
-    from mlflow_tfexport.flavor import variant
-
     source, options, fmt = job.source, job.options, job.options.format
     mlflow.log_params(
         {"format": fmt, "opset": options.opset, "atol": job.tolerance, "source": source.canonical_uri,
-         "trace_shape": ",".join(f"{b}x{s}" for b, s in options.trace_shapes) or "dynamic",
+         "trace_shape": ",".join(map(shape_name, options.trace_shapes)) or "dynamic",
          "exporter": options.exporter, "optimize": options.optimize, "quantize": options.quantize}
     )
     job.say("load", source.canonical_uri)
@@ -428,10 +366,10 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
     raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
     with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
         f.write(report.to_json())
-    job.say("log", "model")
+    job.say("log", LOGGED_MODEL_NAME)
     info = Model.log(
         artifact_path=None,
-        name="model",
+        name=LOGGED_MODEL_NAME,
         flavor=variant,
         staged_dir=staging,
         flavor_conf=conf,
@@ -446,7 +384,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         Tag.ATOL: f"{job.tolerance:g}",
         Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
         Tag.VALIDATION: VALIDATION_PASSED,
-        Tag.VALIDATED_SHAPE: ",".join(f"{b}x{s}" for b, s in report.shapes),
+        Tag.VALIDATED_SHAPE: ",".join(map(shape_name, report.shapes)),
         Tag.SOURCE: source.canonical_uri,
         Tag.EXPORT_KEY: job.key,
         Tag.EXPORT_SECONDS: f"{export_seconds:.2f}",
@@ -457,18 +395,10 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         **report.tags,
     }
     job.say("register", job.name)
-    mv = register_version(job.name, info, tags=tags, description=describe(fmt, source, options, report),
-                          client=job.client)
+    description = describe(report, fmt=fmt, source_uri=source.canonical_uri, task=conf[FlavorKey.TASK],
+                           architecture=conf.get(FlavorKey.ARCHITECTURE), opset=options.opset,
+                           trace_shapes=options.trace_shapes)
+    mv = register_version(job.name, info, tags=tags, description=description, client=job.client)
     if not job.force:
-        mv = _settle_duplicates(job.client, job.name, job.key, mv)
+        mv = settle_duplicates(job.client, job.name, job.key, mv)
     return ExportResult(mv, f"models:/{job.name}/{mv.version}", report, created=True, run_id=run_id)
-
-
-def _settle_duplicates(client: MlflowClient, name: str, key: str, mine: ModelVersion) -> ModelVersion:
-    """Two identical exports racing: the lowest version wins, later duplicates delete themselves."""
-    same = find_by_export_key(client, name, key)
-    if same and int(same[0].version) < int(mine.version):
-        client.delete_model_version(name, mine.version)
-        return same[0]
-    return mine
-

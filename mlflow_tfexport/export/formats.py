@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import importlib
 
-from mlflow_tfexport.errors import UnknownFormatError
-from mlflow_tfexport.export.options import Backend
-from mlflow_tfexport.formats import FORMATS, export_formats
+from mlflow_tfexport.export.options import Backend, export_format
 
 
 def get_backend(fmt: str) -> Backend:
     """The backend for ``fmt``; an unknown format lists the known ones."""
-    module = FORMATS[fmt].backend if isinstance(fmt, str) and fmt in FORMATS else None
-    if module is None:
-        raise UnknownFormatError(f"Unknown export format {fmt!r}. Known formats: {', '.join(export_formats())}.")
-    backend: Backend = importlib.import_module(module).BACKEND
+    module = export_format(fmt).backend
+    backend: Backend = importlib.import_module(str(module)).BACKEND
     return backend

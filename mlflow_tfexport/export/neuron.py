@@ -164,11 +164,8 @@ class NeuronBackend(StaticBackend):
         return sdk_compiler(target_name)
 
     def check_target(self, options: ExportOptions) -> ExportOptions:
-        if options.device is not None:
-            raise ExportError(
-                f"device={options.device!r} applies to format='torchscript' only: a Neuron module runs on the "
-                "instance's NeuronCores. Drop device= (choose the instance with neuron_target=)."
-            )
+        """The Neuron compiler of ``neuron_target`` (or of the installed SDK), runnable here, and its
+        default compiler arguments when none are given."""
         compiler = self.compiler(options.neuron_target)
         if not compiler.runnable:
             target = TARGETS[compiler.target]
@@ -178,8 +175,6 @@ class NeuronBackend(StaticBackend):
                 f"{target.instances} instance (e.g. `mlflow run . -e export-neuron` there)."
             )
         args = tuple(options.compiler_args) or DEFAULT_COMPILER_ARGS[compiler.target]
-        if not all(isinstance(a, str) for a in args):
-            raise ExportError(f"compiler_args must be strings, received {list(args)!r}.")
         return replace(options, neuron_target=compiler.target, compiler_args=args)
 
     def compile(self, module: Any, example_inputs: Tuple[Any, ...], options: ExportOptions) -> Any:

@@ -1,13 +1,54 @@
-"""What every export backend receives and returns."""
+"""The options of an export: parsed, bounded and checked against the format in one place.
+
+``make_options`` turns the keyword arguments of ``export()`` (and of
+``export_to_directory()``, the worker's request grammar, the CLI) into an
+``ExportOptions`` record: trace shapes parsed and bounded, ``atol`` and
+``opset`` read as numbers, and every option that does not apply to the chosen
+format refused, using the format's record (``formats.FORMATS[fmt].options``).
+What depends on the source model or on the machine (the opset range of an
+exporter, a sequence longer than the model's maximum, a Neuron SDK, a GPU) is
+completed by the backend's ``check`` afterwards, before any work.
+
+Also here: what every backend receives (``SourceModel``, ``ExportOptions``)
+and returns (``ExportedArtifact``), and the ``Backend`` verbs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
-from mlflow_tfexport.tasks import TaskSpec
+from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.errors import ExportError, UnknownFormatError
+from mlflow_tfexport.formats import FORMATS, FormatSpec, export_formats
+from mlflow_tfexport.serving.runtimes.static import shape_name
+from mlflow_tfexport.tasks import IMAGE, TaskSpec
 
 Shape = Tuple[int, int]  # (batch, sequence)
+TraceShapeArg = Union[None, str, Tuple[int, int], Sequence[Union[str, Tuple[int, int]]]]
+
+#: At most this many static-shape buckets per export (each is a traced module in the variant).
+MAX_BUCKETS = 8
+#: A trace shape's batch: larger requests are split into chunks of the bucket's batch anyway.
+MAX_TRACE_BATCH = 256
+#: A trace shape's batch x sequence: what one traced call holds in memory (512 x 512 at most).
+MAX_TRACE_ELEMENTS = 262_144
+#: ``quantize=`` values (onnxruntime dynamic quantisation).
+QUANTIZE_MODES: Tuple[str, ...] = ("int8",)
+#: How the options are spelled in ``export()`` where the record's field name differs.
+_ARGUMENT = {"trace_shapes": "trace_shape"}
+#: Why an option does not apply to a format, where that is not obvious from its name.
+_WHY_NOT: Dict[Tuple[str, str], str] = {
+    ("trace_shapes", "onnx"): "ONNX exports have dynamic batch and sequence axes",
+    ("device", "onnx"): "an ONNX model chooses its device when it is loaded "
+    "(model_config={'providers': ['CUDAExecutionProvider', 'CPUExecutionProvider']})",
+    ("device", "neuron"): "a Neuron module runs on the instance's NeuronCores, chosen with neuron_target=",
+}
+HOW_TO_PASS = (
+    "pass trace_shape=(batch, sequence), e.g. trace_shape=(1, 128), or several buckets, e.g. "
+    "trace_shape=['1x32', '1x128'] (CLI: --trace-shape 1x128, repeatable)"
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +67,11 @@ class ExportOptions:
     compiler_args: Tuple[str, ...] = ()
     device: Optional[str] = None  # TorchScript: the device the trace is recorded on ("cpu", "cuda", "cuda:N")
 
+    def given(self) -> Dict[str, Any]:
+        """The options set to something other than their default (``format`` excluded)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "format" and getattr(self, f.name) != f.default}
+
     def key_fields(self) -> Dict[str, Any]:
         return {
             "format": self.format,
@@ -43,6 +89,188 @@ class ExportOptions:
         }
 
 
+# --------------------------------------------------------------------------- parsing
+
+
+def _bounded(shape: Shape) -> Shape:
+    batch, seq = shape
+    if batch > MAX_TRACE_BATCH:
+        raise ExportError(
+            f"trace_shape {shape_name(shape)} has batch {batch}, above the maximum of {MAX_TRACE_BATCH}. A request "
+            f"with more rows is split into chunks of the bucket's batch, so a larger one gains nothing; use a batch "
+            f"<= {MAX_TRACE_BATCH}, e.g. '{MAX_TRACE_BATCH}x{seq}'."
+        )
+    if batch * seq > MAX_TRACE_ELEMENTS:
+        fits = max(1, MAX_TRACE_ELEMENTS // seq)
+        raise ExportError(
+            f"trace_shape {shape_name(shape)} holds {batch * seq} tokens (batch x sequence), above the maximum of "
+            f"{MAX_TRACE_ELEMENTS}. Use a smaller batch for this sequence, e.g. '{fits}x{seq}'."
+        )
+    return shape
+
+
+def _shape(value: Any) -> Shape:
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        if len(parts) != 2:
+            raise ExportError(f"trace_shape {value!r} is not BATCHxSEQUENCE, e.g. '1x128'.")
+        try:
+            value = (int(parts[0]), int(parts[1]))
+        except ValueError:
+            raise ExportError(f"trace_shape {value!r} must be two integers, e.g. '1x128'.") from None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ExportError(f"trace_shape {value!r} must be (batch, sequence), e.g. (1, 128).")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ExportError(f"trace_shape {tuple(value)!r} must hold integers, received {type(v).__name__}.")
+        if v <= 0:
+            raise ExportError(f"trace_shape {tuple(value)!r} must be positive, e.g. (1, 128).")
+    return _bounded((int(value[0]), int(value[1])))
+
+
+def parse_trace_shapes(trace_shape: TraceShapeArg) -> Tuple[Shape, ...]:
+    """``"1x128"``, ``(1, 128)``, ``"1x32,1x128"`` or a list of those -> sorted unique shapes.
+
+    Each shape is checked (positive integers, batch <= ``MAX_TRACE_BATCH``, batch x sequence <=
+    ``MAX_TRACE_ELEMENTS``) and so is their number (<= ``MAX_BUCKETS``).
+    """
+    if trace_shape is None:
+        return ()
+    if isinstance(trace_shape, str):
+        items: List[Any] = [s for s in trace_shape.split(",") if s.strip()]
+    elif isinstance(trace_shape, (tuple, list)) and len(trace_shape) == 2 and all(
+        isinstance(v, (int, float)) for v in trace_shape
+    ):  # one (batch, sequence) pair; its values are checked by _shape
+        items = [tuple(trace_shape)]
+    else:  # a list of shapes; a string in it may itself hold several ("1x32,1x128", as from the CLI)
+        items = [p for s in trace_shape for p in (s.split(",") if isinstance(s, str) else [s])
+                 if not isinstance(p, str) or p.strip()]
+    shapes = sorted({_shape(s.strip() if isinstance(s, str) else s) for s in items}, key=lambda s: (s[1], s[0]))
+    if len(shapes) > MAX_BUCKETS:
+        raise ExportError(f"{len(shapes)} trace shapes given; at most {MAX_BUCKETS} buckets are supported.")
+    return tuple(shapes)
+
+
+def check_atol(atol: Any) -> Optional[float]:
+    """``atol`` as a positive finite float (None: the task's default)."""
+    if atol is None:
+        return None
+    try:
+        value = float(atol)
+    except (TypeError, ValueError):
+        raise ExportError(f"atol must be a positive number, received {atol!r}; e.g. 1e-4.") from None
+    if isinstance(atol, bool) or not math.isfinite(value) or value <= 0:
+        raise ExportError(f"atol must be a positive number, received {atol!r}; e.g. 1e-4.")
+    return value
+
+
+def check_opset(opset: Any) -> Optional[int]:
+    """``opset`` as an int; a string of digits (``"17"``, as from a config file) is read as that number.
+    The range depends on the exporter and is checked by the ONNX backend."""
+    if opset is None:
+        return None
+    if isinstance(opset, str) and opset.strip().isascii() and opset.strip().isdigit():
+        return int(opset.strip())
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ExportError(
+            f"opset must be an integer such as 17, received {opset!r} ({type(opset).__name__}); "
+            "pass opset=17 (CLI: --opset 17) or leave it unset for the task's default."
+        )
+    return opset
+
+
+def _check_values(options: ExportOptions) -> None:
+    """Values whose range does not depend on the source model or the machine."""
+    if not isinstance(options.optimize, bool):
+        raise ExportError(f"optimize must be True or False, received {options.optimize!r}.")
+    if options.quantize is not None and options.quantize not in QUANTIZE_MODES:
+        raise ExportError(
+            f"quantize={options.quantize!r} is not supported; use one of {', '.join(QUANTIZE_MODES)} "
+            "(dynamic quantisation) or leave it unset."
+        )
+    threshold = options.min_agreement
+    if threshold is not None:
+        if options.quantize is None:
+            raise ExportError("min_agreement applies to quantised exports only; add quantize='int8' or drop it.")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ExportError(f"min_agreement must be a number in (0, 1], e.g. 0.9; received {threshold!r}.")
+    if not all(isinstance(a, str) for a in options.compiler_args):
+        raise ExportError(
+            f"compiler_args must be strings, received {list(options.compiler_args)!r}; "
+            "e.g. compiler_args=['--fast-math', 'none']."
+        )
+
+
+def export_format(fmt: str) -> FormatSpec:
+    """The record of export format ``fmt``; an unknown one (or the source format) lists the known ones."""
+    spec = FORMATS.get(fmt) if isinstance(fmt, str) else None
+    if spec is None or spec.backend is None:
+        raise UnknownFormatError(f"Unknown export format {fmt!r}. Known formats: {', '.join(export_formats())}.")
+    return spec
+
+
+def check_applicable(options: ExportOptions) -> None:
+    """Refuse every option that does not apply to ``options.format`` (``formats.FORMATS[fmt].options``)."""
+    fmt = options.format
+    allowed = export_format(fmt).options
+    for name, value in options.given().items():
+        if name in allowed:
+            continue
+        argument = _ARGUMENT.get(name, name)
+        shown = ",".join(map(shape_name, value)) if name == "trace_shapes" else value
+        shown = list(shown) if isinstance(shown, tuple) else shown
+        owners = " or ".join(f"format={other!r}" for other, spec in FORMATS.items() if name in spec.options)
+        why = _WHY_NOT.get((name, fmt))
+        raise ExportError(
+            f"{argument}={shown!r} does not apply to format={fmt!r}" + (f" ({why})" if why else "")
+            + f"; it applies to {owners} only. Drop {argument}=, or export with {owners}."
+        )
+    if FORMATS[fmt].static_shapes and not options.trace_shapes:
+        raise ExportError(f"format={fmt!r} traces static shapes and needs trace_shape: {HOW_TO_PASS}.")
+
+
+def make_options(
+    format: str,
+    *,
+    opset: Any = None,
+    trace_shape: TraceShapeArg = None,
+    atol: Any = None,
+    exporter: Optional[str] = None,
+    optimize: bool = False,
+    quantize: Optional[str] = None,
+    min_agreement: Optional[float] = None,
+    neuron_target: Optional[str] = None,
+    compiler_args: Sequence[str] = (),
+    device: Optional[str] = None,
+) -> ExportOptions:
+    """The options of ``export()`` and ``export_to_directory()``: parsed, bounded and checked against the
+    format; the backend's ``check`` completes them against the source model."""
+    if isinstance(compiler_args, str):  # one string would be split into characters
+        compiler_args = compiler_args.split()
+    options = ExportOptions(format=format, opset=check_opset(opset), trace_shapes=parse_trace_shapes(trace_shape),
+                            atol=check_atol(atol), exporter=exporter, optimize=optimize, quantize=quantize,
+                            min_agreement=min_agreement, neuron_target=neuron_target,
+                            compiler_args=tuple(compiler_args), device=device)
+    check_applicable(options)
+    _check_values(options)
+    return options
+
+
+def check_sequence_lengths(options: ExportOptions, source_conf: Mapping[str, Any]) -> None:
+    """Every trace shape's sequence fits the source model's maximum length."""
+    limit = int(source_conf[FlavorKey.MAX_LENGTH])
+    for shape in options.trace_shapes:
+        if shape[1] > limit:
+            raise ExportError(
+                f"trace_shape {shape_name(shape)} has sequence {shape[1]}, longer than the model's maximum of "
+                f"{limit} tokens (max_length of {source_conf.get(FlavorKey.ARCHITECTURE)}). Use a sequence "
+                f"<= {limit}, e.g. '1x{limit}'."
+            )
+
+
+# --------------------------------------------------------------------------- what backends receive and return
+
+
 @dataclass
 class SourceModel:
     """The loaded source variant: eager model plus what the flavor block says about it."""
@@ -54,12 +282,12 @@ class SourceModel:
 
     @property
     def input_names(self) -> List[str]:
-        return list(self.flavor_conf["input_names"])
+        return list(self.flavor_conf[FlavorKey.INPUT_NAMES])
 
     @property
     def output_names(self) -> List[str]:
         """The outputs to export: the task's, or those the model has (image models record theirs)."""
-        recorded = self.flavor_conf.get("output_names") if self.spec.input_kind == "image" else None
+        recorded = self.flavor_conf.get(FlavorKey.OUTPUT_NAMES) if self.spec.input_kind == IMAGE else None
         return list(recorded or self.spec.output_names)
 
     @property
@@ -68,7 +296,7 @@ class SourceModel:
 
     @property
     def max_length(self) -> int:
-        return int(self.flavor_conf["max_length"])
+        return int(self.flavor_conf[FlavorKey.MAX_LENGTH])
 
 
 @dataclass
@@ -89,7 +317,8 @@ class Backend(Protocol):
     name: str
 
     def check(self, options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> ExportOptions:
-        """Validate and complete options before any work; raise ``ExportError`` on bad ones."""
+        """Complete options checked by ``make_options`` against the source and the machine, before any work;
+        raise ``ExportError`` on bad ones."""
         ...
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:

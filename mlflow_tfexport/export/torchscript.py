@@ -28,29 +28,31 @@ import importlib
 import os
 import warnings
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
-from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
+from mlflow_tfexport.errors import ExportError, TfexportError
+from mlflow_tfexport.export.options import (
+    ExportedArtifact,
+    ExportOptions,
+    Shape,
+    SourceModel,
+    check_sequence_lengths,
+)
 from mlflow_tfexport.export.wrapper import make_wrapper, source_inputs, untie_weights
+from mlflow_tfexport.serving.runtimes.device import check_device_name
 from mlflow_tfexport.serving.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, TaskSpec
-
-HOW_TO_PASS = (
-    "pass trace_shape=(batch, sequence), e.g. trace_shape=(1, 128), or several buckets, e.g. "
-    "trace_shape=['1x32', '1x128'] (CLI: --trace-shape 1x128, repeatable)"
-)
 
 
 def check_traceable(spec: TaskSpec, fmt: str) -> None:
     """Every output needs a batch axis (and at most a sequence axis besides) so padding can be stripped."""
-    if spec.name == "text2text-generation":
+    if spec.encoder_decoder:
         raise ExportError(
-            f"Task 'text2text-generation' cannot be exported to {fmt} yet: its encoder and decoder with past key "
+            f"Task {spec.name!r} cannot be exported to {fmt} yet: its encoder and decoder with past key "
             "values are exported to ONNX only. Use format='onnx'."
         )
     bad = [
@@ -120,42 +122,17 @@ class StaticBackend:
     folder = TORCHSCRIPT_DIR
 
     def check(self, options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> ExportOptions:
-        from mlflow_tfexport.export.api import MAX_BUCKETS
-
-        fmt = self.name
-        if not options.trace_shapes:
-            raise ExportError(f"format={fmt!r} traces static shapes and needs trace_shape: {HOW_TO_PASS}.")
-        if len(options.trace_shapes) > MAX_BUCKETS:
-            raise ExportError(
-                f"{len(options.trace_shapes)} trace shapes given; at most {MAX_BUCKETS} buckets are supported."
-            )
-        limit = int(source_conf[FlavorKey.MAX_LENGTH])
-        for shape in options.trace_shapes:
-            if len(shape) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in shape):
-                raise ExportError(f"trace_shape {shape!r} must be two positive integers (batch, sequence).")
-            if shape[1] > limit:
-                raise ExportError(
-                    f"trace_shape {shape_name(shape)} has sequence {shape[1]}, longer than the model's maximum of "
-                    f"{limit} tokens (max_length of {source_conf.get(FlavorKey.ARCHITECTURE)}). Use a sequence "
-                    f"<= {limit}, e.g. '1x{limit}'."
-                )
-        if options.opset is not None or options.exporter is not None:
-            raise ExportError(f"opset and exporter apply to format='onnx' only; drop them for format={fmt!r}.")
-        if options.optimize or options.quantize:
-            raise ExportError(f"optimize/quantize are not available for format={fmt!r}; export without them.")
-        check_traceable(spec, fmt)
+        """Trace shapes within the model's maximum length, a traceable task, then the target (device or
+        Neuron compiler). The shapes' form and bounds, and options of other formats, were checked by
+        ``make_options``."""
+        check_sequence_lengths(options, source_conf)
+        check_traceable(spec, self.name)
         return self.check_target(options)
 
     def check_target(self, options: ExportOptions) -> ExportOptions:
-        if options.neuron_target is not None or options.compiler_args:
-            raise ExportError(
-                "neuron_target and compiler_args apply to format='neuron' only; drop them for format='torchscript'."
-            )
+        """TorchScript: where to trace (default CPU); a GPU must be visible to trace there."""
         if options.device is None:
             return options
-        from mlflow_tfexport.errors import TfexportError
-        from mlflow_tfexport.serving.runtimes.device import check_device_name
-
         try:
             device = check_device_name(options.device)
         except TfexportError as exc:
@@ -244,10 +221,6 @@ class StaticBackend:
         smallest = min(options.trace_shapes, key=lambda x: (x[1], x[0]))
         shapes.add((smallest[0] + 1, 1))
         return sorted(shapes, key=lambda x: (x[1], x[0]))
-
-
-def compiler_args_text(args: Sequence[str]) -> str:
-    return " ".join(args)
 
 
 BACKEND = StaticBackend()

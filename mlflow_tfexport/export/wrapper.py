@@ -6,17 +6,15 @@ the removed ``torchscript=True`` config flag used to prepare models.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.options import SourceModel
 from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
-
-if TYPE_CHECKING:
-    from mlflow_tfexport.export.options import SourceModel
 
 
 def untie_weights(model: Any) -> None:

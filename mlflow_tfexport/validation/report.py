@@ -1,28 +1,29 @@
-"""Exported vs reference outputs, returned as data.
+"""The validation report: one check per output and input shape, as data, and its renderings.
 
-``validate`` runs the eager reference (twice, to prove it deterministic) and
-the exported model's own serving runner on the same padded inputs, and
-compares every output: name, shape, max abs diff vs atol. The report is data:
-the CLI renders it, the registry stores it (JSON artifact, markdown
-description), and a failure raises once listing every failing output.
+The report is data: the CLI renders it (``to_text``), the registry stores it
+(``to_json`` as an artifact, ``describe`` as the version's markdown
+description), and a failure raises once listing every failing output
+(``raise_for_failures``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
+from mlflow_tfexport.constants import Format
+from mlflow_tfexport.errors import ValidationFailedError
 
-from mlflow_tfexport.errors import ExportError, ValidationFailedError
-
-Feeds = Dict[str, np.ndarray]
-RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
+# MLflow's UI renders markdown tables without cell padding (its sanitizer drops style attributes):
+# an em space after each cell keeps the columns, their headers in particular, from running together.
+UI_CELL_GAP = "&emsp;"
 
 
 @dataclass
 class OutputCheck:
+    """One output at one input shape: reference and exported shapes, max abs diff, verdict."""
+
     name: str
     shape: Tuple[int, ...]  # reference shape
     exported_shape: Optional[Tuple[int, ...]]
@@ -39,6 +40,8 @@ class OutputCheck:
 
 @dataclass
 class ValidationReport:
+    """Every check of one validation; passes when there is at least one check and all passed."""
+
     atol: float
     checks: List[OutputCheck] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -98,62 +101,6 @@ class ValidationReport:
         return "\n".join(rows)
 
 
-def compare(
-    reference: Dict[str, np.ndarray],
-    exported: Dict[str, np.ndarray],
-    names: Sequence[str],
-    atol: float,
-    input_shape: Tuple[int, int],
-) -> List[OutputCheck]:
-    checks = []
-    for name in names:
-        ref = reference[name]
-        if name not in exported:
-            checks.append(OutputCheck(name, tuple(ref.shape), None, None, atol, input_shape, False,
-                                      f"missing from exported outputs {sorted(exported)}"))
-            continue
-        got = exported[name]
-        if tuple(got.shape) != tuple(ref.shape):
-            checks.append(OutputCheck(name, tuple(ref.shape), tuple(got.shape), None, atol, input_shape, False,
-                                      f"shape {tuple(got.shape)} != reference {tuple(ref.shape)}"))
-            continue
-        diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
-        ok = bool(np.isfinite(diff) and diff <= atol)
-        checks.append(OutputCheck(name, tuple(ref.shape), tuple(got.shape), diff, atol, input_shape, ok,
-                                  "" if ok else f"max abs diff {diff:.3g} > atol {atol:g}"))
-    return checks
-
-
-def feed_shape(feeds: Feeds) -> Tuple[int, int]:
-    """``(batch, sequence)`` of text feeds; ``(batch, height)`` of image feeds (``pixel_values``)."""
-    if "input_ids" in feeds:
-        return int(feeds["input_ids"].shape[0]), int(feeds["input_ids"].shape[1])
-    pixels = feeds["pixel_values"]
-    return int(pixels.shape[0]), int(pixels.shape[2])
-
-
-def validate(
-    reference: RunFn,
-    exported: RunFn,
-    inputs: Sequence[Feeds],
-    output_names: Sequence[str],
-    atol: float,
-) -> ValidationReport:
-    """Compare ``exported`` with ``reference`` on every feed set; never raises on a mismatch."""
-    report = ValidationReport(atol=atol)
-    for feeds in inputs:
-        first = reference(feeds)
-        second = reference(feeds)
-        for name in output_names:
-            if not np.array_equal(first[name], second[name]):
-                raise ExportError(
-                    f"The reference model is not deterministic: output {name!r} differs between two "
-                    "runs on the same input. Put the model in eval mode (model.eval()) before logging it."
-                )
-        report.checks.extend(compare(first, exported(feeds), output_names, atol, feed_shape(feeds)))
-    return report
-
-
 def raise_for_failures(report: ValidationReport, what: str) -> None:
     """Raise once, listing every failing output, if the report did not pass."""
     if report.passed:
@@ -166,4 +113,26 @@ def raise_for_failures(report: ValidationReport, what: str) -> None:
         f"Validation of {what} failed for {len(failing)} output(s): {listing}. Nothing was registered. "
         "Raise atol if the difference is acceptable for this model, or try another opset/exporter.",
         report=report,
+    )
+
+
+def describe(
+    report: ValidationReport,
+    *,
+    fmt: str,
+    source_uri: str,
+    task: str,
+    architecture: Optional[str],
+    opset: Optional[int] = None,
+    trace_shapes: Sequence[Tuple[int, int]] = (),
+) -> str:
+    """The registered version's description: what was exported from where, the verdict, the report table."""
+    what = {Format.ONNX: f"ONNX (opset {opset}, dynamic batch and sequence)"}.get(
+        fmt, f"{fmt} (trace shapes {', '.join(f'{b}x{s}' for b, s in trace_shapes)})"
+    )
+    return (
+        # Plain first words: the registry's versions table previews the description's raw text.
+        f"{what} export of `{source_uri}` ({task}, {architecture}).\n\n"
+        f"Validated against the eager model on padded batches: **{'passed' if report.passed else 'failed'}**, "
+        f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g}).\n\n" + report.to_markdown(gap=UI_CELL_GAP)
     )

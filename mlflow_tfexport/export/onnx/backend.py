@@ -11,12 +11,14 @@ opsets 18 and above.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Tuple
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
+from mlflow_tfexport.export.onnx.generation import export_generation
 from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
 from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
 from mlflow_tfexport.tasks import TaskSpec, input_axes
@@ -49,13 +51,13 @@ def save_with_external_data(path: str) -> None:
 
 
 def with_past(spec: TaskSpec, exporter: str) -> bool:
-    """Generation tasks export with past key values (export/onnx_generation.py) with the legacy exporter;
-    the dynamo exporter writes text-generation's single logits graph (decoded by re-running it)."""
-    return spec.generative and (exporter == DEFAULT_EXPORTER or spec.name != "text-generation")
+    """Generation tasks export with past key values (``export/onnx/generation.py``) with the legacy exporter;
+    the dynamo exporter writes a causal LM's single logits graph (decoded by re-running it)."""
+    return spec.generative and (exporter == DEFAULT_EXPORTER or not spec.causal)
 
 
 def _check_generation(exporter: str, options: ExportOptions, spec: TaskSpec) -> None:
-    if exporter != DEFAULT_EXPORTER and spec.name != "text-generation":
+    if exporter != DEFAULT_EXPORTER and not spec.causal:
         raise ExportError(
             f"exporter={exporter!r} does not export {spec.name} (encoder and decoder with past key values); use "
             f"the default exporter ({DEFAULT_EXPORTER!r})."
@@ -71,6 +73,8 @@ class OnnxBackend:
     name = Format.ONNX
 
     def check(self, options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> ExportOptions:
+        """The exporter and the opset (default: the task's, within the exporter's range); generation limits.
+        Options of other formats were refused by ``make_options``."""
         exporter = options.exporter or DEFAULT_EXPORTER
         if exporter not in OPSET_RANGE:
             raise ExportError(f"Unknown ONNX exporter {exporter!r}; use one of {', '.join(OPSET_RANGE)}.")
@@ -83,26 +87,12 @@ class OnnxBackend:
                 + (" or exporter='dynamo' for opsets above 20." if exporter == "legacy" and isinstance(opset, int)
                    and opset > high else ".")
             )
-        if options.trace_shapes:
-            raise ExportError(
-                "trace_shape does not apply to ONNX exports: they have dynamic batch and sequence axes. "
-                "Drop trace_shape, or use format='torchscript' for static shapes."
-            )
-        if options.device is not None:
-            raise ExportError(
-                f"device={options.device!r} applies to format='torchscript' only: an ONNX model chooses its device "
-                "when it is loaded (model_config={'providers': ['CUDAExecutionProvider', 'CPUExecutionProvider']})."
-                " Drop device=."
-            )
-        onnx_optimize.check_options(options)
         if with_past(spec, exporter):
             _check_generation(exporter, options, spec)
-        return ExportOptions(**{**options.__dict__, "opset": opset, "exporter": exporter})
+        return replace(options, opset=opset, exporter=exporter)
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         if with_past(source.spec, str(options.exporter)):  # graph(s) with past key values, numpy decoding
-            from mlflow_tfexport.export.onnx.generation import export_generation
-
             return export_generation(source, options, staging_dir)
         torch = require("torch")
         onnx = require("onnx")

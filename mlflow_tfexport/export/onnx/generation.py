@@ -19,16 +19,15 @@ The ONNX backend calls this module for generative tasks (legacy exporter):
 
 transformers 5 keeps caches in ``DynamicCache`` / ``EncoderDecoderCache``
 objects: the traced wrappers build them from the flat tensors and flatten the
-returned cache. Validation (:func:`validate_generation`) decodes in three
-chunks (a first step with an empty past, a multi-token step and a one-token
-step, each fed the exported model's own presents) and compares every chunk's
-logits and presents with one full-sequence forward of the eager model.
+returned cache. The eager references (:func:`eager_causal`,
+:func:`eager_seq2seq`) give the past key values the export traces with, and
+the references ``validation/generation.py`` compares the exported graphs with.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -36,8 +35,8 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, ONNX_FILE, FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
+from mlflow_tfexport.export.wrapper import source_inputs, untie_weights
 from mlflow_tfexport.tasks import BATCH
-from mlflow_tfexport.validation.report import OutputCheck, ValidationReport, compare
 
 #: (batch, past, new) of the export trace: batch >= 2 so the batch axis stays dynamic, a past > 0
 #: so the cache length is traced as a shape, not a constant.
@@ -220,7 +219,7 @@ def _export(torch: Any, wrapper: Any, args: Tuple[Any, ...], path: str, inputs: 
     require("onnx").checker.check_model(path)
 
 
-def _sample_ids(source: SourceModel, batch: int, length: int, seed: int) -> np.ndarray:
+def sample_ids(source: SourceModel, batch: int, length: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(min(5, source.vocab_size - 1), source.vocab_size, size=(batch, length), dtype=np.int64)
 
@@ -228,8 +227,6 @@ def _sample_ids(source: SourceModel, batch: int, length: int, seed: int) -> np.n
 def export_generation(source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
     """Write the with-past graph(s) of ``source`` into ``staging_dir``."""
     torch = require("torch")
-    from mlflow_tfexport.export.wrapper import source_inputs, untie_weights
-
     model = source.model
     arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(model).__name__
     untie_weights(model)
@@ -263,7 +260,7 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     start = int(facts[FlavorKey.DECODER_START_TOKEN_ID])
     feeds = source_inputs(source, EXPORT_BATCH, 2 * EXPORT_NEW + 3)
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
-    dec = _sample_ids(source, EXPORT_BATCH, EXPORT_PAST + EXPORT_NEW, seed=1)
+    dec = sample_ids(source, EXPORT_BATCH, EXPORT_PAST + EXPORT_NEW, seed=1)
     dec[:, 0] = start
     try:
         _, _, own, cross = eager_seq2seq(model, ids, mask, dec[:, :EXPORT_PAST])
@@ -299,79 +296,3 @@ def decoder_past_names(layers: int) -> List[str]:
     """Per layer: self-attention key, value, then cross-attention key, value (the decoder's input order)."""
     return [f"past_key_values.{i}.{part}.{kv}" for i in range(layers) for part in ("decoder", "encoder")
             for kv in ("key", "value")]
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _chunks(total: int) -> List[Tuple[int, int]]:
-    """Three decoding steps over ``total`` positions: a first step (empty past), a multi-token step
-    with a past, and a one-token step (what each generated token costs)."""
-    if total < 3:
-        return [(0, total)]
-    first = max(1, total // 2)
-    return [(0, first), (first, total - 1), (total - 1, total)]
-
-
-def _merge(checks: List[OutputCheck], name: str) -> OutputCheck:
-    """One check for many same-role tensors (every layer's presents): the worst of them."""
-    failed = [c for c in checks if not c.passed]
-    worst = max(checks, key=lambda c: -1.0 if c.max_abs_diff is None else c.max_abs_diff)
-    pick = failed[0] if failed else worst
-    return OutputCheck(name, pick.shape, pick.exported_shape, worst.max_abs_diff, pick.atol, pick.input_shape,
-                       not failed, f"{pick.name}: {pick.problem}" if failed else "")
-
-
-def _step_checks(reference: Dict[str, np.ndarray], got: Dict[str, np.ndarray], presents: List[str], atol: float,
-                 shape: Tuple[int, int], past: int) -> List[OutputCheck]:
-    checks = compare(reference, got, ["logits"], atol, shape)
-    layer_checks = compare(reference, got, presents, atol, shape)
-    checks.append(_merge(layer_checks, f"present.*.{presents[0].split('.')[-2]}" if presents[0].count(".") > 2
-                         else "present.*"))
-    for check in checks:
-        check.name = f"{check.name} (past {past})"
-    return checks
-
-
-def validate_generation(source: SourceModel, staging: str, conf: Mapping[str, Any],
-                        shapes: Sequence[Tuple[int, int]], atol: float) -> ValidationReport:
-    """Decode in chunks with the exported graph(s) (each step fed the previous step's presents) and
-    compare every step's logits and presents with one full forward of the eager model."""
-    from mlflow_tfexport.export.wrapper import source_inputs
-    from mlflow_tfexport.serving.runtimes import load_runner
-
-    runner: Any = load_runner(staging, conf, {})
-    report = ValidationReport(atol=atol)
-    model = source.model
-    for index, (batch, total) in enumerate(shapes):
-        feeds = source_inputs(source, batch, total, seed=1000 + index)
-        ids, mask = feeds["input_ids"], feeds["attention_mask"]
-        total = ids.shape[1]
-        if conf[FlavorKey.GENERATION] == Generation.DECODER_WITH_PAST:
-            logits, full = eager_causal(model, ids, mask)
-            past = runner.empty_past(batch)
-            for start, stop in _chunks(total):
-                out = runner.step(ids[:, start:stop], mask[:, :stop], past)
-                past = [out[n] for n in runner.present_names]
-                ref = {"logits": logits[:, start:stop],
-                       **{n: t[:, :, :stop] for n, t in zip(runner.present_names, full, strict=True)}}
-                report.checks.extend(_step_checks(ref, out, runner.present_names, atol, (batch, stop - start), start))
-            continue
-        decoder_total = min(total, source.max_length)
-        dec = _sample_ids(source, batch, decoder_total, seed=2000 + index)
-        dec[:, 0] = int(conf[FlavorKey.DECODER_START_TOKEN_ID])
-        hidden, logits, own, cross = eager_seq2seq(model, ids, mask, dec)
-        encoded = runner.encode(ids, mask)
-        report.checks.extend(compare({"last_hidden_state": hidden, **dict(zip(runner.cross_names, cross,
-                                                                               strict=True))},
-                                     encoded, ["last_hidden_state"], atol, (batch, total)))
-        report.checks.append(_merge(compare(dict(zip(runner.cross_names, cross, strict=True)), encoded,
-                                            runner.cross_names, atol, (batch, total)), "present.*.encoder"))
-        past = runner.empty_past(batch)
-        for start, stop in _chunks(decoder_total):
-            out = runner.step(dec[:, start:stop], mask, past, encoded)
-            past = [out[n] for n in runner.present_names]
-            ref = {"logits": logits[:, start:stop],
-                   **{n: t[:, :, :stop] for n, t in zip(runner.present_names, own, strict=True)}}
-            report.checks.extend(_step_checks(ref, out, runner.present_names, atol, (batch, stop - start), start))
-    return report

@@ -1,0 +1,92 @@
+"""Validation of generation variants exported with past key values (``export/onnx/generation.py``).
+
+The exported graph(s) decode in three chunks: a first step with an empty
+past, a multi-token step and a one-token step, each fed the exported model's
+own presents. Every chunk's logits and presents are compared with one
+full-sequence forward of the eager model; an encoder-decoder's encoder
+states and cross-attention caches are compared too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from mlflow_tfexport.constants import FlavorKey, Generation
+from mlflow_tfexport.export.onnx.generation import eager_causal, eager_seq2seq, sample_ids
+from mlflow_tfexport.export.options import SourceModel
+from mlflow_tfexport.export.wrapper import source_inputs
+from mlflow_tfexport.serving.runtimes import load_runner
+from mlflow_tfexport.validation.compare import compare
+from mlflow_tfexport.validation.report import OutputCheck, ValidationReport
+
+
+def _chunks(total: int) -> List[Tuple[int, int]]:
+    """Three decoding steps over ``total`` positions: a first step (empty past), a multi-token step
+    with a past, and a one-token step (what each generated token costs)."""
+    if total < 3:
+        return [(0, total)]
+    first = max(1, total // 2)
+    return [(0, first), (first, total - 1), (total - 1, total)]
+
+
+def _merge(checks: List[OutputCheck], name: str) -> OutputCheck:
+    """One check for many same-role tensors (every layer's presents): the worst of them."""
+    failed = [c for c in checks if not c.passed]
+    worst = max(checks, key=lambda c: -1.0 if c.max_abs_diff is None else c.max_abs_diff)
+    pick = failed[0] if failed else worst
+    return OutputCheck(name, pick.shape, pick.exported_shape, worst.max_abs_diff, pick.atol, pick.input_shape,
+                       not failed, f"{pick.name}: {pick.problem}" if failed else "")
+
+
+def _step_checks(reference: Dict[str, np.ndarray], got: Dict[str, np.ndarray], presents: List[str], atol: float,
+                 shape: Tuple[int, int], past: int) -> List[OutputCheck]:
+    checks = compare(reference, got, ["logits"], atol, shape)
+    layer_checks = compare(reference, got, presents, atol, shape)
+    checks.append(_merge(layer_checks, f"present.*.{presents[0].split('.')[-2]}" if presents[0].count(".") > 2
+                         else "present.*"))
+    for check in checks:
+        check.name = f"{check.name} (past {past})"
+    return checks
+
+
+def validate_generation(source: SourceModel, staging: str, conf: Mapping[str, Any],
+                        shapes: Sequence[Tuple[int, int]], atol: float) -> ValidationReport:
+    """Decode in chunks with the exported graph(s) (each step fed the previous step's presents) and
+    compare every step's logits and presents with one full forward of the eager model."""
+    runner: Any = load_runner(staging, conf, {})
+    report = ValidationReport(atol=atol)
+    model = source.model
+    for index, (batch, total) in enumerate(shapes):
+        feeds = source_inputs(source, batch, total, seed=1000 + index)
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
+        total = ids.shape[1]
+        if conf[FlavorKey.GENERATION] == Generation.DECODER_WITH_PAST:
+            logits, full = eager_causal(model, ids, mask)
+            past = runner.empty_past(batch)
+            for start, stop in _chunks(total):
+                out = runner.step(ids[:, start:stop], mask[:, :stop], past)
+                past = [out[n] for n in runner.present_names]
+                ref = {"logits": logits[:, start:stop],
+                       **{n: t[:, :, :stop] for n, t in zip(runner.present_names, full, strict=True)}}
+                report.checks.extend(_step_checks(ref, out, runner.present_names, atol, (batch, stop - start), start))
+            continue
+        decoder_total = min(total, source.max_length)
+        dec = sample_ids(source, batch, decoder_total, seed=2000 + index)
+        dec[:, 0] = int(conf[FlavorKey.DECODER_START_TOKEN_ID])
+        hidden, logits, own, cross = eager_seq2seq(model, ids, mask, dec)
+        encoded = runner.encode(ids, mask)
+        report.checks.extend(compare({"last_hidden_state": hidden, **dict(zip(runner.cross_names, cross,
+                                                                               strict=True))},
+                                     encoded, ["last_hidden_state"], atol, (batch, total)))
+        report.checks.append(_merge(compare(dict(zip(runner.cross_names, cross, strict=True)), encoded,
+                                            runner.cross_names, atol, (batch, total)), "present.*.encoder"))
+        past = runner.empty_past(batch)
+        for start, stop in _chunks(decoder_total):
+            out = runner.step(dec[:, start:stop], mask, past, encoded)
+            past = [out[n] for n in runner.present_names]
+            ref = {"logits": logits[:, start:stop],
+                   **{n: t[:, :, :stop] for n, t in zip(runner.present_names, own, strict=True)}}
+            report.checks.extend(_step_checks(ref, out, runner.present_names, atol, (batch, stop - start), start))
+    return report
