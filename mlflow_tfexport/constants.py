@@ -43,6 +43,7 @@ class Generation:
 class FlavorKey:
     """Keys of the ``tfexport`` block in MLmodel."""
 
+    CODE = "code"  # MLflow's own key: the folder of code the model carries (CODE_DIR)
     FORMAT = "format"
     TASK = "task"
     MODEL_FILE = "model_file"
@@ -119,8 +120,16 @@ class Tag:
     EXPORT_PROCESS = "tfexport.export_process"  # "start=<ticks since boot>;pidns=<id>": tells a reused pid apart
     EXPORT_ABANDONED = "tfexport.export_abandoned"  # run tag: why a RUNNING export run of a dead process was failed
     REQUEST_HEARTBEAT = "tfexport.request.heartbeat"  # version tag: unix time the running worker last said it lives
+    # Task-level validation on real data (the served answers of the variant against the source's).
+    DATA_ROWS = "tfexport.data_rows"  # rows of the validation data ("0": synthetic inputs only)
+    DATA_DIGEST = "tfexport.data_digest"  # digest of the validation data's request columns
+    DATA_ORIGIN = "tfexport.data_origin"  # where the rows came from: a file name, "input example", "synthetic only"
+    AGREEMENT_METRIC = "tfexport.agreement_metric"  # the task's metric, e.g. "label_agreement", "min_cosine"
+    AGREEMENT = "tfexport.agreement"  # its value on the validation data
+    AGREEMENT_THRESHOLD = "tfexport.agreement_threshold"  # the value the validation required
 
 
 VALIDATION_PASSED = "passed"
+VALIDATION_FAILED = "failed"  # written by ``mlflow-tfexport validate --tag`` when a re-validation fails
 #: The artifact name an export logs its variant under (``Model.log(name=...)``), like ``log_model``'s default.
 LOGGED_MODEL_NAME = "model"

@@ -20,8 +20,10 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import (
     FLAVOR_NAME,
     IMAGE_PROCESSOR_DIR,
+    LOGGED_MODEL_NAME,
     MODEL_DIR,
     TOKENIZER_DIR,
+    TOKENIZER_FILE,
     FlavorKey,
     Format,
     Tag,
@@ -29,7 +31,19 @@ from mlflow_tfexport.constants import (
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.flavor.block import source_block, write_model
 from mlflow_tfexport.flavor.environment import default_requirements, resolve_requirements
+from mlflow_tfexport.flavor.image import (
+    check_image_processor,
+    check_model_inputs,
+    image_model_facts,
+    is_image_model,
+    save_image_processor,
+)
 from mlflow_tfexport.flavor.signatures import task_signature
+from mlflow_tfexport.registry import register_version
+from mlflow_tfexport.serving.conf import read_flavor_conf
+from mlflow_tfexport.serving.images import ImagePreprocessor
+from mlflow_tfexport.serving.runtimes import load_runner
+from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.tasks import IMAGE, TEXT, TEXT_INPUTS, TaskSpec, for_input_kind, get_task, infer_task
 
 _PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
@@ -43,8 +57,6 @@ def get_default_pip_requirements(fmt: str = Format.TRANSFORMERS) -> list:
 
 
 def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_processor: Any = None) -> tuple:
-    from mlflow_tfexport.flavor.image import check_image_processor, check_model_inputs, is_image_model
-
     transformers = require("transformers")
     if isinstance(model, transformers.Pipeline):
         if tokenizer is None:
@@ -77,8 +89,6 @@ def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_proce
 
 def resolve_task(model: Any, task: Optional[str]) -> TaskSpec:
     """The task spec for ``model``: inferred from its class, or checked against it when given."""
-    from mlflow_tfexport.flavor.image import is_image_model
-
     kind = IMAGE if is_image_model(model) else TEXT
     return for_input_kind(_resolve_task(model, task, kind), kind)
 
@@ -169,7 +179,7 @@ def check_no_pickle(path: str) -> None:
 def save_tokenizer(tokenizer: Any, path: str) -> None:
     target = os.path.join(path, TOKENIZER_DIR)
     tokenizer.save_pretrained(target)
-    if not os.path.exists(os.path.join(target, "tokenizer.json")):
+    if not os.path.exists(os.path.join(target, TOKENIZER_FILE)):
         raise TfexportError(
             f"The tokenizer {type(tokenizer).__name__} did not write a tokenizer.json; the serving "
             "runtime needs a fast tokenizer. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
@@ -202,8 +212,6 @@ def save_model(
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)
     if spec.input_kind == IMAGE:
-        from mlflow_tfexport.flavor.image import image_model_facts, save_image_processor
-
         facts = image_model_facts(model, preprocessor, spec, save_image_processor(preprocessor, path))
         asset_key, asset_dir = FlavorKey.IMAGE_PROCESSOR_DIR, IMAGE_PROCESSOR_DIR
     else:
@@ -237,7 +245,7 @@ def log_model(
     *,
     tokenizer: Any = None,
     task: Optional[str] = None,
-    name: str = "model",
+    name: str = LOGGED_MODEL_NAME,
     registered_model_name: Optional[str] = None,
     signature: Optional[ModelSignature] = None,
     input_example: Optional[ModelInputExample] = None,
@@ -262,8 +270,6 @@ def log_model(
     its own image processor.
     """
     import sys
-
-    from mlflow_tfexport.registry import register_version
 
     flavor_module = sys.modules[__name__]
     info = Model.log(
@@ -317,9 +323,6 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
     """Load the native model object of any tfexport variant."""
     from mlflow.artifacts import download_artifacts
 
-    from mlflow_tfexport.serving.conf import read_flavor_conf
-    from mlflow_tfexport.serving.runtimes import load_runner
-
     local = download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
     conf = read_flavor_conf(local)
     fmt = conf[FlavorKey.FORMAT]
@@ -327,8 +330,6 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
         return _load_image_model(local, conf)
     tok_dir = os.path.join(local, conf[FlavorKey.TOKENIZER_DIR])
     if fmt == Format.TRANSFORMERS:
-        from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
-
         transformers = require("transformers")
         return LoadedModel(
             load_transformers_model(local, conf),
@@ -342,7 +343,7 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
     native = getattr(runner, "session", None) or getattr(runner, "module", None) or runner
     return LoadedModel(
         native,
-        tokenizers.Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json")),
+        tokenizers.Tokenizer.from_file(os.path.join(tok_dir, TOKENIZER_FILE)),
         conf[FlavorKey.TASK],
         fmt,
         conf,
@@ -351,14 +352,9 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
 
 def _load_image_model(local: str, conf: Dict[str, Any]) -> LoadedModel:
     """A vision variant: the transformers image processor for the source, the numpy one otherwise."""
-    from mlflow_tfexport.serving.images import ImagePreprocessor
-    from mlflow_tfexport.serving.runtimes import load_runner
-
     fmt = conf[FlavorKey.FORMAT]
     processor_dir = os.path.join(local, conf[FlavorKey.IMAGE_PROCESSOR_DIR])
     if fmt == Format.TRANSFORMERS:
-        from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
-
         transformers = require("transformers")
         return LoadedModel(load_transformers_model(local, conf),
                            transformers.AutoImageProcessor.from_pretrained(processor_dir),

@@ -31,7 +31,7 @@ from mlflow_tfexport.formats import default_model_config
 #: Every key a flavor block may hold (``FlavorKey``'s values).
 KNOWN_KEYS = frozenset(v for k, v in vars(FlavorKey).items() if k.isupper() and isinstance(v, str))
 #: Keys a variant does not inherit from its source.
-_NOT_INHERITED = ("code",)
+_NOT_INHERITED = (FlavorKey.CODE,)
 #: The template of the copy's ``__init__`` (kept out of the copy: its absence marks a copy).
 _CODE_INIT = "_code_init.py"
 

@@ -14,7 +14,7 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import IMAGE_PROCESSOR_DIR, FlavorKey
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.serving.images import PREPROCESSOR_FILE, ImagePreprocessor
-from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, TaskSpec
+from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, TaskSpec, image_inputs
 
 
 def is_image_model(model: Any) -> bool:
@@ -93,8 +93,6 @@ def _image_size(model: Any, pre: ImagePreprocessor) -> List[int]:
 def _produced_outputs(model: Any, spec: TaskSpec, input_names: List[str], image_size: List[int]) -> List[str]:
     """The spec's outputs this model returns (a backbone built without a pooling layer has no pooler_output)."""
     torch = require("torch")
-    from mlflow_tfexport.tasks import image_inputs
-
     feeds = image_inputs(tuple(input_names), 1, image_size[0], image_size[1],
                          num_channels=int(getattr(model.config, "num_channels", 3)))
     with torch.no_grad():
