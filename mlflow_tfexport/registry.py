@@ -180,7 +180,9 @@ def promote(name: str, version: str, alias: str, client: Optional[MlflowClient] 
 
     Raises:
         TfexportError: ``version`` is not a tfexport version (no ``tfexport.format`` tag), or it is an
-            exported variant whose ``tfexport.validation`` tag is not ``passed``.
+            exported variant whose ``tfexport.validation`` tag is not ``passed`` (``mlflow-tfexport validate
+            --tag`` records ``failed`` when a re-validation fails); the message names the last check on real
+            data (metric, value, threshold, rows).
         mlflow.exceptions.MlflowException: the version does not exist.
 
     Example:
@@ -199,11 +201,21 @@ def promote(name: str, version: str, alias: str, client: Optional[MlflowClient] 
     if fmt != Format.TRANSFORMERS and tags.get(Tag.VALIDATION) != VALIDATION_PASSED:
         raise TfexportError(
             f"Refusing to point @{alias} at models:/{name}/{version}: its validation is "
-            f"{tags.get(Tag.VALIDATION, 'missing')!r}, not {VALIDATION_PASSED!r}. Export it again and promote "
-            "a version whose validation passed."
+            f"{tags.get(Tag.VALIDATION, 'missing')!r}, not {VALIDATION_PASSED!r}{last_validation(tags)}. Export it "
+            "again and promote a version whose validation passed."
         )
     client.set_registered_model_alias(name, alias, str(version))
     return mv
+
+
+def last_validation(tags: Mapping[str, str]) -> str:
+    """The last recorded check on real data, as a clause (e.g. " (label_agreement 0.5000, >= 1 required, on
+    332 rows from file reviews.csv)"), or "" when none is recorded."""
+    metric = tags.get(Tag.AGREEMENT_METRIC)
+    if not metric:
+        return ""
+    return (f" ({metric} {tags.get(Tag.AGREEMENT, '?')}, >= {tags.get(Tag.AGREEMENT_THRESHOLD, '?')} required, "
+            f"on {tags.get(Tag.DATA_ROWS, '?')} rows from {tags.get(Tag.DATA_ORIGIN, '?')})")
 
 
 def variant_rows(name: str, client: Optional[MlflowClient] = None) -> List[Dict[str, str]]:

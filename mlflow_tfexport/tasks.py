@@ -4,8 +4,9 @@ One row per task: the auto-model class, the text columns a request carries,
 the model outputs with their dynamic axes, the default ONNX opset and
 validation tolerance, the ``params`` it accepts, and what the rest of the
 package does with it: the post-processing (or generation) function, the
-shape of the response, how text pairs are truncated, whether labels are kept
-and which agreement rule quantised validation uses. Code asks the spec; it
+shape of the response, how text pairs are truncated, whether labels are kept,
+which agreement rule quantised validation uses, and the agreement metric (and
+thresholds) of validation on real data. Code asks the spec; it
 never compares task names. The old ``transformers.onnx`` feature names are
 accepted as aliases. Adding a task is one row here (plus its post-processing
 function).
@@ -46,13 +47,51 @@ class OutputSpec:
     axes: Mapping[int, str]
 
 
+#: The most rows one model call takes (``batch_size`` param and ``model_config``): a bound on the memory
+#: one request can ask for.
+MAX_BATCH_SIZE = 1024
+#: The most tokens any length param may name: more positions than any model served here has.
+MAX_TOKENS = 1 << 20
+#: The most candidates a ``top_k`` param may ask for (ImageNet's 1000 classes fit).
+MAX_TOP_K = 1000
+#: The most beams of a beam search (each beam is one more sequence in the batch).
+MAX_BEAMS = 32
+
+
 @dataclass(frozen=True)
 class ParamSpec:
-    """One inference ``params`` entry: MLflow data type and default."""
+    """One inference ``params`` entry: MLflow data type, default and the values it accepts.
+
+    ``minimum``/``maximum`` bound a number (inclusive), ``choices`` lists the values a string may take;
+    ``note`` says what a special value means. The serving pyfunc checks every request's params against
+    these before any work (``serving.base.PyfuncBase._params``).
+    """
 
     name: str
     dtype: str
     default: Any
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Tuple[str, ...] = ()
+    note: str = ""
+
+    def accepted(self) -> str:
+        """The accepted values in words, e.g. ``"an integer from 0 to 1024"``."""
+        kind = {"long": "an integer", "double": "a number", "boolean": "true or false", "string": "a string"}
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        text = kind.get(self.dtype, self.dtype)
+        if self.minimum is not None and self.maximum is not None:
+            text += f" from {_number(self.minimum)} to {_number(self.maximum)}"
+        elif self.minimum is not None:
+            text += f" >= {_number(self.minimum)}"
+        elif self.maximum is not None:
+            text += f" <= {_number(self.maximum)}"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 class OutputKind:
@@ -72,9 +111,30 @@ class Agreement:
     SPAN = "span"  # argmax of start and end logits over real tokens
 
 
+class AgreementMetric:
+    """Values of ``TaskSpec.agreement_metric``: how validation on real data compares the served answers of a
+    variant with the source's (the functions are ``validation.agreement.METRICS``). Each is a value in [0, 1]
+    that a variant must reach: the task's ``fp32_agreement``, or ``min_agreement`` for a quantised one."""
+
+    LABEL = "label_agreement"  # share of rows with the same label (the max score difference is recorded)
+    TOKEN_LABEL = "token_agreement"  # share of tokens labelled alike, over the tokens either side labels
+    SPAN = "span_agreement"  # share of rows with the same answer text and offsets
+    TOP1 = "top1_agreement"  # share of rows whose best token for the mask is the same
+    COSINE = "min_cosine"  # the lowest cosine similarity of a row's embeddings (the mean is recorded)
+    EXACT_MATCH = "exact_match"  # share of rows whose greedy output is the same text
+    DETECTION = "detection_agreement"  # share of detections with the same label and a box IoU >= 0.5
+
+
+#: fp32 variants compute what the source computes: every answer the same (1.0), embeddings at cosine >= this.
+FP32_MIN_COSINE = 1.0 - 1e-5
+#: The default ``min_agreement`` of a quantised variant (``export(quantize=..., min_agreement=None)``).
+QUANTIZED_MIN_AGREEMENT = 0.99
+
+
 _COMMON_PARAMS = (
     ParamSpec("truncation", "boolean", True),
-    ParamSpec("batch_size", "long", 0),
+    ParamSpec("batch_size", "long", 0, minimum=0, maximum=MAX_BATCH_SIZE,
+              note="rows per model call; 0: the model's default, model_config batch_size"),
 )
 
 
@@ -110,6 +170,12 @@ class TaskSpec:
     agreement: str = Agreement.LABEL
     #: Generation tasks: an encoder-decoder (encoder graph + decoder graph) rather than one causal decoder.
     encoder_decoder: bool = False
+    #: Validation on real data: the metric comparing the served answers (an ``AgreementMetric`` value) ...
+    agreement_metric: str = AgreementMetric.LABEL
+    #: ... the value an fp32 variant must reach (every answer the same; ``FP32_MIN_COSINE`` for embeddings) ...
+    fp32_agreement: float = 1.0
+    #: ... and the default a quantised variant must reach (``min_agreement`` overrides it).
+    quantized_min_agreement: float = QUANTIZED_MIN_AGREEMENT
 
     @property
     def output_names(self) -> Tuple[str, ...]:
@@ -141,10 +207,15 @@ TASKS: Dict[str, TaskSpec] = {
             class_suffixes=("Model",),
             text_columns=("text",),
             outputs=(OutputSpec("last_hidden_state", {0: BATCH, 1: SEQUENCE}),),
-            params=(ParamSpec("pooling", "string", "mean"), ParamSpec("normalize", "boolean", False)),
+            params=(
+                ParamSpec("pooling", "string", "mean", choices=("mean", "cls")),
+                ParamSpec("normalize", "boolean", False),
+            ),
             postprocess=postprocess.feature_extraction,
             output_kind=OutputKind.ARRAY,
             agreement=Agreement.COSINE,
+            agreement_metric=AgreementMetric.COSINE,
+            fp32_agreement=FP32_MIN_COSINE,
         ),
         TaskSpec(
             name="text-classification",
@@ -166,9 +237,10 @@ TASKS: Dict[str, TaskSpec] = {
             class_suffixes=("ForTokenClassification",),
             text_columns=("text",),
             outputs=(OutputSpec("logits", _SEQ),),
-            params=(ParamSpec("output", "string", "labels"),),
+            params=(ParamSpec("output", "string", "labels", choices=("labels", "entities")),),
             postprocess=postprocess.token_classification,
             keeps_labels=True,
+            agreement_metric=AgreementMetric.TOKEN_LABEL,
         ),
         TaskSpec(
             name="question-answering",
@@ -176,12 +248,13 @@ TASKS: Dict[str, TaskSpec] = {
             class_suffixes=("ForQuestionAnswering",),
             text_columns=("question", "context"),
             outputs=(OutputSpec("start_logits", _SEQ), OutputSpec("end_logits", _SEQ)),
-            params=(ParamSpec("max_answer_len", "long", 15),),
+            params=(ParamSpec("max_answer_len", "long", 15, minimum=1, maximum=MAX_TOKENS, note="tokens"),),
             output_columns=(("answer", "string"), ("score", "double"), ("start", "long"), ("end", "long")),
             postprocess=postprocess.question_answering,
             output_kind=OutputKind.FRAME,
             pair_strategy="only_second",
             agreement=Agreement.SPAN,
+            agreement_metric=AgreementMetric.SPAN,
         ),
         TaskSpec(
             name="fill-mask",
@@ -190,10 +263,11 @@ TASKS: Dict[str, TaskSpec] = {
             class_suffixes=("ForMaskedLM",),
             text_columns=("text",),
             outputs=(OutputSpec("logits", _SEQ),),
-            params=(ParamSpec("top_k", "long", 5),),
+            params=(ParamSpec("top_k", "long", 5, minimum=1, maximum=MAX_TOP_K),),
             output_columns=(("token_str", "string"), ("score", "double")),
             postprocess=postprocess.fill_mask,
             output_kind=OutputKind.FRAME,
+            agreement_metric=AgreementMetric.TOP1,
         ),
         TaskSpec(
             name="text-generation",
@@ -204,9 +278,11 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _SEQ),),
             atol=1e-4,
             generative=True,
-            params=(ParamSpec("max_new_tokens", "long", 20),),
+            params=(ParamSpec("max_new_tokens", "long", 20, minimum=0, maximum=MAX_TOKENS,
+                              note="and fewer than the model's positions"),),
             generate=generation.causal,
             output_kind=OutputKind.TEXTS,
+            agreement_metric=AgreementMetric.EXACT_MATCH,
         ),
         TaskSpec(
             name="text2text-generation",
@@ -217,9 +293,14 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _SEQ),),
             atol=1e-4,
             generative=True,
-            params=(ParamSpec("max_new_tokens", "long", 20), ParamSpec("num_beams", "long", 1)),
+            params=(
+                ParamSpec("max_new_tokens", "long", 20, minimum=0, maximum=MAX_TOKENS,
+                          note="and fewer than the model's positions"),
+                ParamSpec("num_beams", "long", 1, minimum=1, maximum=MAX_BEAMS),
+            ),
             generate=generation.text2text,
             output_kind=OutputKind.TEXTS,
+            agreement_metric=AgreementMetric.EXACT_MATCH,
             encoder_decoder=True,
         ),
         TaskSpec(
@@ -229,7 +310,7 @@ TASKS: Dict[str, TaskSpec] = {
             text_columns=(IMAGE,),
             input_kind=IMAGE,
             outputs=(OutputSpec("logits", _ROW),),
-            params=(ParamSpec("top_k", "long", 1),),
+            params=(ParamSpec("top_k", "long", 1, minimum=1, maximum=MAX_TOP_K),),
             output_columns=(("label", "string"), ("score", "double")),
             postprocess=image_postprocess.image_classification,
             output_kind=OutputKind.FRAME,
@@ -243,10 +324,15 @@ TASKS: Dict[str, TaskSpec] = {
             text_columns=(IMAGE,),
             input_kind=IMAGE,
             outputs=(OutputSpec("last_hidden_state", _ROW), OutputSpec("pooler_output", _ROW)),
-            params=(ParamSpec("pooling", "string", "pooler"), ParamSpec("normalize", "boolean", False)),
+            params=(
+                ParamSpec("pooling", "string", "pooler", choices=("pooler", "mean", "cls")),
+                ParamSpec("normalize", "boolean", False),
+            ),
             postprocess=image_postprocess.image_feature_extraction,
             output_kind=OutputKind.ARRAY,
             agreement=Agreement.COSINE,
+            agreement_metric=AgreementMetric.COSINE,
+            fp32_agreement=FP32_MIN_COSINE,
         ),
         TaskSpec(
             name="object-detection",
@@ -256,9 +342,10 @@ TASKS: Dict[str, TaskSpec] = {
             input_kind=IMAGE,
             dynamic_image_size=True,
             outputs=(OutputSpec("logits", _ROW), OutputSpec("pred_boxes", _ROW)),
-            params=(ParamSpec("threshold", "double", 0.5),),
+            params=(ParamSpec("threshold", "double", 0.5, minimum=0.0, maximum=1.0),),
             postprocess=image_postprocess.object_detection,
             keeps_labels=True,
+            agreement_metric=AgreementMetric.DETECTION,
         ),
     )
 }

@@ -50,7 +50,7 @@ def test_export_registers_a_tagged_validated_version(source: str) -> None:
     assert tags[Tag.TASK] == "text-classification"
     assert tags[Tag.OPSET] == "17"
     assert tags[Tag.TRACE_SHAPE] == "dynamic"
-    assert tags[Tag.VALIDATED_SHAPE] == "3x23"
+    assert tags[Tag.VALIDATED_SHAPE] == "2x64,3x23"  # 2x64: the model's maximum length
     assert tags[Tag.ATOL] == "0.0001"
     assert float(tags[Tag.MAX_ABS_DIFF]) <= 1e-4
     assert tags[Tag.VALIDATION] == "passed"
@@ -58,6 +58,10 @@ def test_export_registers_a_tagged_validated_version(source: str) -> None:
     assert len(tags[Tag.EXPORT_KEY]) == 32
     assert "torch==" in tags[Tag.VERSIONS] and "onnxruntime==" in tags[Tag.VERSIONS]
     assert "| `logits`&emsp; | 3x23&emsp; |" in mv.description and "✓" in mv.description
+    assert "| `logits`&emsp; | 2x64&emsp; |" in mv.description
+    # No validation data and no input example: the report says so.
+    assert tags[Tag.DATA_ROWS] == "0" and tags[Tag.DATA_ORIGIN] == "synthetic only"
+    assert "**Real data**: none (synthetic only" in mv.description
     # The report is data, also stored as a JSON artifact of the export run.
     assert result.report is not None and result.report.passed
     run = mlflow.get_run(result.run_id)
@@ -165,7 +169,7 @@ def test_validation_failure_lists_every_failing_output(tracking_uri: str, tiny_m
     message = str(info.value.message)
     assert "start_logits" in message and "end_logits" in message and "> atol 1e-12" in message
     assert "Nothing was registered" in message
-    assert info.value.report is not None and len(info.value.report.failures()) == 2
+    assert info.value.report is not None and len(info.value.report.failures()) == 4  # 2 outputs x 3x23 and 2x64
     assert _registry_state(name) == before
     failed = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
               if r.data.tags.get(Tag.FORMAT) == "onnx"]

@@ -115,7 +115,8 @@ def test_num_beams(tmp_path: Any) -> None:
     assert isinstance(beams, list) and len(beams) == 1
     with pytest.raises(BadInputError, match="num_beams=2: the ONNX variant decodes greedily only"):
         load_model(exported).predict(PROMPTS[:1], params={"num_beams": 2})
-    with pytest.raises(BadInputError, match="max_new_tokens must be between 0 and 63"):
+    with pytest.raises(BadInputError, match="max_new_tokens=64 is out of range for this model: expected an integer "
+                       "from 0 to 63"):
         load_model(exported).predict(PROMPTS[:1], params={"max_new_tokens": 64})
     assert load_model(exported).predict(PROMPTS[:2], params={"max_new_tokens": 0}) == ["", ""]
 

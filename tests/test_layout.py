@@ -207,7 +207,8 @@ def test_file_folder_and_tag_names_come_from_constants() -> None:
         tree = parse(path)
         attributes = _attribute_names(tree)
         for node in ast.walk(tree):
-            if id(node) not in attributes and isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in NAMED:
+            named = isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in NAMED
+            if named and id(node) not in attributes:
                 found.append(f"{module}:{node.lineno} {node.value!r} (constants.{NAMED[node.value]})")
     assert not found
 

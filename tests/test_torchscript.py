@@ -241,3 +241,32 @@ def test_mlmodel_is_plain_yaml(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
     mlmodel = yaml.safe_load(read(os.path.join(local, "MLmodel")))
     assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tfexport.serving.pyfunc"
+
+
+def test_export_validated_on_real_rows_at_the_largest_bucket(registry: Dict[str, Any]) -> None:
+    """The served embeddings of the variant and the source agree on real rows, both truncated where the variant
+    truncates (its largest bucket); padded positions are left out of the tensor checks."""
+    rows = list(dict.fromkeys(CORPUS)) + [LONG_TEXT]
+    result = mlflow_tfexport.export(f"models:/{FEATURES}/1", format="torchscript", trace_shape=["2x8", "2x16"],
+                                    validation_data=rows)
+    assert result.created  # other data, another export key
+    tags = result.model_version.tags
+    assert tags[Tag.DATA_ROWS] == str(len(rows)) and tags[Tag.AGREEMENT_METRIC] == "min_cosine"
+    assert float(tags[Tag.AGREEMENT]) >= float(tags[Tag.AGREEMENT_THRESHOLD]) == pytest.approx(1 - 1e-5)
+    assert "both models truncate at the variant's 16 tokens" in result.model_version.description
+    assert result.report is not None and "real tokens only" in result.report.extra["compared_positions"]
+
+
+def test_deberta_padded_positions_are_not_compared(tmp_path: Any) -> None:
+    """DeBERTa's values at padded positions depend on how much padding there is (0.01 apart between the eager
+    batch and the bucket); its real tokens are identical, and only they are compared for a static variant."""
+    from test_architectures import BY_NAME, build
+
+    from mlflow_tfexport.export.api import export_to_directory
+
+    model, tok = build(BY_NAME["DeBERTa"], "feature-extraction")
+    mlflow_tfexport.save_model(model, str(tmp_path / "src"), tokenizer=tok, task="feature-extraction")
+    _, report = export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x16",
+                                    validation_data=list(dict.fromkeys(CORPUS)))
+    assert report.passed and report.agreement is not None and report.agreement.value >= 1 - 1e-5
+    assert (5, 10) in report.shapes  # a padded batch, chunked into the 2x16 bucket

@@ -24,11 +24,11 @@ from mlflow import MlflowClient
 from servers import free_port, stop, tail
 
 import mlflow_tfexport
+from mlflow_tfexport import worker as wk
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.worker import core as wk
-from mlflow_tfexport.worker.core import (
+from mlflow_tfexport.worker import (
     DeliveryRejected,
     ExportSpec,
     ExportWorker,

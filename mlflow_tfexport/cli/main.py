@@ -1,7 +1,8 @@
 """``mlflow-tfexport`` / ``python -m mlflow_tfexport``: argparse over the public functions.
 
 Each command maps its arguments onto one public function (``export``,
-``registry.variant_rows``, ``registry.promote``, ``bench.bench``, the worker)
+``registry.variant_rows``, ``registry.promote``, ``validation.revalidate.validate_version``,
+``bench.bench``, the worker)
 and prints the result. Exit codes: 0 on success, 1 with a one-line reason on
 failure (the full traceback only with ``--verbose``), 2 for bad command-line
 usage.
@@ -26,6 +27,7 @@ from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
 from mlflow_tfexport.export.options import QUANTIZE_MODES
 from mlflow_tfexport.registry import parse_models_uri, promote, resolve_version, set_version_tags, variant_rows
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
+from mlflow_tfexport.validation.revalidate import validate_version
 
 
 def _progress(stage: str, detail: str) -> None:
@@ -48,6 +50,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         neuron_target=args.neuron_target,
         compiler_args=args.compiler_arg or (),
         device=args.device,
+        validation_data=args.validation_data or None,
         force=args.force,
         progress=_progress,
     )
@@ -79,6 +82,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     promote(args.name, args.version, args.alias)
     print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    if args.tag and parse_models_uri(args.model_uri) is None:  # before any download
+        raise TfexportError(
+            f"--tag records the outcome on a registered version: use models:/<name>/<version> or "
+            f"models:/<name>@<alias>, not {args.model_uri!r}."
+        )
+    result = validate_version(args.model_uri, args.data, min_agreement=args.min_agreement)
+    print(result.to_text())
+    if args.tag:
+        set_version_tags(result.name, result.version, result.tags())
+        print(f"Recorded {', '.join(sorted(result.tags()))} on {result.model_uri}")
+    if not result.passed:
+        print(f"error: validation of {result.model_uri} failed: {result.check.failure()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -170,14 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX: fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer")
     p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default=None, help="ONNX: dynamic int8 quantisation")
     p.add_argument("--min-agreement", type=float, default=None,
-                   help="with --quantize: label agreement with the source required by validation (default 0.9)")
+                   help="with --quantize: the agreement with the source required by validation (default: the task's)")
     p.add_argument("--neuron-target", choices=list(TARGETS), default=None)
     p.add_argument("--compiler-arg", action="append", help="extra Neuron compiler argument (repeatable)")
     p.add_argument("--device", default=None,
                    help="TorchScript: trace on this device (cpu, cuda, cuda:N); a trace runs on the device type "
                    "it was traced on (default cpu)")
+    p.add_argument("--validation-data", default=None, metavar="PATH",
+                   help="rows to compare the answers of the variant and the source on: a .csv, .parquet, .jsonl "
+                   "or .txt file with the task's columns (default: the source's input example)")
     p.add_argument("--force", action="store_true", help="export again even if this export exists")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "validate",
+        help="re-validate a registered variant against its source version on new data",
+        description="Serve the variant and its source version (its tfexport.source tag) on the rows of --data "
+        "and check the task's agreement metric; with --tag, record the outcome on the version "
+        "(tfexport.validation passed or failed, and the tfexport.data_* and tfexport.agreement* tags). "
+        "promote refuses a version whose last recorded validation failed. Exit code 1 when it fails.",
+    )
+    p.add_argument("model_uri", help="e.g. models:/sentiment/2 or models:/sentiment@production")
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="a .csv, .parquet, .jsonl or .txt file with the task's request columns")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="quantised variants: the agreement required (default: the one the export recorded)")
+    p.add_argument("--tag", action="store_true", help="record the outcome as tags on the version")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("list", help="the versions (variants) of a registered model, as a table")
     p.add_argument("name")

@@ -1,11 +1,13 @@
 """``export()``: a logged source version -> a validated, tagged registry version.
 
 Stages: check options, load, export, validate, log, register. Everything that
-can be checked is checked before any work. The variant is written into a
-staging directory, validated with the same runner the pyfunc will use, logged
-inside an MLflow run, and only then registered, with its tags and report
-passed to ``create_model_version`` itself: a failure at any stage leaves the
-registry as it was.
+can be checked is checked before any work (the validation data is read then too).
+The variant is written into a staging directory, validated with the same runner
+the pyfunc will use (tensors on padded batches, then the served answers on real
+rows: the validation data, else the source's input example), logged inside an
+MLflow run (the rows as its dataset input), and only then registered, with its
+tags and report passed to ``create_model_version`` itself: a failure at any
+stage leaves the registry as it was.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from mlflow_tfexport.export.options import (
     TraceShapeArg,
     make_options,
 )
+from mlflow_tfexport.export.recovery import owner_tags, recover_stale_exports_once, temp_prefix
 from mlflow_tfexport.export.source import ResolvedSource, local_source, resolve_source
 from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
@@ -46,7 +49,9 @@ from mlflow_tfexport.registry import check_model_name, find_by_export_key, regis
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.serving.runtimes.static import shape_name
 from mlflow_tfexport.tasks import get_task
-from mlflow_tfexport.validation.report import ValidationReport, describe, raise_for_failures
+from mlflow_tfexport.validation.agreement import validation_rows
+from mlflow_tfexport.validation.data import ValidationData
+from mlflow_tfexport.validation.report import SYNTHETIC_ONLY, ValidationReport, describe, raise_for_failures
 from mlflow_tfexport.validation.run import run_validation
 
 STAGES = ("load", "export", "validate", "log", "register")
@@ -65,8 +70,11 @@ class ExportResult:
     run_id: Optional[str] = None
 
 
-def export_key(source: ResolvedSource, options: ExportOptions) -> str:
-    payload = json.dumps({"source": source.identity, **options.key_fields()}, sort_keys=True)
+def export_key(source: ResolvedSource, options: ExportOptions, data_digest: Optional[str] = None) -> str:
+    """A digest of the source and the options; of the validation data too when some was given (other data is
+    another validation), and only then, so that the keys of exports without it stay valid."""
+    extra = {"validation_data": data_digest} if data_digest else {}
+    payload = json.dumps({"source": source.identity, **options.key_fields(), **extra}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -107,8 +115,11 @@ def stage_export(
     tolerance: float,
     staging: str,
     say: Progress = _noop,
+    data: Optional[ValidationData] = None,
+    synthetic_reason: str = "",
 ) -> StagedExport:
-    """Load ``source``, export it into ``staging`` (model file + tokenizer) and validate it.
+    """Load ``source``, export it into ``staging`` (model file + tokenizer) and validate it (on ``data``'s rows
+    too, when given; else the report says why not: ``synthetic_reason``).
 
     ``options`` must already be completed by ``backend.check``. Never raises on a validation
     mismatch: the report says so, and the caller decides.
@@ -125,8 +136,9 @@ def stage_export(
     conf = variant_block(source.flavor_conf, fmt=options.format, model_file=artifact.model_file,
                          entries={**assets, **artifact.flavor_conf})
     export_seconds = time.perf_counter() - started
-    say("validate", f"atol {tolerance:g}")
-    report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options)
+    say("validate", f"atol {tolerance:g}; " + (data.describe() if data is not None else SYNTHETIC_ONLY))
+    report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options,
+                            data=data, synthetic_reason=synthetic_reason)
     return StagedExport(conf, artifact, report, export_seconds)
 
 
@@ -145,6 +157,7 @@ def export_to_directory(
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
     device: Optional[str] = None,
+    validation_data: Any = None,
 ) -> Tuple[Dict[str, Any], ValidationReport]:
     """Export the tfexport source model saved in ``source_dir`` into a new model directory ``path``.
 
@@ -157,7 +170,7 @@ def export_to_directory(
         path: The directory to write; it must not exist or be empty.
         format: ``"onnx"`` (default), ``"torchscript"`` or ``"neuron"``.
         opset, atol, exporter, trace_shape, optimize, quantize, min_agreement, neuron_target, compiler_args,
-            device: As for :func:`export`.
+            device, validation_data: As for :func:`export`.
 
     Returns:
         The variant's ``tfexport`` flavor block and its validation report.
@@ -185,8 +198,10 @@ def export_to_directory(
     tolerance = options.atol if options.atol is not None else spec.atol
     if os.path.exists(path) and os.listdir(path):
         raise ExportError(f"Path {path!r} already exists and is not empty; choose a new path.")
-    with tempfile.TemporaryDirectory(prefix="tfexport-") as staging:
-        staged = stage_export(source, backend, options, tolerance, staging)
+    data, synthetic_reason = validation_rows(validation_data, spec, source.local_path)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix()) as staging:
+        staged = stage_export(source, backend, options, tolerance, staging, data=data,
+                              synthetic_reason=synthetic_reason)
         raise_for_failures(staged.report, f"the {format} export of {source_dir}")
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
             f.write(staged.report.to_json())
@@ -214,16 +229,21 @@ def export(
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
     device: Optional[str] = None,
+    validation_data: Any = None,
     force: bool = False,
     progress: Optional[Progress] = None,
 ) -> ExportResult:
     """Export a logged tfexport source model and register the validated result as a new model version.
 
     The source is loaded, exported, validated against the eager model on padded batches of other shapes
-    than the export's, logged in its own MLflow run (nested in the active run, if any) and registered with
-    its ``tfexport.*`` tags and a markdown validation report as description. Every option is checked before
-    any work, and any failure registers nothing. Asking again for the same source and options returns the
-    existing version (``created`` is False) unless ``force=True``.
+    than the export's (and, for ONNX, at the model's maximum length), then on real rows: the source and the
+    variant, both served end to end, answer ``validation_data`` (else the source's logged input example) and
+    the task's agreement metric must reach the task's threshold (every answer the same for an fp32 variant,
+    ``min_agreement`` for a quantised one). It is logged in its own MLflow run (nested in the active run, if
+    any; the rows are its ``validation`` dataset input) and registered with its ``tfexport.*`` tags and a
+    markdown validation report as description. Every option is checked before any work, and any failure
+    registers nothing. Asking again for the same source, options and validation data returns the existing
+    version (``created`` is False) unless ``force=True``.
 
     Args:
         model_uri: The source model: ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
@@ -245,12 +265,17 @@ def export(
         optimize: ONNX: fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer.
         quantize: ONNX: ``"int8"`` for dynamic int8 quantisation, validated by task-level agreement.
         min_agreement: With ``quantize``: the agreement with the source that validation requires, in
-            (0, 1] (default 0.9).
+            (0, 1]; on real rows the default is the task's ``quantized_min_agreement``.
         neuron_target: Neuron: ``"inf1"`` (torch-neuron) or ``"inf2"`` (torch-neuronx, Inf2/Trn1);
             default the installed SDK.
         compiler_args: Neuron: extra compiler arguments (default: keep fp32 numerics).
         device: TorchScript: where to trace (``"cpu"``, default, ``"cuda"`` or ``"cuda:N"``); the variant
             runs on that device type.
+        validation_data: Rows to validate the answers on: a list of texts, a pandas DataFrame with the task's
+            request columns, a path to a ``.csv``/``.parquet``/``.jsonl``/``.txt`` file or an ``mlflow.data``
+            dataset (see ``validation/data.py``). Default: the source's logged input example; without one,
+            the report says "synthetic only". Recorded in the ``tfexport.data_*`` and ``tfexport.agreement*``
+            tags and part of the export key.
         force: Export and register again even if this export exists.
         progress: Called as ``progress(stage, detail)`` at each stage (``STAGES``), e.g. to print them.
 
@@ -282,7 +307,8 @@ def export(
     if registered_model_name is not None:
         check_model_name(registered_model_name)
     client = MlflowClient()
-    with tempfile.TemporaryDirectory(prefix="tfexport-") as workdir:
+    recover_stale_exports_once(client)  # runs and folders left by killed exports (export/recovery.py)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix()) as workdir:
         source = resolve_source(client, model_uri, dst_path=os.path.join(workdir, "source"))
         name = registered_model_name or source.registered_name
         if not name:
@@ -293,13 +319,16 @@ def export(
         spec = get_task(source.flavor_conf[FlavorKey.TASK])
         options = backend.check(options, source.flavor_conf, spec)
         tolerance = options.atol if options.atol is not None else spec.atol
-        key = export_key(source, replace(options, atol=tolerance))
+        data, synthetic_reason = validation_rows(validation_data, spec, source.local_path)
+        given = data.digest if data is not None and validation_data is not None else None
+        key = export_key(source, replace(options, atol=tolerance), given)
         if not force:
             existing = find_by_export_key(client, name, key)
             if existing:
                 mv = existing[0]
                 return ExportResult(mv, f"models:/{name}/{mv.version}", None, created=False, run_id=mv.run_id)
-        return _export_new(_Job(client, backend, source, options, tolerance, key, name, say, force), workdir)
+        job = _Job(client, backend, source, options, tolerance, key, name, say, force, data, synthetic_reason)
+        return _export_new(job, workdir)
 
 
 def _experiment_id(client: MlflowClient, source: ResolvedSource) -> Optional[str]:
@@ -324,6 +353,8 @@ class _Job:
     name: str
     say: Progress
     force: bool
+    data: Optional[ValidationData] = None  # the rows validated on (None: synthetic only, for this reason:)
+    synthetic_reason: str = ""
 
 
 def _export_new(job: _Job, workdir: str) -> ExportResult:
@@ -331,7 +362,7 @@ def _export_new(job: _Job, workdir: str) -> ExportResult:
     source, fmt = job.source, job.options.format
     staging = os.path.join(workdir, "staging")
     os.makedirs(staging)
-    run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: job.key}
+    run_tags = {Tag.SOURCE: source.canonical_uri, Tag.FORMAT: fmt, Tag.EXPORT_KEY: job.key, **owner_tags()}
     if source.run_id:
         run_tags[Tag.SOURCE_RUN_ID] = source.run_id
     with contextlib.ExitStack() as stack:
@@ -355,13 +386,19 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
     mlflow.log_params(
         {"format": fmt, "opset": options.opset, "atol": job.tolerance, "source": source.canonical_uri,
          "trace_shape": ",".join(map(shape_name, options.trace_shapes)) or "dynamic",
-         "exporter": options.exporter, "optimize": options.optimize, "quantize": options.quantize}
+         "exporter": options.exporter, "optimize": options.optimize, "quantize": options.quantize,
+         "validation_data": job.data.origin if job.data is not None else SYNTHETIC_ONLY}
     )
+    if job.data is not None:  # the run shows which rows validated it, also when validation fails
+        mlflow.log_input(job.data.to_mlflow_dataset(), context="validation")
     job.say("load", source.canonical_uri)
-    staged = stage_export(source, job.backend, options, job.tolerance, staging, job.say)
+    staged = stage_export(source, job.backend, options, job.tolerance, staging, job.say, job.data,
+                          job.synthetic_reason)
     conf, artifact, report, export_seconds = staged.conf, staged.artifact, staged.report, staged.export_seconds
     report.extra.update({"format": fmt, "source": source.canonical_uri, "export_seconds": export_seconds})
     mlflow.log_metrics({"max_abs_diff": report.max_abs_diff, "export_seconds": export_seconds})
+    if report.agreement is not None and not report.agreement.problem:
+        mlflow.log_metric(report.agreement.metric, report.agreement.value)
     mlflow.log_text(report.to_json(), VALIDATION_FILE)
     raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
     with open(os.path.join(staging, VALIDATION_FILE), "w") as f:

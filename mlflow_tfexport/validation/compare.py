@@ -4,19 +4,46 @@
 the exported model's own serving runner on the same padded inputs, and
 compares every output: name, shape, max abs diff vs atol. It never raises on
 a mismatch: the report says so.
+
+A static-shape variant (TorchScript, Neuron) runs every request padded up to
+its bucket, so its values at padded positions come from a longer padding than
+the reference's and mean nothing: nobody reads them (post-processing takes
+real tokens only). For those, ``real_positions`` gives the outputs' axes
+(``tasks.OutputSpec.axes``) and only positions whose attention mask is 1 are
+compared along an output's batch and sequence axes.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.tasks import BATCH, SEQUENCE
 from mlflow_tfexport.validation.report import OutputCheck, ValidationReport
 
 Feeds = Dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
+#: Output name -> its axes (axis index -> ``BATCH``/``SEQUENCE``/...), as in ``tasks.OutputSpec.axes``.
+OutputAxes = Mapping[str, Mapping[int, str]]
+
+
+def real_values(value: np.ndarray, axes: Optional[Mapping[int, str]], mask: Optional[np.ndarray]) -> np.ndarray:
+    """The values of ``value`` at real (unpadded) positions: its batch and sequence axes indexed by ``mask``
+    (``attention_mask``, 1 at real tokens). Unchanged when there is no mask, the output has no sequence axis,
+    or its shape does not match the mask."""
+    if mask is None or not axes:
+        return value
+    batch = next((int(a) for a, n in axes.items() if n == BATCH), None)
+    seq = next((int(a) for a, n in axes.items() if n == SEQUENCE), None)
+    if batch is None or seq is None or max(batch, seq) >= value.ndim:
+        return value
+    moved = np.moveaxis(value, (batch, seq), (0, 1))
+    if tuple(moved.shape[:2]) != tuple(mask.shape):
+        return value
+    selected: np.ndarray = moved[np.asarray(mask).astype(bool)]
+    return selected
 
 
 def compare(
@@ -25,8 +52,14 @@ def compare(
     names: Sequence[str],
     atol: float,
     input_shape: Tuple[int, int],
+    *,
+    mask: Optional[np.ndarray] = None,
+    axes: Optional[OutputAxes] = None,
 ) -> List[OutputCheck]:
-    """One check per name: missing, shape mismatch, or max abs diff against ``atol``."""
+    """One check per name: missing, shape mismatch, or max abs diff against ``atol``.
+
+    With ``mask`` and ``axes`` (static-shape variants) only real positions are compared (``real_values``).
+    """
     checks = []
     for name in names:
         ref = reference[name]
@@ -39,7 +72,11 @@ def compare(
             checks.append(OutputCheck(name, tuple(ref.shape), tuple(got.shape), None, atol, input_shape, False,
                                       f"shape {tuple(got.shape)} != reference {tuple(ref.shape)}"))
             continue
-        diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+        output_axes = (axes or {}).get(name)
+        ref_real = real_values(ref, output_axes, mask)
+        got_real = real_values(got, output_axes, mask)
+        diff = (float(np.max(np.abs(got_real.astype(np.float64) - ref_real.astype(np.float64))))
+                if ref_real.size else 0.0)
         ok = bool(np.isfinite(diff) and diff <= atol)
         checks.append(OutputCheck(name, tuple(ref.shape), tuple(got.shape), diff, atol, input_shape, ok,
                                   "" if ok else f"max abs diff {diff:.3g} > atol {atol:g}"))
@@ -60,9 +97,16 @@ def validate(
     inputs: Sequence[Feeds],
     output_names: Sequence[str],
     atol: float,
+    *,
+    real_positions: Optional[OutputAxes] = None,
 ) -> ValidationReport:
-    """Compare ``exported`` with ``reference`` on every feed set; never raises on a mismatch."""
+    """Compare ``exported`` with ``reference`` on every feed set; never raises on a mismatch.
+
+    ``real_positions`` (the outputs' axes): compare only positions where the feeds' ``attention_mask`` is 1.
+    """
     report = ValidationReport(atol=atol)
+    if real_positions is not None:
+        report.extra["compared_positions"] = "real tokens only (padded positions of a static-shape variant skipped)"
     for feeds in inputs:
         first = reference(feeds)
         second = reference(feeds)
@@ -72,5 +116,7 @@ def validate(
                     f"The reference model is not deterministic: output {name!r} differs between two "
                     "runs on the same input. Put the model in eval mode (model.eval()) before logging it."
                 )
-        report.checks.extend(compare(first, exported(feeds), output_names, atol, feed_shape(feeds)))
+        mask = feeds.get("attention_mask") if real_positions is not None else None
+        report.checks.extend(compare(first, exported(feeds), output_names, atol, feed_shape(feeds),
+                                     mask=mask, axes=real_positions))
     return report

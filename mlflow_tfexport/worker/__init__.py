@@ -1,1 +1,96 @@
-"""TODO."""
+"""On-demand exports from the registry UI: a webhook receiver and a poller.
+
+A user sets the model version tag ``tfexport.request`` (e.g. ``onnx`` or ``torchscript:1x32+1x128``) on a
+source version. The worker hears about it either from MLflow's registry webhooks (``model_version_tag.set``,
+delivered to ``POST /webhook``) or by polling ``search_model_versions``, runs the exports on a background
+thread and writes the outcome back on the source version as ``tfexport.request.status``:
+
+- ``running: onnx (1/2)`` while it works,
+- ``done: models:/sentiment/3`` (one export) or
+  ``done: onnx -> models:/sentiment/3, torchscript:1x128 -> models:/sentiment/4``,
+- ``failed: <reason>``,
+
+and ``tfexport.request.handled`` = the request value that status answers.
+
+The pieces, each importing only those listed before it:
+
+- ``grammar``: the value of ``tfexport.request`` -> ``ExportSpec`` s (``parse_request``);
+- ``queue``: ``ExportWorker``, the job queue and its threads, and the status text (``format_status``);
+- ``webhook``: MLflow's HMAC signatures (``SignatureVerifier``) and one delivery -> one reply
+  (``WebhookReceiver``);
+- ``poll``: pending requests (``--poll``) and jobs whose worker died (``requeue_interrupted``);
+- ``server``: the HTTP server (``make_server``) and ``serve``, what ``mlflow-tfexport worker`` runs.
+"""
+
+from __future__ import annotations
+
+from mlflow_tfexport.worker.grammar import MAX_SPECS, ExportSpec, RequestError, parse_request
+from mlflow_tfexport.worker.poll import (
+    find_interrupted,
+    find_pending,
+    is_interrupted,
+    is_pending,
+    poll,
+    recover,
+    requeue_interrupted,
+)
+from mlflow_tfexport.worker.queue import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    ExportWorker,
+    Job,
+    Outcome,
+    QueueFull,
+    format_status,
+)
+from mlflow_tfexport.worker.server import DEFAULT_TIMEOUT_S, MAX_BODY_BYTES, WEBHOOK_PATH, make_server, serve
+from mlflow_tfexport.worker.webhook import (
+    DEFAULT_TOLERANCE_S,
+    DELIVERY_ID_HEADER,
+    SECRET_ENV,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeliveryRejected,
+    SignatureVerifier,
+    WebhookReceiver,
+    sign,
+    signed_headers,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_TOLERANCE_S",
+    "DELIVERY_ID_HEADER",
+    "MAX_BODY_BYTES",
+    "MAX_SPECS",
+    "SECRET_ENV",
+    "SIGNATURE_HEADER",
+    "STATUS_DONE",
+    "STATUS_FAILED",
+    "STATUS_RUNNING",
+    "TIMESTAMP_HEADER",
+    "WEBHOOK_PATH",
+    "DeliveryRejected",
+    "ExportSpec",
+    "ExportWorker",
+    "Job",
+    "Outcome",
+    "QueueFull",
+    "RequestError",
+    "SignatureVerifier",
+    "WebhookReceiver",
+    "find_interrupted",
+    "find_pending",
+    "format_status",
+    "is_interrupted",
+    "is_pending",
+    "make_server",
+    "parse_request",
+    "poll",
+    "recover",
+    "requeue_interrupted",
+    "serve",
+    "sign",
+    "signed_headers",
+]

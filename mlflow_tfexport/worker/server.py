@@ -1,0 +1,242 @@
+"""The HTTP side: ``POST /webhook`` (deliveries) and ``GET /health``, bounded against hostile clients.
+
+Every connection has a socket timeout (``timeout_s``, 10 s by default): an idle or stalled client is dropped
+instead of holding a thread. A body must arrive within ``3 * timeout_s``; at most ``max_connections``
+connections are served at once (one more gets 503 at once), and the listen backlog holds
+``LISTEN_BACKLOG`` connections waiting to be accepted. Content-Length is read strictly (ASCII digits,
+at most ``MAX_BODY_BYTES``). With TLS, the handshake runs on the connection's thread, under its timeout,
+so a client that never finishes it holds up no one else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from mlflow_tfexport.worker.poll import recover
+from mlflow_tfexport.worker.queue import ExportWorker
+from mlflow_tfexport.worker.webhook import DEFAULT_TOLERANCE_S, SignatureVerifier, WebhookReceiver
+
+_logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhook"
+MAX_BODY_BYTES = 1 << 20
+DEFAULT_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 128
+MAX_CONNECTIONS = 256
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,16}")  # ASCII only: str.isdigit() also accepts "²" and "٣"
+
+
+def _json_response(status: HTTPStatus, body: Dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    head = (f"HTTP/1.0 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + data
+
+
+class WorkerServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; the rest are answered 503 at once."""
+
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address: Tuple[str, int], handler: Any, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.max_connections = max(1, int(max_connections))
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: Any) -> None:
+        if not isinstance(request, ssl.SSLSocket):  # a TLS client would first need a handshake: just close
+            try:
+                request.settimeout(1.0)
+                request.sendall(_json_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    {"error": f"the worker serves {self.max_connections} connections at once; retry later"},
+                ))
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away, timed out or failed the TLS handshake: not the worker's error.
+        _logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "mlflow-tfexport-worker"
+    receiver: WebhookReceiver
+    timeout = DEFAULT_TIMEOUT_S  # socket timeout of each connection (make_server sets it per server)
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, under the timeout, not in the accepting thread
+        super().setup()
+
+    def _reply(self, status: int, body: Dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.rstrip("/") == "/health":
+            self._reply(HTTPStatus.OK, {"status": "ok", "pending": self.receiver.worker.pending})
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}; deliveries go to POST /webhook"})
+
+    def _content_length(self) -> Optional[int]:
+        """The body's length, or None once an error reply is sent."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self._reply(HTTPStatus.LENGTH_REQUIRED,
+                        {"error": "chunked bodies are not accepted; send the body with a Content-Length header"})
+            return None
+        values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+        if not values:
+            self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
+            return None
+        text = values[0]
+        if len(set(values)) > 1 or not _CONTENT_LENGTH.fullmatch(text):
+            shown = ", ".join(repr(v[:20]) for v in values[:3])
+            self._reply(HTTPStatus.BAD_REQUEST, {
+                "error": f"Content-Length must be one byte count in ASCII digits, e.g. 512; received {shown}"
+            })
+            return None
+        length = int(text)
+        if length > MAX_BODY_BYTES:
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        {"error": f"body over {MAX_BODY_BYTES} bytes (Content-Length {length})"})
+            return None
+        return length
+
+    def _read_body(self, length: int) -> Optional[bytes]:
+        """The body, or None once an error reply is sent (too slow, or the client stopped sending)."""
+        limit_s = 3 * float(self.timeout or DEFAULT_TIMEOUT_S)
+        deadline = time.monotonic() + limit_s
+        chunks = []
+        remaining = length
+        try:
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunk = self.rfile.read1(min(remaining, 1 << 16))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            self._reply(HTTPStatus.REQUEST_TIMEOUT, {
+                "error": f"the body ({length} bytes by Content-Length) did not arrive within {limit_s:g} s"
+            })
+            return None
+        if remaining:
+            self.close_connection = True
+            self._reply(HTTPStatus.BAD_REQUEST,
+                        {"error": f"the body ended after {length - remaining} of {length} bytes (Content-Length)"})
+            return None
+        return b"".join(chunks)
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.rstrip("/") != WEBHOOK_PATH:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}; deliveries go to POST /webhook"})
+            return
+        length = self._content_length()
+        if length is None:
+            return
+        body = self._read_body(length)
+        if body is None:
+            return
+        try:
+            reply = self.receiver.handle(dict(self.headers.items()), body)
+        except Exception:  # a bug must still get an answer, and the worker must go on
+            _logger.exception("webhook delivery from %s failed", self.address_string())
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR,
+                        {"error": "the worker failed on this delivery; its log has the details"})
+            return
+        self._reply(reply.status, reply.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _logger.debug("%s " + format, self.address_string(), *args)
+
+
+def make_server(
+    receiver: WebhookReceiver,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
+) -> WorkerServer:
+    """An HTTP server answering ``POST /webhook`` (deliveries) and ``GET /health``.
+
+    ``timeout_s`` is each connection's socket timeout: an idle connection is closed after it.
+    """
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, received {timeout_s!r}; e.g. 10.")
+    handler = type("Handler", (_Handler,), {"receiver": receiver, "timeout": float(timeout_s)})
+    return WorkerServer((host, port), handler, max_connections=max_connections)
+
+
+def serve(
+    *,
+    secret: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    threads: int = 1,
+    certfile: Optional[str] = None,
+    keyfile: Optional[str] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    ready: Optional[Callable[[ThreadingHTTPServer], None]] = None,
+) -> None:
+    """Serve webhook deliveries until interrupted (``mlflow-tfexport worker``).
+
+    At start, the worker cleans up after exports whose process died and queues again the requests whose
+    worker died mid-export (``poll.recover``), since in webhook mode no delivery would ask for them again.
+    """
+    worker = ExportWorker(threads=threads).start()
+    server = make_server(WebhookReceiver(worker, SignatureVerifier(secret, tolerance_s)), host, port,
+                         timeout_s=timeout_s)
+    scheme = "http"
+    if certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        scheme = "https"
+    # In the background: a registry that is slow to answer must not keep deliveries waiting.
+    threading.Thread(target=recover, args=(worker,), name="tfexport-recovery", daemon=True).start()
+    bound_host, bound_port = server.server_address[:2]
+    _logger.info("listening on %s://%s:%s%s", scheme, bound_host, bound_port, WEBHOOK_PATH)
+    if ready is not None:
+        ready(server)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        worker.stop()
