@@ -113,6 +113,8 @@ class Tag:
     REQUEST = "tfexport.request"
     REQUEST_STATUS = "tfexport.request.status"
     SOURCE_RUN_ID = "tfexport.source_run_id"  # run tag of an export run: the source version's run
+    #: Validation data of a worker request: a local path on the worker, or an artifact URI (runs:/..., s3://...).
+    REQUEST_DATA = "tfexport.request.data"
     REQUEST_HANDLED = "tfexport.request.handled"  # the request value the status answers (set by the worker)
     # Who runs an export (run tags) or a worker job (version tags), so that a later process can tell a dead one.
     EXPORT_HOST = "tfexport.export_host"  # socket.gethostname() of the exporting process

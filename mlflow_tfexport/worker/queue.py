@@ -9,19 +9,22 @@ A later worker uses them to tell a job whose worker died (``poll.is_interrupted`
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export import api as export_api
 from mlflow_tfexport.export.recovery import ProcessOwner
-from mlflow_tfexport.worker.grammar import RequestError, parse_request
+from mlflow_tfexport.worker.grammar import ExportSpec, RequestError, parse_request
 
 _logger = logging.getLogger(__name__)
 
@@ -240,24 +243,54 @@ class ExportWorker:
         export_fn = self._export_fn or export_api.export
         results: List[Tuple[str, str]] = []
         failures: List[Tuple[str, str]] = []
+        data_uri = (mv.tags or {}).get(Tag.REQUEST_DATA)
         self._claim(job, mv.tags or {})
         with self._lock:
             self._running[job.key] = job
         try:
-            for i, spec in enumerate(specs, 1):
-                self._set_status(job, f"{STATUS_RUNNING}: {spec.label} ({i}/{len(specs)})", final=False)
-                _logger.info("exporting %s as %s (%d/%d)", where, spec.label, i, len(specs))
+            with tempfile.TemporaryDirectory(prefix="tfexport-request-data-") as scratch:
                 try:
-                    result = export_fn(where, **spec.export_kwargs())
-                except Exception as exc:
-                    failures.append(("" if len(specs) == 1 else spec.label, reason(exc)))
-                    _logger.warning("export of %s as %s failed: %s", where, spec.label, failures[-1][1])
-                    continue
-                results.append((spec.label, str(result.model_uri)))
-                _logger.info("exported %s as %s -> %s", where, spec.label, result.model_uri)
+                    data = validation_data(data_uri, scratch)
+                except (MlflowException, OSError) as exc:
+                    status = format_status([], [("", f"{Tag.REQUEST_DATA} {data_uri!r} cannot be read: {reason(exc)}")])
+                    self._set_status(job, status, final=True)
+                    return Outcome(job, status)
+                self._export_specs(job, where, specs, export_fn, data, results, failures)
         finally:
             with self._lock:
                 self._running.pop(job.key, None)
         status = format_status(results, failures)
         self._set_status(job, status, final=True)
         return Outcome(job, status, results)
+
+    def _export_specs(self, job: Job, where: str, specs: List[ExportSpec], export_fn: Callable[..., Any],
+                      data: Optional[str], results: List[Tuple[str, str]], failures: List[Tuple[str, str]]) -> None:
+        extra = {} if data is None else {"validation_data": data}
+        for i, spec in enumerate(specs, 1):
+            self._set_status(job, f"{STATUS_RUNNING}: {spec.label} ({i}/{len(specs)})", final=False)
+            _logger.info("exporting %s as %s (%d/%d)", where, spec.label, i, len(specs))
+            try:
+                result = export_fn(where, **spec.export_kwargs(), **extra)
+            except Exception as exc:
+                failures.append(("" if len(specs) == 1 else spec.label, reason(exc)))
+                _logger.warning("export of %s as %s failed: %s", where, spec.label, failures[-1][1])
+                continue
+            results.append((spec.label, str(result.model_uri)))
+            _logger.info("exported %s as %s -> %s", where, spec.label, result.model_uri)
+
+
+def validation_data(uri: Optional[str], scratch: str) -> Optional[str]:
+    """The local path of a request's validation data (``tfexport.request.data``): an artifact URI with a scheme
+    (``runs:/...``, ``s3://...``, ``mlflow-artifacts:/...``) is downloaded into ``scratch``; a plain value is a path
+    on the worker's machine. ``None`` when the request names no data (the export then uses the source's input
+    example)."""
+    if uri is None or not uri.strip():
+        return None
+    uri = uri.strip()
+    if "://" in uri or uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        return str(download_artifacts(artifact_uri=uri, dst_path=scratch))
+    if not os.path.exists(uri):
+        raise FileNotFoundError(
+            f"no file {uri!r} on the worker's machine; give an artifact URI such as runs:/<run id>/data.csv"
+        )
+    return uri
