@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from helpers import read, versions
 from mlflow import MlflowClient
 from tiny import CORPUS, tiny
 
@@ -76,15 +77,6 @@ def stand_in() -> Iterator[CpuStandIn]:
         yield fn
     finally:
         set_compiler(previous)
-
-
-def read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def versions() -> int:
-    return len(MlflowClient().search_model_versions(f"name = '{NAME}'"))
 
 
 @pytest.fixture(scope="module")
@@ -195,13 +187,13 @@ def test_neuron_without_sdk_fails_before_any_work(registry: Dict[str, Any], monk
         raise AssertionError("the source model was loaded although the export could not succeed")
 
     monkeypatch.setattr(exporting, "load_source_model", no_work)
-    before = versions()
+    before = versions(NAME)
     with pytest.raises(ExportError) as err:
         mlflow_tfexport.export(f"models:/{NAME}/1", format="neuron", trace_shape="1x8", neuron_target=target)
     message = str(err.value)
     assert package in message and family in message and "not on PyPI" in message
     assert "pip install" in message and "--extra-index-url https://pip.repos.neuron.amazonaws.com" in message
-    assert versions() == before
+    assert versions(NAME) == before
 
 
 @pytest.mark.parametrize(
@@ -217,19 +209,19 @@ def test_neuron_without_sdk_fails_before_any_work(registry: Dict[str, Any], monk
 def test_bad_neuron_options_register_nothing(registry: Dict[str, Any], stand_in: CpuStandIn,
                                              kwargs: Dict[str, Any], match: str) -> None:
     options = {"trace_shape": "1x8", **kwargs}
-    before = versions()
+    before = versions(NAME)
     with pytest.raises(ExportError, match=match):
         mlflow_tfexport.export(f"models:/{NAME}/1", format="neuron", force=True, **options)
-    assert versions() == before and stand_in.calls == []
+    assert versions(NAME) == before and stand_in.calls == []
 
 
 def test_neuron_sdk_without_neuroncore_refuses_unvalidated_export(registry: Dict[str, Any]) -> None:
     previous = set_compiler(NeuronCompiler(target="inf1", version="x", compile=CpuStandIn(), runnable=False))
     try:
-        before = versions()
+        before = versions(NAME)
         with pytest.raises(ExportError, match="No NeuronCore is visible"):
             mlflow_tfexport.export(f"models:/{NAME}/1", format="neuron", trace_shape="1x8")
-        assert versions() == before
+        assert versions(NAME) == before
     finally:
         set_compiler(previous)
 

@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from helpers import read, versions
 from mlflow import MlflowClient
 from tiny import CORPUS, tiny
 
@@ -49,15 +50,6 @@ def registry(module_registry: str) -> Dict[str, Any]:
     features = mlflow_tfexport.export(f"models:/{FEATURES}/1", format="torchscript", trace_shape=["2x8", "2x16"])
     return {"uri": module_registry, "root": os.getcwd(), "result": result, "model": model, "features": features,
             "feature_model": fmodel}
-
-
-def read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def versions(name: str = NAME) -> int:
-    return len(MlflowClient().search_model_versions(f"name = '{name}'"))
 
 
 def test_export_registers_tagged_version(registry: Dict[str, Any]) -> None:
@@ -197,17 +189,17 @@ def test_serving_runtime_does_not_import_transformers(registry: Dict[str, Any], 
     ],
 )
 def test_bad_trace_shapes_register_nothing(registry: Dict[str, Any], trace_shape: Any, match: str) -> None:
-    before = versions()
+    before = versions(NAME)
     with pytest.raises(ExportError, match=match):
         mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape=trace_shape, force=True)
-    assert versions() == before
+    assert versions(NAME) == before
 
 
 def test_neuron_options_on_torchscript_are_rejected(registry: Dict[str, Any]) -> None:
-    before = versions()
+    before = versions(NAME)
     with pytest.raises(ExportError, match="format='neuron' only"):
         mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", neuron_target="inf1")
-    assert versions() == before
+    assert versions(NAME) == before
 
 
 def test_task_with_untraceable_output_axes_is_rejected(registry: Dict[str, Any],
@@ -215,10 +207,10 @@ def test_task_with_untraceable_output_axes_is_rejected(registry: Dict[str, Any],
     spec = TASKS["text-classification"]
     monkeypatch.setitem(TASKS, "text-classification",
                         replace(spec, outputs=(OutputSpec("logits", {0: BATCH, 1: "num_choices"}),)))
-    before = versions()
+    before = versions(NAME)
     with pytest.raises(ExportError, match="cannot be exported to torchscript"):
         mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", force=True)
-    assert versions() == before
+    assert versions(NAME) == before
 
 
 def test_task_whose_outputs_cannot_be_traced_is_rejected(registry: Dict[str, Any],
@@ -226,10 +218,10 @@ def test_task_whose_outputs_cannot_be_traced_is_rejected(registry: Dict[str, Any
     spec = TASKS["text-classification"]
     monkeypatch.setitem(TASKS, "text-classification",
                         replace(spec, outputs=spec.outputs + (OutputSpec("hidden_states", {0: BATCH}),)))
-    before = versions()
+    before = versions(NAME)
     with pytest.raises(ExportError, match="could not be traced"):
         mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", force=True)
-    assert versions() == before
+    assert versions(NAME) == before
 
 
 def test_reexport_is_idempotent(registry: Dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import mlflow
 import pytest
 import requests
+from helpers import version_numbers
 from mlflow import MlflowClient
 from servers import free_port, stop, tail
 
@@ -436,7 +437,7 @@ def test_non_tfexport_model_fails_with_the_reason(tracking_uri: str, tmp_path: A
     assert "is not a tfexport model" in outcome.status
     assert _tags("plain")[Tag.REQUEST_STATUS] == outcome.status
     assert _tags("plain")[Tag.REQUEST_HANDLED] == "onnx"
-    assert _versions(client, "plain") == ["1"]
+    assert version_numbers("plain", client) == ["1"]
 
 
 def _self_signed(tmp_path: Any) -> Tuple[str, str]:
@@ -574,10 +575,6 @@ def _log_source(tiny_model: Any, name: str) -> str:
     return name
 
 
-def _versions(client: MlflowClient, name: str) -> List[str]:
-    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
-
-
 @pytest.fixture
 def webhook_worker(remote: str) -> Iterator[Tuple[MlflowClient, ExportWorker]]:
     """The worker on loopback, with a webhook for ``model_version_tag.set`` registered on the server."""
@@ -625,13 +622,13 @@ def test_webhook_from_a_real_server_exports_on_demand(
     client.set_model_version_tag(name, "1", Tag.REQUEST, "tensorflow")
     tags = _wait_for(lambda: _answered(name, "tensorflow", client=client), "the failure to be recorded")
     assert tags[Tag.REQUEST_STATUS].startswith("failed: unknown format 'tensorflow'")
-    assert _versions(client, name) == ["1", "2"]
+    assert version_numbers(name, client) == ["1", "2"]
 
     # Asking again for onnx (a retried delivery, or the tag set again) exports nothing new.
     client.set_model_version_tag(name, "1", Tag.REQUEST, "onnx")
     tags = _wait_for(lambda: _answered(name, "onnx", client=client), "the repeated request to be answered")
     assert tags[Tag.REQUEST_STATUS] == f"done: models:/{name}/2"
-    assert _versions(client, name) == ["1", "2"]
+    assert version_numbers(name, client) == ["1", "2"]
 
     # A request on an exported variant: refused on that version, with the reason.
     client.set_model_version_tag(name, "2", Tag.REQUEST, "onnx")
@@ -639,7 +636,7 @@ def test_webhook_from_a_real_server_exports_on_demand(
     assert tags[Tag.REQUEST_STATUS].startswith("failed: ") and "already an exported variant" in tags[
         Tag.REQUEST_STATUS
     ]
-    assert _versions(client, name) == ["1", "2"]
+    assert version_numbers(name, client) == ["1", "2"]
 
 
 @pytest.mark.slow
@@ -660,7 +657,7 @@ def test_poll_mode_finds_requests_without_webhooks(remote: str, tiny_model: Any)
     client.delete_model_version_tag(name, "1", Tag.REQUEST_STATUS)
     assert [j.key for j in wk.find_pending(client)] == [(name, "1", "onnx:opset=17,onnx:opset=18")]
     assert cli_main(["worker", "--poll", "--once", "--tracking-uri", remote]) == 0
-    assert _versions(client, name) == ["1", "2", "3"]
+    assert version_numbers(name, client) == ["1", "2", "3"]
 
 
 def _at_once(*calls: Callable[[], Any]) -> List[Any]:
@@ -694,7 +691,7 @@ def test_the_same_export_twice_at_once_registers_one_version(remote: str, tiny_m
     # Both looked for an existing export before either had registered one, so both registered a
     # version; the later one saw the earlier and deleted itself.
     assert a.created and b.created
-    assert _versions(client, name) == ["1", "2"]
+    assert version_numbers(name, client) == ["1", "2"]
     assert a.model_uri == b.model_uri == f"models:/{name}/2"
     assert client.get_model_version(name, "2").tags[Tag.OPSET] == "17"
 
@@ -708,7 +705,7 @@ def test_two_different_exports_at_once_both_land(remote: str, tiny_model: Any) -
         lambda: mlflow_tfexport.export(uri, format="onnx", opset=17),
         lambda: mlflow_tfexport.export(uri, format="onnx", opset=18),
     )
-    assert _versions(client, name) == ["1", "2", "3"]
+    assert version_numbers(name, client) == ["1", "2", "3"]
     assert {r17.model_uri, r18.model_uri} == {f"models:/{name}/2", f"models:/{name}/3"}
     v17 = client.get_model_version(name, r17.model_version.version).tags
     v18 = client.get_model_version(name, r18.model_version.version).tags
