@@ -160,7 +160,8 @@ class TaskSpec:
     dynamic_image_size: bool = False
     #: Turns one chunk's outputs into its response rows (``None`` for generation tasks).
     postprocess: Optional[Callable[..., Any]] = None
-    #: Generation tasks: ``(runner, encoder, flavor_conf, texts, params) -> texts``.
+    #: Generation tasks: ``(runner, encoder, flavor_conf, texts, params, deadline=None) -> texts``
+    #: (``deadline``: the request's ``serving.deadline.Deadline``, checked between prompts).
     generate: Optional[Callable[..., Any]] = None
     output_kind: str = OutputKind.ROWS
     #: How the tokenizer truncates a pair (QA keeps the whole question and cuts the context).

@@ -4,11 +4,17 @@ Logs a tiny text-classification model to a fresh SQLite registry, starts
 ``mlflow models serve -m models:/<name>/1 --env-manager local`` as a
 subprocess and talks HTTP to it: ``inputs``, ``dataframe_split`` and
 ``dataframe_records`` payloads, params, and a bad payload that must be a 4xx
-with a message (and must not take the server down).
+with a message (and must not take the server down). Hostile requests (an
+empty batch, a lone surrogate, out-of-range params) get what they should over
+HTTP, and a request past ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`` (answered
+504) stops using the server's CPU.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from typing import Any, Dict, Iterator, List
 
 import mlflow
@@ -96,3 +102,46 @@ def test_bad_payload_is_a_client_error_and_server_keeps_serving(server: ScoringS
     response = server.invoke({"inputs": TEXTS[:1]})
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 1
+
+
+def test_hostile_requests_get_what_they_should_over_http(server: ScoringServer) -> None:
+    empty = server.invoke({"dataframe_records": []})
+    assert empty.status_code == 200 and empty.json()["predictions"] == [], empty.text
+    surrogate = requests.post(f"{server.url}/invocations", data=b'{"inputs": ["\\ud800"]}',
+                              headers={"Content-Type": "application/json"}, timeout=60)
+    _assert_client_error(surrogate, server, mentions="not valid Unicode")
+    _assert_client_error(server.invoke({"inputs": TEXTS, "params": {"batch_size": -1}}), server,
+                         mentions="batch_size=-1 is not accepted")
+    _assert_client_error(server.invoke({"inputs": TEXTS, "params": {"batch_size": 10**12}}), server,
+                         mentions="batch_size")
+    long_text = " ".join(["film"] * 200)
+    _assert_client_error(server.invoke({"inputs": [long_text], "params": {"truncation": False}}), server,
+                         mentions="64 tokens")
+    assert server.invoke({"inputs": [long_text]}).status_code == 200
+    assert server.invoke({"inputs": TEXTS, "params": {"batch_size": 0}}).status_code == 200
+
+
+@pytest.fixture
+def impatient_server(registered: str, tracking_uri: str, tmp_path: Any) -> Iterator[ScoringServer]:
+    with models_serve(registered, tracking_uri, str(tmp_path),
+                      extra_env={"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "3"}) as srv:
+        yield srv
+
+
+def test_a_request_past_the_timeout_stops_using_the_server(impatient_server: ScoringServer) -> None:
+    """The scoring server answers 504 after its timeout but its predict thread goes on: the pyfunc stops at
+    its next chunk, so the server is idle again instead of working for a client that has gone."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from soak import cpu_seconds, server_pids
+
+    pids = server_pids(impatient_server.url)
+    assert pids, "the server's processes"
+    rows = [f"the film was long and the plot went on, row {i}" for i in range(8000)]
+    response = impatient_server.invoke({"inputs": rows, "params": {"batch_size": 1}})
+    assert response.status_code == 504, response.text[:300]
+    time.sleep(1.5)  # the next chunk boundary comes within milliseconds
+    before = cpu_seconds(pids)
+    time.sleep(3.0)
+    busy = cpu_seconds(pids) - before
+    assert busy < 0.6, f"the server used {busy:.1f} CPU s in the 3 s after answering 504"
+    assert impatient_server.invoke({"inputs": TEXTS[:1]}).status_code == 200

@@ -6,12 +6,22 @@ models:/<name>@production`` process answers ``inputs``, ``dataframe_split``
 and ``dataframe_records`` payloads (with and without params) exactly like the
 in-process pyfunc of that version; bad payloads get a 4xx with a message; and
 8 concurrent clients get an answer to every request.
+
+A model carries its serving code (``code/mlflow_tfexport``): in fresh
+interpreters, that copy serves alone (no installed package on ``sys.path``),
+and a process where MLflow loaded a model from a temporary copy that it then
+deleted (``validate_serving_input``) keeps loading and exporting.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
 import threading
 import time
 from typing import Any, Dict, Iterator, List
@@ -140,3 +150,82 @@ def test_onnx_variant_serves_from_its_own_virtualenv(registry: Dict[str, Any]) -
         response = server.invoke({"inputs": TEXTS})
         assert response.status_code == 200, f"{response.text}\n{server.log()}"
         assert [r["label"] for r in response.json()["predictions"]] == [r["label"] for r in expected]
+
+
+def _fresh(code: str, *, env: Dict[str, str], cwd: str, isolated: bool = False) -> str:
+    """Run ``code`` in a new interpreter (``-S``: no site-packages hooks, when ``isolated``); its stdout."""
+    command = [sys.executable, *(["-S"] if isolated else []), "-c", textwrap.dedent(code)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def test_the_package_keeps_working_after_mlflow_loads_a_model_from_a_deleted_copy(registry: Dict[str, Any]) -> None:
+    """``validate_serving_input`` loads the model from a temporary copy (its ``code/`` on ``sys.path``) and
+    deletes it; loading the other variants and exporting in that process must still work."""
+    versions = registry["versions"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=registry["uri"], MLFLOW_REGISTRY_URI=registry["uri"])
+    out = _fresh(
+        f"""
+        import json, os, sys
+        import mlflow
+        from mlflow.models import validate_serving_input
+
+        assert "mlflow_tfexport" not in sys.modules
+        served = validate_serving_input("models:/{NAME}/{versions["transformers"]}", {json.dumps({"inputs": TEXTS})!r})
+        package = sys.modules["mlflow_tfexport"]
+        print("validated", len(served), os.path.exists(package.__file__))
+        for version in ({versions["onnx"]!r}, {versions["torchscript"]!r}):
+            frame = mlflow.pyfunc.load_model(f"models:/{NAME}/{{version}}").predict({TEXTS!r})
+            print("loaded", version, list(frame["label"]))
+        import mlflow_tfexport
+        source = mlflow_tfexport.load_model("models:/{NAME}/{versions["transformers"]}")
+        result = mlflow_tfexport.export("models:/{NAME}/{versions["transformers"]}", format="torchscript",
+                                        trace_shape="1x8")
+        print("exported", result.model_version.version)
+        print("reloaded", list(mlflow.pyfunc.load_model(result.model_uri).predict({TEXTS[:1]!r})["label"]))
+        """,
+        env=env, cwd=registry["root"],
+    )
+    lines = out.strip().splitlines()[-5:]
+    expected = [r["label"] for r in _expected(versions["transformers"])]
+    assert lines[0] == f"validated {len(TEXTS)} True", out
+    assert lines[1] == f"loaded {versions['onnx']} {expected}", out
+    assert lines[2] == f"loaded {versions['torchscript']} {expected}", out
+    assert lines[3].startswith("exported "), out
+    assert lines[4] == f"reloaded {expected[:1]}", out
+
+
+def test_a_models_code_copy_serves_alone(registry: Dict[str, Any], tmp_path: Any) -> None:
+    """With no mlflow-tfexport on ``sys.path`` (``-S``: no site hooks, no editable install; ``PYTHONPATH``: only
+    the site-packages that hold MLflow, numpy, tokenizers and onnxruntime), the ONNX variant serves from the
+    ``code/`` copy it carries, without torch."""
+    version = registry["versions"]["onnx"]
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(tmp_path / "onnx"))
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}
+    env["PYTHONPATH"] = os.pathsep.join(site)
+    out = _fresh(
+        f"""
+        import sys
+        import mlflow
+        try:
+            import mlflow_tfexport
+            print("installed", mlflow_tfexport.__file__)
+        except ImportError:
+            print("not installed")
+        frame = mlflow.pyfunc.load_model({local!r}).predict({TEXTS!r})
+        import mlflow_tfexport
+        print("from", mlflow_tfexport.__file__)
+        print("labels", list(frame["label"]))
+        print("torch", "torch" in sys.modules)
+        """,
+        env=env, cwd=str(tmp_path), isolated=True,
+    )
+    lines = out.strip().splitlines()[-4:]
+    assert lines[0] == "not installed", out
+    assert lines[1] == f"from {os.path.join(os.path.realpath(local), 'code', 'mlflow_tfexport', '__init__.py')}" \
+        or lines[1] == f"from {os.path.join(local, 'code', 'mlflow_tfexport', '__init__.py')}", out
+    assert lines[2] == f"labels {[r['label'] for r in _expected(version)]}", out
+    assert lines[3] == "torch False", out

@@ -10,7 +10,7 @@ changes the next. Serving path: Python 3.10, no torch, no transformers.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,7 +22,9 @@ class Columns(Dict[str, Any]):
     """A batch's output as columns (name -> list, or 1-D array for numbers), in the task's output column order."""
 
 
-@cache  # one entry per task's output columns: a handful, a few hundred bytes each
+#: Keyed by a task's output columns (a constant of the task table, never a request's value): at most a few
+#: hundred bytes per entry, 16 entries.
+@lru_cache(maxsize=16)
 def _frame_parts(output_columns: OutputColumns) -> Tuple[Any, Any, Optional[Any]]:
     """(column index, pandas' inferred string dtype, the block constructor or None) for these columns."""
     import pandas as pd

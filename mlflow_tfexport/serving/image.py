@@ -13,8 +13,10 @@ import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.serving.base import PyfuncBase
+from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 from mlflow_tfexport.serving.frames import frame
-from mlflow_tfexport.serving.images import ImagePreprocessor, parse_image_input
+from mlflow_tfexport.serving.images import PREPROCESSOR_FILE, ImagePreprocessor, parse_image_input
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.tasks import OutputKind
 
@@ -24,10 +26,12 @@ class ImagePyfunc(PyfuncBase):
 
     def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
         super().__init__(conf, runner, model_config)
-        self.preprocessor = ImagePreprocessor.from_dir(os.path.join(path, conf[FlavorKey.IMAGE_PROCESSOR_DIR]))
+        config_file = artifact_path(path, conf, FlavorKey.IMAGE_PROCESSOR_DIR, PREPROCESSOR_FILE)
+        self.preprocessor = ImagePreprocessor.from_dir(os.path.dirname(config_file))
         self.input_names = tuple(conf[FlavorKey.INPUT_NAMES])
 
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+        deadline = Deadline.from_env()
         p = self._params(params)
         images = parse_image_input(model_input)
         batch_size = self._batch_size(p)
@@ -35,6 +39,7 @@ class ImagePyfunc(PyfuncBase):
         assert post is not None  # every image task has one (tasks.py)
         rows: List[Any] = []
         for start in range(0, len(images), batch_size):
+            check_deadline(deadline, start, len(images), "images")
             batch = self.preprocessor(images[start:start + batch_size], self.input_names)
             outputs = self.runner.run(batch.feeds)
             rows.extend(post(outputs, batch.sizes, self.id2label, self.conf.get(FlavorKey.PROBLEM_TYPE), p))

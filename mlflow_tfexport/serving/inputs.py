@@ -100,6 +100,8 @@ def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[Lis
     if type(data) is list and len(spec.text_columns) == 1 and all(type(v) is str for v in data):
         return list(data), None  # the common case, a plain list of strings: nothing to convert
     columns = _unwrap_single_row(_columns(data, spec))
+    if not columns:  # no rows and no columns (``dataframe_records: []``, ``{}``): an empty batch
+        return [], ([] if len(spec.text_columns) > 1 else None)
     required = spec.text_columns
     first_name = required[0]
     if all(c in columns for c in required):

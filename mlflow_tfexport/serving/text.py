@@ -9,28 +9,31 @@ runner of a torch-based format does, when it is loaded. Python 3.10-compatible.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from mlflow_tfexport.constants import TOKENIZER_FILE, FlavorKey
 from mlflow_tfexport.serving.base import PyfuncBase
+from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 from mlflow_tfexport.serving.frames import Columns, concat_columns, frame, frame_from_columns, rows_of
 from mlflow_tfexport.serving.inputs import parse_text_input
 from mlflow_tfexport.serving.postprocess import Context
 from mlflow_tfexport.serving.runtimes import Runner
-from mlflow_tfexport.serving.tokenization import TextEncoder, split_rows
+from mlflow_tfexport.serving.tokenization import TOKENIZER_CONFIG_FILE, TextEncoder, split_rows
 from mlflow_tfexport.tasks import OutputKind, TaskSpec
 
 
 def make_encoder(path: str, conf: Mapping[str, Any], spec: TaskSpec) -> TextEncoder:
+    """The encoder of a saved text model (fields checked by ``serving.conf``; files inside the model)."""
     return TextEncoder(
-        os.path.join(path, conf[FlavorKey.TOKENIZER_DIR], TOKENIZER_FILE),
+        artifact_path(path, conf, FlavorKey.TOKENIZER_DIR, TOKENIZER_FILE),
         input_names=conf[FlavorKey.INPUT_NAMES],
         max_length=int(conf[FlavorKey.MAX_LENGTH]),
         pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]),
         pair_strategy=spec.pair_strategy,
+        config_file=artifact_path(path, conf, FlavorKey.TOKENIZER_DIR, TOKENIZER_CONFIG_FILE),
     )
 
 
@@ -42,14 +45,16 @@ class TfexportPyfunc(PyfuncBase):
         self.encoder = make_encoder(path, conf, self.spec)
 
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+        deadline = Deadline.from_env()
         p = self._params(params)
         texts, pairs = parse_text_input(model_input, self.spec)
         if self.spec.generate is not None:
-            return self.spec.generate(self.runner, self.encoder, self.conf, texts, p)
+            return self.spec.generate(self.runner, self.encoder, self.conf, texts, p, deadline=deadline)
         post = self.spec.postprocess
         assert post is not None  # a task either generates or post-processes (tasks.py)
         parts: List[Any] = []  # one per chunk: its rows, or its Columns
         for start, stop in split_rows(len(texts), self._batch_size(p)):
+            check_deadline(deadline, start, len(texts))
             chunk = texts if (start, stop) == (0, len(texts)) else texts[start:stop]
             chunk_pairs = None if pairs is None else pairs[start:stop]
             batch = self.encoder.encode(chunk, chunk_pairs, truncation=bool(p["truncation"]))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.runtimes.device import resolve_device
 from mlflow_tfexport.tasks import IMAGE, get_task
 
 
@@ -77,7 +78,7 @@ def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> A
     transformers = require("transformers")
     spec = get_task(flavor_conf[FlavorKey.TASK])
     auto_cls = getattr(transformers, spec.auto_model)
-    path = os.path.join(model_dir, flavor_conf[FlavorKey.MODEL_FILE])
+    path = artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE)
     model = auto_cls.from_pretrained(path).eval()
     pad = flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
     if getattr(model.config, "pad_token_id", 0) is None and pad is not None:
@@ -92,7 +93,5 @@ def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any])
     spec = get_task(flavor_conf[FlavorKey.TASK])
     # An image model records the outputs it has (a backbone may lack pooler_output).
     outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == IMAGE else None
-    from mlflow_tfexport.serving.runtimes.device import resolve_device
-
     device = resolve_device(require("torch"), config)
     return EagerRunner(model, flavor_conf[FlavorKey.INPUT_NAMES], outputs or spec.output_names, device)

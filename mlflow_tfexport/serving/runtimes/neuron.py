@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import MissingDependencyError
+from mlflow_tfexport.serving.runtimes.torchscript import make_runner
 
 NEURON_INDEX_URL = "https://pip.repos.neuron.amazonaws.com"
 
@@ -71,8 +72,6 @@ def import_neuron(target_name: str) -> ModuleType:
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> Any:
     neuron = import_neuron(str(flavor_conf.get(FlavorKey.NEURON_TARGET) or "inf1"))
-    from mlflow_tfexport.serving.runtimes.torchscript import make_runner
-
     version = getattr(neuron, "__version__", "unknown")
     return make_runner(
         model_dir, flavor_conf, config,

@@ -9,23 +9,20 @@ decoding is linear in the number of tokens, not quadratic. Python 3.10-compatibl
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Generation
 from mlflow_tfexport.errors import BadInputError, TfexportError
-from mlflow_tfexport.serving.runtimes.onnx import default_providers, session_options
+from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.runtimes.sessions import new_session
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def _session(path: str, config: Mapping[str, Any]) -> Any:
-    ort = require("onnxruntime")
-    providers = config.get("providers") or default_providers(ort.get_available_providers())
-    return ort.InferenceSession(path, sess_options=session_options(ort, config), providers=list(providers))
+    return new_session(path, config)
 
 
 def _empty_past(session: Any, names: Sequence[str], batch: int) -> List[np.ndarray]:
@@ -172,11 +169,11 @@ class Seq2SeqRunner:
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
     kind = flavor_conf.get(FlavorKey.GENERATION)
-    model_file = os.path.join(model_dir, flavor_conf[FlavorKey.MODEL_FILE])
+    model_file = artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE)
     if kind == Generation.DECODER_WITH_PAST:
         return DecoderWithPastRunner(model_file, config)
     if kind == Generation.ENCODER_DECODER:
-        encoder = os.path.join(model_dir, flavor_conf[FlavorKey.ENCODER_FILE])
+        encoder = artifact_path(model_dir, flavor_conf, FlavorKey.ENCODER_FILE)
         return Seq2SeqRunner(encoder, model_file, flavor_conf, config)
     raise TfexportError(
         f"The model's MLmodel names generation layout {kind!r}; this version of mlflow-tfexport serves "

@@ -18,13 +18,14 @@ numpy only: no torch, no transformers. Python 3.10-compatible.
 
 from __future__ import annotations
 
-import os
+import threading
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Type, TypeVar
 
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, OutputSpec, get_task
 
 Shape = Tuple[int, int]  # (batch, sequence)
@@ -47,7 +48,7 @@ def bucket_file(shape: Shape) -> str:
 
 def read_buckets(flavor_conf: Mapping[str, Any]) -> List[Shape]:
     """The traced shapes from a variant's flavor block, sorted by sequence then batch."""
-    raw = flavor_conf.get(FlavorKey.TRACE_SHAPES) or []
+    raw = flavor_conf.get(FlavorKey.TRACE_SHAPES) or []  # well-formed: checked by serving.conf
     shapes = sorted({(int(b), int(s)) for b, s in raw}, key=lambda x: (x[1], x[0]))
     if not shapes:
         raise BadInputError(
@@ -58,8 +59,8 @@ def read_buckets(flavor_conf: Mapping[str, Any]) -> List[Shape]:
 
 
 def bucket_paths(model_dir: str, flavor_conf: Mapping[str, Any]) -> Dict[Shape, str]:
-    folder = os.path.join(model_dir, flavor_conf[FlavorKey.MODEL_FILE])
-    return {shape: os.path.join(folder, bucket_file(shape)) for shape in read_buckets(flavor_conf)}
+    return {shape: artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE, bucket_file(shape))
+            for shape in read_buckets(flavor_conf)}
 
 
 def pick_bucket(buckets: Sequence[Shape], rows: int, sequence: int) -> Shape:
@@ -116,6 +117,7 @@ class StaticRunner:
         self.output_names: Tuple[str, ...] = tuple(o.name for o in self.outputs)
         self.pad_token_id = int(pad_token_id)
         self.calls: Dict[Shape, int] = {b: 0 for b in self.buckets}  # per-bucket call count
+        self._calls_lock = threading.Lock()  # requests run in several threads at once
         self._describe = dict(describe or {})
 
     @property
@@ -151,7 +153,8 @@ class StaticRunner:
         for start in range(0, rows, bucket[0]):
             stop = min(start + bucket[0], rows)
             values = self.run_bucket(bucket, self._chunk(feeds, start, stop, bucket))
-            self.calls[bucket] = self.calls.get(bucket, 0) + 1
+            with self._calls_lock:
+                self.calls[bucket] = self.calls.get(bucket, 0) + 1
             if len(values) != len(self.outputs):
                 raise BadInputError(
                     f"The {shape_name(bucket)} module returned {len(values)} outputs, expected "

@@ -12,6 +12,7 @@ import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.serving.runtimes.device import resolve_device
 from mlflow_tfexport.serving.runtimes.static import (
     BucketFn,
     Shape,
@@ -74,7 +75,5 @@ def make_runner(
 
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> TorchScriptRunner:
-    from mlflow_tfexport.serving.runtimes.device import resolve_device
-
     traced = str(flavor_conf.get(FlavorKey.TRACE_DEVICE) or "cpu")
     return make_runner(model_dir, flavor_conf, config, device=resolve_device(require("torch"), config, traced))
