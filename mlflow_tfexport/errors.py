@@ -8,7 +8,7 @@ Errors that reach the scoring server derive from ``MlflowException`` with an
 from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
 
 
 class TfexportError(MlflowException):
@@ -48,3 +48,14 @@ class ValidationFailedError(ExportError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class FlavorConfError(TfexportError):
+    """A field of a model's ``tfexport`` flavor block that cannot be right (changed by hand, or corrupted)."""
+
+
+class RequestTimeoutError(TfexportError):
+    """``predict`` stopped because the scoring server's request timeout passed (HTTP 504)."""
+
+    def __init__(self, message: str) -> None:
+        MlflowException.__init__(self, message, error_code=DEADLINE_EXCEEDED)

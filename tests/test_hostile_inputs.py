@@ -31,9 +31,9 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 import mlflow_tfexport
 from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey
-from mlflow_tfexport.errors import BadInputError, TfexportError, UnknownFormatError, UnknownTaskError
+from mlflow_tfexport.errors import BadInputError, FlavorConfError, TfexportError, UnknownFormatError, UnknownTaskError
 from mlflow_tfexport.serving.base import check_param
-from mlflow_tfexport.serving.conf import FlavorConfError, artifact_path, check_flavor_conf, read_flavor_conf
+from mlflow_tfexport.serving.conf import artifact_path, check_flavor_conf, read_flavor_conf
 from mlflow_tfexport.serving.deadline import TIMEOUT_ENV
 from mlflow_tfexport.serving.pyfunc import _load_pyfunc
 from mlflow_tfexport.tasks import MAX_BATCH_SIZE, TASKS

@@ -40,7 +40,7 @@ from mlflow_tfexport.flavor.image import (
 )
 from mlflow_tfexport.flavor.signatures import task_signature
 from mlflow_tfexport.registry import register_version
-from mlflow_tfexport.serving.conf import read_flavor_conf
+from mlflow_tfexport.serving.conf import artifact_path, read_flavor_conf
 from mlflow_tfexport.serving.images import ImagePreprocessor
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
@@ -328,7 +328,7 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
     fmt = conf[FlavorKey.FORMAT]
     if conf.get(FlavorKey.IMAGE_PROCESSOR_DIR):
         return _load_image_model(local, conf)
-    tok_dir = os.path.join(local, conf[FlavorKey.TOKENIZER_DIR])
+    tok_dir = artifact_path(local, conf, FlavorKey.TOKENIZER_DIR)
     if fmt == Format.TRANSFORMERS:
         transformers = require("transformers")
         return LoadedModel(
@@ -353,7 +353,7 @@ def load_model(model_uri: str, dst_path: Optional[str] = None) -> LoadedModel:
 def _load_image_model(local: str, conf: Dict[str, Any]) -> LoadedModel:
     """A vision variant: the transformers image processor for the source, the numpy one otherwise."""
     fmt = conf[FlavorKey.FORMAT]
-    processor_dir = os.path.join(local, conf[FlavorKey.IMAGE_PROCESSOR_DIR])
+    processor_dir = artifact_path(local, conf, FlavorKey.IMAGE_PROCESSOR_DIR)
     if fmt == Format.TRANSFORMERS:
         transformers = require("transformers")
         return LoadedModel(load_transformers_model(local, conf),

@@ -18,7 +18,7 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey, Generation
-from mlflow_tfexport.errors import NotATfexportModelError, TfexportError, UnknownFormatError
+from mlflow_tfexport.errors import FlavorConfError, NotATfexportModelError, UnknownFormatError
 from mlflow_tfexport.formats import FORMATS
 from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, MAX_BATCH_SIZE, MAX_TOKENS, TEXT_INPUTS, get_task
 
@@ -33,10 +33,6 @@ TOKEN_ID_KEYS = (FlavorKey.PAD_TOKEN_ID, FlavorKey.EOS_TOKEN_ID, FlavorKey.MASK_
 MAX_IMAGE_SIDE = 1 << 14
 MAX_CHANNELS = 64
 _TRACE_DEVICES = ("cpu", "cuda")
-
-
-class FlavorConfError(TfexportError):
-    """A field of a model's ``tfexport`` flavor block that cannot be right (changed by hand, or corrupted)."""
 
 
 def _fail(key: str, value: Any, expected: str) -> FlavorConfError:

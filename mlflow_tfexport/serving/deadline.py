@@ -18,20 +18,10 @@ import os
 import time
 from typing import Optional
 
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
-
-from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.errors import RequestTimeoutError
 
 #: The scoring server's per-request timeout (seconds), as ``mlflow models serve`` passes it to its workers.
 TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
-
-
-class RequestTimeoutError(TfexportError):
-    """``predict`` stopped because the scoring server's request timeout passed (HTTP 504)."""
-
-    def __init__(self, message: str) -> None:
-        MlflowException.__init__(self, message, error_code=DEADLINE_EXCEEDED)
 
 
 class Deadline:
