@@ -77,6 +77,10 @@ class FlavorKey:
     IMAGE_SIZE = "image_size"  # [height, width] of the pixels the model was exported with
     NUM_CHANNELS = "num_channels"
     IMAGE_PREPROCESSING = "image_preprocessing"  # what the saved image processor does, for people
+    # ONNX int8: how the graph was quantised ({"mode", "per_channel", "op_types", "reduce_range", "quantized_nodes",
+    # and for int8-static "calibration"}), and the ONNX version whose fp32 graph was quantised, if any.
+    QUANTIZATION = "quantization"
+    QUANTIZED_FROM = "quantized_from"
 
 
 class Tag:
@@ -129,6 +133,12 @@ class Tag:
     AGREEMENT_METRIC = "tfexport.agreement_metric"  # the task's metric, e.g. "label_agreement", "min_cosine"
     AGREEMENT = "tfexport.agreement"  # its value on the validation data
     AGREEMENT_THRESHOLD = "tfexport.agreement_threshold"  # the value the validation required
+    # ONNX int8 (tfexport.quantized is the mode): the quantisation options that applied.
+    QUANTIZE_PER_CHANNEL = "tfexport.quantize.per_channel"  # "true": weight scales per output channel
+    QUANTIZE_OP_TYPES = "tfexport.quantize.op_types"  # operator types asked for, e.g. "MatMul,Attention"
+    QUANTIZE_REDUCE_RANGE = "tfexport.quantize.reduce_range"  # "true": 7-bit weights
+    QUANTIZE_CALIBRATION = "tfexport.quantize.calibration"  # int8-static: method and rows calibrated on
+    QUANTIZED_FROM = "tfexport.quantized_from"  # the ONNX version whose fp32 graph was quantised
 
 
 VALIDATION_PASSED = "passed"

@@ -57,7 +57,8 @@ FORMATS: Dict[str, FormatSpec] = {
             # 0 threads and "all" are onnxruntime's own defaults.
             model_config={"providers": [], "intra_op_num_threads": 0, "inter_op_num_threads": 0,
                           "graph_optimization_level": "all"},
-            options=("opset", "atol", "exporter", "optimize", "quantize", "min_agreement"),
+            options=("opset", "atol", "exporter", "optimize", "quantize", "min_agreement", "quantize_per_channel",
+                     "quantize_op_types", "quantize_reduce_range"),
         ),
         FormatSpec(
             name=Format.TORCHSCRIPT,

@@ -30,6 +30,7 @@ from mlflow_tfexport.formats import FORMATS, export_formats
 SET: Dict[str, Any] = {
     "opset": 17, "trace_shape": "1x8", "atol": 1e-3, "exporter": "legacy", "optimize": True, "quantize": "int8",
     "min_agreement": 0.9, "neuron_target": "inf1", "compiler_args": ["--fast-math", "none"], "device": "cpu",
+    "quantize_per_channel": True, "quantize_op_types": "MatMul", "quantize_reduce_range": True,
 }
 FIELD = {"trace_shape": "trace_shapes"}
 

@@ -24,7 +24,7 @@ from mlflow_tfexport.constants import Format
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.export.api import STAGES, export
 from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
-from mlflow_tfexport.export.options import QUANTIZE_MODES
+from mlflow_tfexport.export.options import DEFAULT_OP_TYPES, QUANTIZE_HELP, QUANTIZE_MODES
 from mlflow_tfexport.registry import parse_models_uri, promote, resolve_version, set_version_tags, variant_rows
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
 from mlflow_tfexport.validation.revalidate import validate_version
@@ -33,6 +33,18 @@ from mlflow_tfexport.validation.revalidate import validate_version
 def _progress(stage: str, detail: str) -> None:
     step = STAGES.index(stage) + 1 if stage in STAGES else 0
     print(f"[{step}/{len(STAGES)}] {stage}: {detail}", file=sys.stderr, flush=True)
+
+
+def _quantize_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ``--quantize-*`` options given (only those: their defaults are export()'s)."""
+    given: Dict[str, Any] = {}
+    if args.quantize_per_channel is not None:
+        given["quantize_per_channel"] = args.quantize_per_channel
+    if args.quantize_op_types:
+        given["quantize_op_types"] = args.quantize_op_types
+    if args.quantize_reduce_range:
+        given["quantize_reduce_range"] = True
+    return given
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -53,6 +65,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         validation_data=args.validation_data or None,
         force=args.force,
         progress=_progress,
+        **_quantize_options(args),
     )
     if not result.created:
         print(f"Already exported with these options: {result.model_uri} (use --force to export again)")
@@ -188,7 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=list(OPSET_RANGE), default=None, help="ONNX exporter")
     p.add_argument("--optimize", action="store_true",
                    help="ONNX: fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer")
-    p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default=None, help="ONNX: dynamic int8 quantisation")
+    p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default=None,
+                   help="ONNX int8: " + "; ".join(f"{m}: {h}" for m, h in QUANTIZE_HELP.items())
+                   + ". MODEL_URI may also be an fp32 ONNX version: its graph is quantised")
+    p.add_argument("--quantize-per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --quantize int8-static: weight scales per output channel (default) or one per tensor")
+    p.add_argument("--quantize-op-types", default=None, metavar="OPS",
+                   help="with --quantize: operator types to quantise, comma-separated (default int8: "
+                   + ",".join(DEFAULT_OP_TYPES["int8"]) + "; int8-static: " + ",".join(DEFAULT_OP_TYPES["int8-static"])
+                   + ")")
+    p.add_argument("--quantize-reduce-range", action="store_true",
+                   help="with --quantize: 7-bit weights, for CPUs without VNNI (default off)")
     p.add_argument("--min-agreement", type=float, default=None,
                    help="with --quantize: the agreement with the source required by validation (default: the task's)")
     p.add_argument("--neuron-target", choices=list(TARGETS), default=None)

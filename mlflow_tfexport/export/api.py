@@ -41,6 +41,7 @@ from mlflow_tfexport.export.options import (
     make_options,
 )
 from mlflow_tfexport.export.recovery import owner_tags, recover_stale_exports_once, temp_prefix
+from mlflow_tfexport.export.reuse import resolve_export_source
 from mlflow_tfexport.export.source import ResolvedSource, local_source, resolve_source
 from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
@@ -126,6 +127,7 @@ def stage_export(
     """
     started = time.perf_counter()
     loaded = load_source_model(source)
+    loaded.calibration_data = data  # int8-static calibrates on the validation rows
     say("export", options.format)
     with _BACKEND_LOCK:  # torch.onnx.export / tracing keep process-global state: one export at a time
         artifact = backend.export(loaded, options, staging)
@@ -153,6 +155,9 @@ def export_to_directory(
     trace_shape: TraceShapeArg = None,
     optimize: bool = False,
     quantize: Optional[str] = None,
+    quantize_per_channel: Optional[bool] = None,
+    quantize_op_types: Union[str, Sequence[str], None] = None,
+    quantize_reduce_range: bool = False,
     min_agreement: Optional[float] = None,
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
@@ -191,7 +196,9 @@ def export_to_directory(
     backend = get_backend(format)
     options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,
                            optimize=optimize, quantize=quantize, min_agreement=min_agreement,
-                           neuron_target=neuron_target, compiler_args=compiler_args, device=device)
+                           neuron_target=neuron_target, compiler_args=compiler_args, device=device,
+                           quantize_per_channel=quantize_per_channel, quantize_op_types=quantize_op_types,
+                           quantize_reduce_range=quantize_reduce_range)
     source = local_source(source_dir)
     spec = get_task(source.flavor_conf[FlavorKey.TASK])
     options = backend.check(options, source.flavor_conf, spec)
@@ -225,6 +232,9 @@ def export(
     exporter: Optional[str] = None,
     optimize: bool = False,
     quantize: Optional[str] = None,
+    quantize_per_channel: Optional[bool] = None,
+    quantize_op_types: Union[str, Sequence[str], None] = None,
+    quantize_reduce_range: bool = False,
     min_agreement: Optional[float] = None,
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
@@ -263,7 +273,14 @@ def export(
             ``models:/`` URI).
         exporter: ONNX: ``"legacy"`` (default, TorchScript-based) or ``"dynamo"`` (opset >= 18).
         optimize: ONNX: fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer.
-        quantize: ONNX: ``"int8"`` for dynamic int8 quantisation, validated by task-level agreement.
+        quantize: ONNX: ``"int8"`` (dynamic, weights per channel; the default int8), ``"int8-per-tensor"``,
+            ``"int8-static"`` (calibrated on the validation data) or ``"int8-blockwise"`` (the most accurate;
+            for embedders), validated by task-level agreement on real data. With ``model_uri`` naming an fp32
+            ONNX version, its graph is quantised instead of exporting the source again.
+        quantize_per_channel: ONNX int8: one scale per output channel of each weight (default: per the mode).
+        quantize_op_types: ONNX int8: the op types to quantise, e.g. ``"MatMul,Attention"`` (default: per the mode).
+        quantize_reduce_range: ONNX int8: 7-bit weights, for CPUs without VNNI (default False). These settings
+            are recorded in the ``tfexport.quantize.*`` tags.
         min_agreement: With ``quantize``: the agreement with the source that validation requires, in
             (0, 1]; on real rows the default is the task's ``quantized_min_agreement``.
         neuron_target: Neuron: ``"inf1"`` (torch-neuron) or ``"inf2"`` (torch-neuronx, Inf2/Trn1);
@@ -303,13 +320,16 @@ def export(
     backend = get_backend(format)
     options = make_options(format, opset=opset, trace_shape=trace_shape, atol=atol, exporter=exporter,
                            optimize=optimize, quantize=quantize, min_agreement=min_agreement,
-                           neuron_target=neuron_target, compiler_args=compiler_args, device=device)
+                           neuron_target=neuron_target, compiler_args=compiler_args, device=device,
+                           quantize_per_channel=quantize_per_channel, quantize_op_types=quantize_op_types,
+                           quantize_reduce_range=quantize_reduce_range)
     if registered_model_name is not None:
         check_model_name(registered_model_name)
     client = MlflowClient()
     recover_stale_exports_once(client)  # runs and folders left by killed exports (export/recovery.py)
     with tempfile.TemporaryDirectory(prefix=temp_prefix()) as workdir:
-        source = resolve_source(client, model_uri, dst_path=os.path.join(workdir, "source"))
+        source, options = resolve_export_source(client, model_uri, options, os.path.join(workdir, "source"),
+                                                resolve=resolve_source)
         name = registered_model_name or source.registered_name
         if not name:
             raise ExportError(

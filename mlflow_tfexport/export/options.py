@@ -34,8 +34,29 @@ MAX_BUCKETS = 8
 MAX_TRACE_BATCH = 256
 #: A trace shape's batch x sequence: what one traced call holds in memory (512 x 512 at most).
 MAX_TRACE_ELEMENTS = 262_144
-#: ``quantize=`` values (onnxruntime dynamic quantisation).
-QUANTIZE_MODES: Tuple[str, ...] = ("int8",)
+#: ``quantize=`` values (onnxruntime int8 quantisation, ``export/onnx/optimize.py``), with what each does.
+QUANTIZE_HELP: Dict[str, str] = {
+    "int8": "dynamic int8, weights quantised per output channel (the default int8)",
+    "int8-per-tensor": "dynamic int8, one scale per weight tensor",
+    "int8-static": "static int8 (QDQ): activation scales calibrated on the validation data",
+    "int8-blockwise": "int8 weights with a scale per block of 128 inputs, activations quantised per row "
+    "(MatMulNBits): the most accurate int8, slower than 'int8'",
+}
+QUANTIZE_MODES: Tuple[str, ...] = tuple(QUANTIZE_HELP)
+STATIC_QUANTIZE = "int8-static"
+BLOCKWISE_QUANTIZE = "int8-blockwise"
+#: Operator types ``quantize_op_types`` may name, per kind of quantisation (onnxruntime's registries, restricted
+#: to what transformer graphs hold; ``Attention`` and ``EmbedLayerNormalization`` exist in optimize=True graphs).
+DYNAMIC_OP_TYPES: Tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Conv")
+STATIC_OP_TYPES: Tuple[str, ...] = ("MatMul", "Gemm", "Gather", "Conv")
+BLOCKWISE_OP_TYPES: Tuple[str, ...] = ("MatMul",)
+#: The operator types quantised when ``quantize_op_types`` is not given.
+DEFAULT_OP_TYPES: Dict[str, Tuple[str, ...]] = {
+    "int8": ("MatMul", "Attention", "Gather", "EmbedLayerNormalization"),
+    "int8-per-tensor": ("MatMul", "Attention", "Gather", "EmbedLayerNormalization"),
+    "int8-static": ("MatMul",),
+    "int8-blockwise": ("MatMul",),
+}
 #: How the options are spelled in ``export()`` where the record's field name differs.
 _ARGUMENT = {"trace_shapes": "trace_shape"}
 #: Why an option does not apply to a format, where that is not obvious from its name.
@@ -63,6 +84,9 @@ class ExportOptions:
     optimize: bool = False
     quantize: Optional[str] = None
     min_agreement: Optional[float] = None  # quantised exports: label agreement required by validation
+    quantize_per_channel: Optional[bool] = None  # weight scales per output channel (None: the mode's default)
+    quantize_op_types: Tuple[str, ...] = ()  # operator types to quantise (empty: the mode's DEFAULT_OP_TYPES)
+    quantize_reduce_range: bool = False  # 7-bit weights: for CPUs without VNNI, where 8 bits may saturate
     neuron_target: Optional[str] = None
     compiler_args: Tuple[str, ...] = ()
     device: Optional[str] = None  # TorchScript: the device the trace is recorded on ("cpu", "cuda", "cuda:N")
@@ -86,6 +110,18 @@ class ExportOptions:
             # Only when set, so the keys of earlier exports stay valid.
             **({"min_agreement": self.min_agreement} if self.min_agreement is not None else {}),
             **({"device": self.device} if self.device is not None else {}),
+            **self.quantize_key_fields(),
+        }
+
+    def quantize_key_fields(self) -> Dict[str, Any]:
+        """The quantisation settings (completed by the backend's ``check``) of a quantised export: a per-tensor
+        and a per-channel int8 are other variants. Empty without ``quantize``."""
+        if not self.quantize:
+            return {}
+        return {
+            "quantize_per_channel": self.quantize_per_channel,
+            "quantize_op_types": list(self.quantize_op_types),
+            "quantize_reduce_range": self.quantize_reduce_range,
         }
 
 
@@ -179,15 +215,85 @@ def check_opset(opset: Any) -> Optional[int]:
     return opset
 
 
+def _modes() -> str:
+    return "; ".join(f"{m!r}: {h}" for m, h in QUANTIZE_HELP.items())
+
+
+def parse_op_types(value: Any) -> Tuple[str, ...]:
+    """``"MatMul,Attention"``, ``["MatMul", "Attention"]`` (or None) -> ``("MatMul", "Attention")``."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: List[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ExportError(f"quantize_op_types must be operator type names such as 'MatMul', received {item!r}.")
+        for name in item.split(","):
+            if name.strip() and name.strip() not in out:
+                out.append(name.strip())
+    return tuple(out)
+
+
+def check_quantize(options: ExportOptions) -> None:
+    """``quantize`` and the options that refine it: known mode, options only with a mode, no contradiction,
+    operator types the mode quantises."""
+    mode = options.quantize
+    refinements = {"quantize_per_channel": options.quantize_per_channel is not None,
+                   "quantize_op_types": bool(options.quantize_op_types),
+                   "quantize_reduce_range": options.quantize_reduce_range is not False}
+    if mode is None:
+        given = [name for name, set_ in refinements.items() if set_]
+        if given:
+            raise ExportError(
+                f"{given[0]} applies to quantised exports only; add quantize='int8' (or another mode: "
+                f"{', '.join(repr(m) for m in QUANTIZE_MODES if m != 'int8')}) or drop {given[0]}."
+            )
+        return
+    if mode not in QUANTIZE_MODES:
+        raise ExportError(f"quantize={mode!r} is not supported; use one of {_modes()}; or leave it unset.")
+    for name in ("quantize_per_channel", "quantize_reduce_range"):
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, bool):
+            raise ExportError(f"{name} must be True or False, received {value!r}.")
+    if mode == "int8-per-tensor" and options.quantize_per_channel:
+        raise ExportError(
+            "quantize='int8-per-tensor' quantises each weight tensor with one scale; quantize_per_channel=True "
+            "contradicts it. Use quantize='int8' (dynamic, per channel) or drop quantize_per_channel."
+        )
+    if mode == "int8" and options.quantize_per_channel is False:
+        raise ExportError(
+            "quantize='int8' quantises weights per channel; for one scale per weight tensor pass "
+            "quantize='int8-per-tensor' instead of quantize_per_channel=False."
+        )
+    if mode == BLOCKWISE_QUANTIZE:
+        for name in ("quantize_per_channel", "quantize_reduce_range"):
+            if getattr(options, name):
+                raise ExportError(
+                    f"quantize='int8-blockwise' has a weight scale per block of 128 inputs of each output channel "
+                    f"(finer than per channel) and 8-bit weights; {name}=True does not apply to it. Drop {name}."
+                )
+    allowed = {STATIC_QUANTIZE: STATIC_OP_TYPES, BLOCKWISE_QUANTIZE: BLOCKWISE_OP_TYPES}.get(mode, DYNAMIC_OP_TYPES)
+    for op in options.quantize_op_types:
+        if op in allowed:
+            continue
+        if op in STATIC_OP_TYPES or op in DYNAMIC_OP_TYPES:
+            owners = [m for m, ops in ((STATIC_QUANTIZE, STATIC_OP_TYPES), ("int8", DYNAMIC_OP_TYPES),
+                                       ("int8-per-tensor", DYNAMIC_OP_TYPES)) if op in ops]
+            raise ExportError(
+                f"quantize_op_types: {op!r} is quantised by quantize={' or '.join(repr(m) for m in owners)} only; "
+                f"quantize={mode!r} quantises {', '.join(allowed)}."
+            )
+        raise ExportError(
+            f"quantize_op_types: {op!r} is not an operator type that quantize={mode!r} quantises; use some of "
+            f"{', '.join(allowed)} (ONNX operator names, case-sensitive)."
+        )
+
+
 def _check_values(options: ExportOptions) -> None:
     """Values whose range does not depend on the source model or the machine."""
     if not isinstance(options.optimize, bool):
         raise ExportError(f"optimize must be True or False, received {options.optimize!r}.")
-    if options.quantize is not None and options.quantize not in QUANTIZE_MODES:
-        raise ExportError(
-            f"quantize={options.quantize!r} is not supported; use one of {', '.join(QUANTIZE_MODES)} "
-            "(dynamic quantisation) or leave it unset."
-        )
+    check_quantize(options)
     threshold = options.min_agreement
     if threshold is not None:
         if options.quantize is None:
@@ -222,8 +328,8 @@ def check_applicable(options: ExportOptions) -> None:
         owners = " or ".join(f"format={other!r}" for other, spec in FORMATS.items() if name in spec.options)
         why = _WHY_NOT.get((name, fmt))
         raise ExportError(
-            f"{argument}={shown!r} does not apply to format={fmt!r}" + (f" ({why})" if why else "")
-            + f"; it applies to {owners} only. Drop {argument}=, or export with {owners}."
+            f"{argument}={shown!r} does not apply to format={fmt!r}; it applies to {owners} only"
+            + (f": {why}" if why else "") + f". Drop {argument}=, or export with {owners}."
         )
     if FORMATS[fmt].static_shapes and not options.trace_shapes:
         raise ExportError(f"format={fmt!r} traces static shapes and needs trace_shape: {HOW_TO_PASS}.")
@@ -242,6 +348,9 @@ def make_options(
     neuron_target: Optional[str] = None,
     compiler_args: Sequence[str] = (),
     device: Optional[str] = None,
+    quantize_per_channel: Optional[bool] = None,
+    quantize_op_types: Any = None,
+    quantize_reduce_range: bool = False,
 ) -> ExportOptions:
     """The options of ``export()`` and ``export_to_directory()``: parsed, bounded and checked against the
     format; the backend's ``check`` completes them against the source model."""
@@ -250,7 +359,10 @@ def make_options(
     options = ExportOptions(format=format, opset=check_opset(opset), trace_shapes=parse_trace_shapes(trace_shape),
                             atol=check_atol(atol), exporter=exporter, optimize=optimize, quantize=quantize,
                             min_agreement=min_agreement, neuron_target=neuron_target,
-                            compiler_args=tuple(compiler_args), device=device)
+                            compiler_args=tuple(compiler_args), device=device,
+                            quantize_per_channel=quantize_per_channel,
+                            quantize_op_types=parse_op_types(quantize_op_types),
+                            quantize_reduce_range=quantize_reduce_range)
     check_applicable(options)
     _check_values(options)
     return options
@@ -279,6 +391,9 @@ class SourceModel:
     spec: TaskSpec
     flavor_conf: Dict[str, Any]
     local_path: str  # downloaded source model directory
+    #: quantize="int8-static": the export's validation data (``validation.data.ValidationData``) to calibrate
+    #: activation ranges on; None: built-in texts (``export/onnx/calibration.py``).
+    calibration_data: Optional[Any] = None
 
     @property
     def input_names(self) -> List[str]:

@@ -1,4 +1,4 @@
-"""ONNX backend on ``torch.onnx.export``.
+"""ONNX backend on ``torch.onnx.export`` (or on the graph of an existing fp32 ONNX version).
 
 The TorchScript-based exporter (``exporter="legacy"``, the default) is used
 because, measured on MiniLM-L6 with torch 2.13, it exports 2.5x faster than the
@@ -6,21 +6,30 @@ dynamo exporter, writes one self-contained file and both give outputs equal
 to 1e-7 at shapes other than the export shape (dynamic axes verified by the
 validation step of every export). ``exporter="dynamo"`` is available for
 opsets 18 and above.
+
+Fusion (``optimize=True``) and int8 quantisation (``quantize=``) are
+post-processing of the written graph (``export/onnx/optimize.py``);
+``int8-static`` calibrates on tokenized rows (``export/onnx/calibration.py``).
+:meth:`OnnxBackend.export_from_graph` quantises the fp32 graph of an existing
+ONNX version instead of exporting the source again (``export/reuse.py`` finds
+it and sets ``options.quantize_from``/``quantize_from_dir``).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.onnx import calibration as calib
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.onnx.generation import export_generation
-from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, Shape, SourceModel
+from mlflow_tfexport.export.options import STATIC_QUANTIZE, ExportedArtifact, ExportOptions, Shape, SourceModel
 from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
+from mlflow_tfexport.serving.conf import read_flavor_conf
 from mlflow_tfexport.tasks import TaskSpec, input_axes
 
 EXPORT_SHAPE: Shape = (2, 16)
@@ -89,9 +98,11 @@ class OnnxBackend:
             )
         if with_past(spec, exporter):
             _check_generation(exporter, options, spec)
-        return replace(options, opset=opset, exporter=exporter)
+        return onnx_optimize.complete_quantize(replace(options, opset=opset, exporter=exporter), spec)
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
+        if getattr(options, "quantize_from_dir", None):  # the graph of an existing fp32 ONNX version, quantised
+            return self.export_from_graph(source, options, staging_dir)
         if with_past(source.spec, str(options.exporter)):  # graph(s) with past key values, numpy decoding
             return export_generation(source, options, staging_dir)
         torch = require("torch")
@@ -135,18 +146,55 @@ class OnnxBackend:
         if large and options.exporter != "dynamo":
             save_with_external_data(path)
         onnx.checker.check_model(path)
-        post_tags = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options)
-        extra_conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
-        if Tag.OPTIMIZED in post_tags:
-            extra_conf[FlavorKey.OPTIMIZED] = post_tags[Tag.OPTIMIZED]
-        if Tag.QUANTIZED in post_tags:
-            extra_conf[FlavorKey.QUANTIZED] = post_tags[Tag.QUANTIZED]
-        tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter),
-                **post_tags}
-        return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=extra_conf, tags=tags)
+        post = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options,
+                                         calibration(source, options, path))
+        return _artifact(options, post)
+
+    def export_from_graph(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
+        """Quantise (and fuse, with ``optimize=True``, unless it is fused already) the fp32 graph of the ONNX
+        version downloaded in ``options.quantize_from_dir`` (``export.reuse.GraphExportOptions``), instead of
+        exporting ``source`` again; ``source`` (its transformers source version) is what the result is validated
+        against."""
+        onnx = require("onnx")
+        base_dir = str(getattr(options, "quantize_from_dir", ""))
+        quantize_from = getattr(options, "quantize_from", None)
+        base = read_flavor_conf(base_dir)
+        if base.get(FlavorKey.QUANTIZED) or base.get(FlavorKey.GENERATION) or base.get(FlavorKey.FORMAT) != Format.ONNX:
+            raise ExportError(
+                f"{quantize_from or base_dir} is not a single fp32 ONNX graph (format "
+                f"{base.get(FlavorKey.FORMAT)!r}, quantized {base.get(FlavorKey.QUANTIZED)!r}, generation "
+                f"{base.get(FlavorKey.GENERATION)!r}); quantise from its source version instead."
+            )
+        model_file = str(base[FlavorKey.MODEL_FILE])
+        path = onnx_optimize.copy_graph(base_dir, model_file, staging_dir, ONNX_FILE)
+        onnx.checker.check_model(path)
+        post = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options,
+                                         calibration(source, options, path),
+                                         already_optimized=base.get(FlavorKey.OPTIMIZED))
+        return _artifact(options, post)
 
     def validation_shapes(self, options: ExportOptions) -> List[Shape]:
         return onnx_optimize.validation_shapes(options, [VALIDATION_SHAPE])
+
+
+def calibration(source: SourceModel, options: ExportOptions, path: str) -> Optional[Tuple[str, List[Dict[str, Any]]]]:
+    """``int8-static``: (description, batches of the inputs of graph ``path``) of the rows to calibrate on
+    (``source.calibration_data``, the export's validation data, else the built-in texts; see
+    ``export/onnx/calibration.py``). None for the other modes."""
+    if options.quantize != STATIC_QUANTIZE:
+        return None
+    onnx = require("onnx")
+    input_names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+    rows = calib.calibration_rows(source.calibration_data, source.spec)
+    feeds = calib.calibration_feeds(rows, calib.encoder_for(source), input_names)
+    return rows.describe(), feeds
+
+
+def _artifact(options: ExportOptions, post: onnx_optimize.PostProcessed) -> ExportedArtifact:
+    extra_conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset, **post.flavor_conf}
+    tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter),
+            **post.tags}
+    return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=extra_conf, tags=tags)
 
 
 BACKEND = OnnxBackend()
