@@ -20,7 +20,6 @@ CODE_DIR = "code"  # this package's runtime code, so serving needs no pip instal
 ONNX_FILE = "model.onnx"
 ONNX_ENCODER_FILE = "encoder.onnx"
 ONNX_DECODER_FILE = "decoder.onnx"
-TORCHSCRIPT_FILE = "model.pt"
 VALIDATION_FILE = "validation.json"
 
 
@@ -66,7 +65,6 @@ class FlavorKey:
     NEURON_TARGET = "neuron_target"
     TRANSFORMERS_VERSION = "transformers_version"
     TORCH_VERSION = "torch_version"
-    EXECUTION_PROVIDERS = "execution_providers"
     # Generation variants exported with past key values (see export/onnx_generation.py).
     GENERATION = "generation"  # a Generation value; absent: a single logits-only graph
     ENCODER_FILE = "encoder_file"  # encoder-decoder: the encoder graph beside the decoder (model_file)

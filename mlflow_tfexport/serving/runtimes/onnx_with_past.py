@@ -110,10 +110,6 @@ class Seq2SeqRunner:
         self.forced_bos_token_id = conf.get(FlavorKey.FORCED_BOS_TOKEN_ID)
         self.forced_eos_token_id = conf.get(FlavorKey.FORCED_EOS_TOKEN_ID)
 
-    @property
-    def sessions(self) -> Dict[str, Any]:
-        return {"encoder": self.encoder_session, "decoder": self.decoder_session}
-
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Dict[str, Any]:
         values = self.encoder_session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
         return dict(zip(self._enc_outputs, values, strict=True))
