@@ -3,7 +3,6 @@ the options that refine them; quantising the graph of an existing fp32 ONNX vers
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any, Dict, List, Tuple
 
@@ -302,8 +301,6 @@ def test_a_source_uri_is_resolved_as_before(registered: Tuple[str, str], tmp_pat
     assert source.canonical_uri == source_uri and same is options
 
 
-@pytest.mark.skipif("quantize_op_types" not in inspect.signature(mlflow_tfexport.export).parameters,
-                    reason="export() does not take the quantize_* options yet")
 def test_export_quantises_an_onnx_version(registered: Tuple[str, str]) -> None:
     _, onnx_uri = registered
     result = mlflow_tfexport.export(onnx_uri, format="onnx", quantize="int8", quantize_op_types="MatMul,Attention")
