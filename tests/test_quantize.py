@@ -281,7 +281,7 @@ def test_quantising_an_onnx_version_reuses_its_graph(registered: Tuple[str, str]
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"format": "onnx"}, r"already an exported ONNX variant\. Pass quantize="),
+        ({"format": "onnx"}, r"already an exported variant \(format 'onnx'\)\. Pass quantize="),
         ({"format": "onnx", "quantize": "int8", "opset": 18}, r"opset=18 differs from the opset"),
         ({"format": "torchscript", "trace_shape": "1x8"}, r"a torchscript export comes from the source"),
     ],

@@ -72,7 +72,7 @@ def _check_request(uri: str, tags: Any, options: ExportOptions) -> str:
         raise ExportError(f"{uri} is an ONNX variant; a {options.format} export comes from the source: {hint}.")
     if not options.quantize:
         raise ExportError(
-            f"{uri} is already an exported ONNX variant. Pass quantize= to quantise its graph "
+            f"{uri} is already an exported variant (format 'onnx'). Pass quantize= to quantise its graph "
             f"(e.g. quantize='int8'), or {hint}."
         )
     if tags.get(Tag.QUANTIZED):

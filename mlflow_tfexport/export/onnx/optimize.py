@@ -61,7 +61,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.errors import ExportError
-from mlflow_tfexport.export.onnx.calibration import FeedsReader
+from mlflow_tfexport.export.onnx import calibration
 from mlflow_tfexport.export.options import BLOCKWISE_QUANTIZE, DEFAULT_OP_TYPES, STATIC_QUANTIZE
 
 _logger = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def quantize(path: str, options: Any, external_data: bool, calibration_feeds: Op
                 raise ExportError("quantize='int8-static' needs calibration rows; none were given.")
             shaped = _with_shapes(path, external_data)
             extra["MatMulConstBOnly"] = True  # weights only: attention scores (activation x activation) stay float
-            quantize_static(shaped, tmp, FeedsReader(calibration_feeds), quant_format=QuantFormat.QDQ,
+            quantize_static(shaped, tmp, calibration.FeedsReader(calibration_feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the x86 kernels
                             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD),
                             extra_options=extra, **common)
