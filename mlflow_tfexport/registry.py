@@ -1,4 +1,5 @@
-"""The registry side of the package: register, find again, settle races, promote, list, parse URIs.
+"""The registry side of the package: register, find again, settle races, promote and roll back (through the
+promotion policy, recorded in the history), list, parse URIs.
 
 Tags and description are passed to ``create_model_version`` itself, so a
 version is never visible in the registry without them. Registered model
@@ -10,7 +11,10 @@ not be loaded back as a ``models:/`` URI are refused before any work
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -19,8 +23,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
-from mlflow_tfexport.constants import VALIDATION_PASSED, Format, Tag
+import mlflow_tfexport.history as history
+from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import ExportError, TfexportError
+from mlflow_tfexport.policy import Decision, decide
 
 #: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
@@ -166,23 +172,72 @@ def register_version(
     )
 
 
-def promote(name: str, version: str, alias: str, client: Optional[MlflowClient] = None) -> ModelVersion:
-    """Point ``alias`` at ``version`` of ``name``; refuse an exported variant whose validation did not pass.
+def _who() -> Optional[str]:
+    """Who runs this process, for the history: the tracking user name, else the OS user."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return None
+
+
+def _refusal(decision: Decision, name: str) -> TfexportError:
+    return TfexportError(
+        f"Refusing to point @{decision.alias} at models:/{name}/{decision.version}: {decision.reason}. The policy of "
+        f"{name!r} (mlflow-tfexport policy {name}) guards @{decision.alias}: export again and promote a version that "
+        "meets it, or change the policy."
+    )
+
+
+def move_alias(client: MlflowClient, name: str, decision: Decision, *, via: str, by: Optional[str]) -> history.Entry:
+    """Point the alias of an accepted ``decision`` at its version and record it (accepted state first, so that
+    the worker's alias guard, hearing of the change, finds it already accepted)."""
+    history.set_accepted(client, name, decision.alias, decision.version)
+    client.set_registered_model_alias(name, decision.alias, decision.version)
+    clear_refusal(client, name, decision.version, decision.alias)
+    entry = history.Entry(time.time(), decision.alias, decision.previous, decision.version, history.ACCEPTED,
+                          decision.reason, by, via)
+    history.record(client, name, entry)
+    return entry
+
+
+def clear_refusal(client: MlflowClient, name: str, version: str, alias: str) -> None:
+    """Delete the version's refusal tag for ``alias``, once the alias is accepted there."""
+    try:
+        tags = client.get_model_version(name, version).tags or {}
+        if Tag.REFUSED_PREFIX + alias in tags:
+            client.delete_model_version_tag(name, version, Tag.REFUSED_PREFIX + alias)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def promote(name: str, version: str, alias: str, client: Optional[MlflowClient] = None, *,
+            via: str = "cli", by: Optional[str] = None) -> ModelVersion:
+    """Point ``alias`` at ``version`` of ``name`` if the model's promotion policy allows it, and record it.
+
+    The decision is the one the worker's alias guard takes for a change made in the UI (``policy.decide``):
+    by default ``@production`` is guarded and needs a version whose validation passed, of the task and label set
+    of the version it replaces; ``mlflow-tfexport policy NAME`` shows the policy. Accepted and refused attempts
+    are both recorded in the model's history (``mlflow-tfexport history NAME``).
 
     Args:
         name: The registered model.
         version: The version to promote (``"2"`` or ``2``).
         alias: The alias to point at it, e.g. ``"production"``; it moves if it pointed elsewhere.
         client: The ``MlflowClient`` to use (default: one for the current tracking and registry URIs).
+        via: What asked, for the history (``"cli"``).
+        by: Who asked, for the history (default: the tracking user name, else the OS user).
 
     Returns:
         The promoted ``ModelVersion``.
 
     Raises:
-        TfexportError: ``version`` is not a tfexport version (no ``tfexport.format`` tag), or it is an
-            exported variant whose ``tfexport.validation`` tag is not ``passed`` (``mlflow-tfexport validate
-            --tag`` records ``failed`` when a re-validation fails); the message names the last check on real
-            data (metric, value, threshold, rows).
+        TfexportError: the policy refuses it; the message lists every reason (e.g. the version is not a tfexport
+            version, or it is an exported variant whose ``tfexport.validation`` tag is not ``passed``, with the last
+            check on real data: metric, value, threshold, rows).
         mlflow.exceptions.MlflowException: the version does not exist.
 
     Example:
@@ -191,31 +246,48 @@ def promote(name: str, version: str, alias: str, client: Optional[MlflowClient] 
     """
     client = client or MlflowClient()
     mv = client.get_model_version(name, str(version))
-    tags = mv.tags or {}
-    fmt = tags.get(Tag.FORMAT)
-    if fmt is None:
-        raise TfexportError(
-            f"models:/{name}/{version} is not a tfexport version (no {Tag.FORMAT} tag); promote it with "
-            "MlflowClient.set_registered_model_alias if that is intended."
-        )
-    if fmt != Format.TRANSFORMERS and tags.get(Tag.VALIDATION) != VALIDATION_PASSED:
-        raise TfexportError(
-            f"Refusing to point @{alias} at models:/{name}/{version}: its validation is "
-            f"{tags.get(Tag.VALIDATION, 'missing')!r}, not {VALIDATION_PASSED!r}{last_validation(tags)}. Export it "
-            "again and promote a version whose validation passed."
-        )
-    client.set_registered_model_alias(name, alias, str(version))
+    current = (client.get_registered_model(name).aliases or {}).get(alias)
+    decision = decide(client, name, alias, str(mv.version), None if current is None else str(current))
+    by = by or _who()
+    if not decision.allowed:
+        history.record(client, name, history.Entry(time.time(), alias, decision.previous, decision.version,
+                                                   history.REFUSED, decision.reason, by, via))
+        raise _refusal(decision, name)
+    move_alias(client, name, decision, via=via, by=by)
     return mv
 
 
-def last_validation(tags: Mapping[str, str]) -> str:
-    """The last recorded check on real data, as a clause (e.g. " (label_agreement 0.5000, >= 1 required, on
-    332 rows from file reviews.csv)"), or "" when none is recorded."""
-    metric = tags.get(Tag.AGREEMENT_METRIC)
-    if not metric:
-        return ""
-    return (f" ({metric} {tags.get(Tag.AGREEMENT, '?')}, >= {tags.get(Tag.AGREEMENT_THRESHOLD, '?')} required, "
-            f"on {tags.get(Tag.DATA_ROWS, '?')} rows from {tags.get(Tag.DATA_ORIGIN, '?')})")
+def rollback(name: str, alias: str = "production", client: Optional[MlflowClient] = None, *,
+             by: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """Move ``alias`` back one step in its recorded history, through the policy; returns (from, to) versions.
+
+    Rolling back twice goes two steps back. Raises ``TfexportError`` when the alias points nowhere, when the
+    history has no earlier version, or when the policy refuses the earlier version now.
+    """
+    client = client or MlflowClient()
+    model = client.get_registered_model(name)
+    current = (model.aliases or {}).get(alias)
+    current = None if current is None else str(current)
+    try:
+        target = history.rollback_target(model.tags or {}, alias, current)
+    except LookupError as exc:
+        raise TfexportError(
+            f"Cannot roll @{alias} of {name!r} back: {exc}. See mlflow-tfexport history {name}."
+        ) from None
+    decision = decide(client, name, alias, str(target), current)
+    by = by or _who()
+    if not decision.allowed:
+        history.record(client, name, history.Entry(time.time(), alias, current, decision.version, history.REFUSED,
+                                                   decision.reason, by, history.VIA_ROLLBACK))
+        raise _refusal(decision, name)
+    move_alias(client, name, decision, via=history.VIA_ROLLBACK, by=by)
+    return current, str(target)
+
+
+def history_rows(name: str, alias: Optional[str] = None, client: Optional[MlflowClient] = None) -> List[Dict[str, str]]:
+    """The recorded alias changes of ``name`` (of ``alias`` only, when given), oldest first, as strings."""
+    client = client or MlflowClient()
+    return [e.row() for e in history.entries(client.get_registered_model(name).tags or {}, alias)]
 
 
 def variant_rows(name: str, client: Optional[MlflowClient] = None) -> List[Dict[str, str]]:

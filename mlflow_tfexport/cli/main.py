@@ -1,7 +1,8 @@
 """``mlflow-tfexport`` / ``python -m mlflow_tfexport``: argparse over the public functions.
 
 Each command maps its arguments onto one public function (``export``,
-``registry.variant_rows``, ``registry.promote``, ``validation.revalidate.validate_version``,
+``registry.variant_rows``, ``registry.promote``, ``registry.rollback``, ``registry.history_rows``,
+``policy.get_policy``/``set_policy``, ``validation.revalidate.validate_version``,
 ``bench.bench``, the worker)
 and prints the result. Exit codes: 0 on success, 1 with a one-line reason on
 failure (the full traceback only with ``--verbose``), 2 for bad command-line
@@ -25,7 +26,16 @@ from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.export.api import STAGES, export
 from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
 from mlflow_tfexport.export.options import DEFAULT_OP_TYPES, QUANTIZE_HELP, QUANTIZE_MODES
-from mlflow_tfexport.registry import parse_models_uri, promote, resolve_version, set_version_tags, variant_rows
+from mlflow_tfexport.policy import get_policy, set_policy
+from mlflow_tfexport.registry import (
+    history_rows,
+    parse_models_uri,
+    promote,
+    resolve_version,
+    rollback,
+    set_version_tags,
+    variant_rows,
+)
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
 from mlflow_tfexport.validation.revalidate import validate_version
 
@@ -95,6 +105,31 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     promote(args.name, args.version, args.alias)
     print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    policy = set_policy(args.name, args.set) if args.set else get_policy(args.name)
+    if args.set:
+        print(f"Set {', '.join(s.partition('=')[0].strip() for s in args.set)} on {args.name}")
+    print(f"Promotion policy of {args.name}:")
+    print(policy.to_text())
+    if policy.errors:
+        print(f"error: the policy of {args.name} cannot be read: guarded aliases refuse every promotion until "
+              "it is fixed (mlflow-tfexport policy NAME --set KEY=VALUE)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    rows = history_rows(args.name, args.alias)
+    print(render_table(rows) if rows else f"(no alias changes recorded for {args.name})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    before, after = rollback(args.name, args.alias)
+    print(f"models:/{args.name}@{args.alias}: version {before} -> version {after}")
     return 0
 
 
@@ -252,12 +287,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
+        "policy",
+        help="show or set the promotion policy of a registered model (its tfexport.policy.* tags)",
+        description="Without --set, show the policy in force (defaults included). KEY is 'guarded' (the guarded "
+        "aliases, comma-separated; default production) or ALIAS.SETTING with SETTING one of: formats (any, or e.g. "
+        "onnx,torchscript), validation (passed or any), real_data (true/false), min_agreement (0..1 or none), "
+        "same_task (true/false: task and label set of the version replaced). An empty VALUE restores the default.",
+    )
+    p.add_argument("name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. production.formats=onnx (repeatable)")
+    p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("history", help="the recorded alias changes of a registered model (accepted and refused)")
+    p.add_argument("name")
+    p.add_argument("--alias", default=None, help="only this alias")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("rollback", help="move an alias back one step in its history, through the policy")
+    p.add_argument("name")
+    p.add_argument("--alias", default="production")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
         "worker",
         help="run exports asked for with the tfexport.request tag (registry webhooks, or --poll)",
         description="Receive MLflow registry webhooks (model_version_tag.set) on POST /webhook, or poll the "
         "registry, and export the versions whose tfexport.request tag asks for it (e.g. 'onnx', "
         "'torchscript:1x128', 'onnx,torchscript:1x32+1x128'). The outcome is written back as the "
-        "tfexport.request.status tag of the version.",
+        "tfexport.request.status tag of the version. Aliases set or removed (model_version_alias.created and "
+        ".deleted webhooks, or each poll) are checked against the model's promotion policy: a refused promotion "
+        "is undone and tagged on the version (tfexport.refused.<alias>).",
     )
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -16,6 +16,8 @@ The pieces, each importing only those listed before it:
 
 - ``grammar``: the value of ``tfexport.request`` -> ``ExportSpec`` s (``parse_request``);
 - ``queue``: ``ExportWorker``, the job queue and its threads, and the status text (``format_status``);
+- ``guard``: aliases moved in the UI checked against the model's promotion policy, refused ones undone
+  (``guard_alias``, ``guard_all``, ``AliasGuard``; alias webhooks and every poll pass);
 - ``webhook``: MLflow's HMAC signatures (``SignatureVerifier``) and one delivery -> one reply
   (``WebhookReceiver``);
 - ``poll``: pending requests (``--poll``) and jobs whose worker died (``requeue_interrupted``);
@@ -25,6 +27,7 @@ The pieces, each importing only those listed before it:
 from __future__ import annotations
 
 from mlflow_tfexport.worker.grammar import MAX_SPECS, ExportSpec, RequestError, parse_request
+from mlflow_tfexport.worker.guard import AliasGuard, guard_alias, guard_all, guard_model
 from mlflow_tfexport.worker.poll import (
     find_interrupted,
     find_pending,
@@ -48,6 +51,7 @@ from mlflow_tfexport.worker.server import DEFAULT_TIMEOUT_S, MAX_BODY_BYTES, WEB
 from mlflow_tfexport.worker.webhook import (
     DEFAULT_TOLERANCE_S,
     DELIVERY_ID_HEADER,
+    EVENTS,
     SECRET_ENV,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -62,6 +66,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_TOLERANCE_S",
     "DELIVERY_ID_HEADER",
+    "EVENTS",
     "MAX_BODY_BYTES",
     "MAX_SPECS",
     "SECRET_ENV",
@@ -71,6 +76,7 @@ __all__ = [
     "STATUS_RUNNING",
     "TIMESTAMP_HEADER",
     "WEBHOOK_PATH",
+    "AliasGuard",
     "DeliveryRejected",
     "ExportSpec",
     "ExportWorker",
@@ -83,6 +89,9 @@ __all__ = [
     "find_interrupted",
     "find_pending",
     "format_status",
+    "guard_alias",
+    "guard_all",
+    "guard_model",
     "is_interrupted",
     "is_pending",
     "make_server",

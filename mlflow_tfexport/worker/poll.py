@@ -1,5 +1,6 @@
 """The registry side: requests still waiting for an answer (``--poll``), and jobs whose worker died.
 
+Each pass also reconciles the aliases of every registered model with their promotion policy (``guard``).
 A request is *pending* when its version has no status yet, or a status that answers an older request value
 (``is_pending``); ``poll`` queues pending requests every ``interval_s``. A ``running`` status whose worker
 died is pending too, so poll mode recovers it by itself. In webhook mode nothing would ask again, so the
@@ -17,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export.recovery import DEAD, UNKNOWN, ProcessOwner, recover_stale_exports_once
+from mlflow_tfexport.worker.guard import guard_all
 from mlflow_tfexport.worker.queue import HEARTBEAT_S, STATUS_RUNNING, ExportWorker, Job, QueueFull, reason
 
 _logger = logging.getLogger(__name__)
@@ -136,10 +138,18 @@ def recover(worker: ExportWorker, *, requeue: bool = True) -> None:
 
 def poll(worker: ExportWorker, *, interval_s: float = 30.0, once: bool = False,
          stop: Optional[threading.Event] = None) -> int:
-    """Queue pending requests every ``interval_s``; with ``once``, one pass and wait for its jobs."""
+    """Queue pending requests every ``interval_s``; with ``once``, one pass and wait for its jobs.
+
+    Each pass also checks every alias moved since the last pass against its model's promotion policy
+    (``guard.guard_all``): a refused promotion is undone, as in webhook mode.
+    """
     stop = stop or threading.Event()
     total = 0
     while not stop.is_set():
+        try:
+            guard_all(worker.client, via="poll")
+        except Exception as exc:  # the registry being down must not end the poller
+            _logger.warning("checking the aliases failed: %s", reason(exc))
         try:
             jobs = find_pending(worker.client)
         except Exception as exc:  # the registry being down must not end the poller

@@ -20,6 +20,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from mlflow_tfexport.worker.guard import AliasGuard, guard_all
 from mlflow_tfexport.worker.poll import recover
 from mlflow_tfexport.worker.queue import ExportWorker
 from mlflow_tfexport.worker.webhook import DEFAULT_TOLERANCE_S, SignatureVerifier, WebhookReceiver
@@ -218,10 +219,12 @@ def serve(
     """Serve webhook deliveries until interrupted (``mlflow-tfexport worker``).
 
     At start, the worker cleans up after exports whose process died and queues again the requests whose
-    worker died mid-export (``poll.recover``), since in webhook mode no delivery would ask for them again.
+    worker died mid-export (``poll.recover``), since in webhook mode no delivery would ask for them again, and
+    checks the aliases moved while it was not running (``guard.guard_all``).
     """
     worker = ExportWorker(threads=threads).start()
-    server = make_server(WebhookReceiver(worker, SignatureVerifier(secret, tolerance_s)), host, port,
+    guard = AliasGuard(worker.client).start()
+    server = make_server(WebhookReceiver(worker, SignatureVerifier(secret, tolerance_s), guard), host, port,
                          timeout_s=timeout_s)
     scheme = "http"
     if certfile:
@@ -230,7 +233,7 @@ def serve(
         server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         scheme = "https"
     # In the background: a registry that is slow to answer must not keep deliveries waiting.
-    threading.Thread(target=recover, args=(worker,), name="tfexport-recovery", daemon=True).start()
+    threading.Thread(target=_at_start, args=(worker,), name="tfexport-recovery", daemon=True).start()
     bound_host, bound_port = server.server_address[:2]
     _logger.info("listening on %s://%s:%s%s", scheme, bound_host, bound_port, WEBHOOK_PATH)
     if ready is not None:
@@ -239,4 +242,13 @@ def serve(
         server.serve_forever()
     finally:
         server.server_close()
+        guard.stop(timeout=30)
         worker.stop()
+
+
+def _at_start(worker: ExportWorker) -> None:
+    recover(worker)
+    try:
+        guard_all(worker.client, via="start")
+    except Exception as exc:  # the registry away at start: the next alias delivery checks its model
+        _logger.warning("could not check the aliases at start: %s", exc)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from mlflow.exceptions import MlflowException
 
 from mlflow_tfexport.constants import Tag
+from mlflow_tfexport.worker.guard import AliasGuard
 from mlflow_tfexport.worker.queue import ExportWorker, Job, QueueFull, reason
 
 _logger = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_S = 300
 EVENT = ("model_version_tag", "set")
+#: Alias events: the model named is reconciled with its promotion policy (``guard``).
+ALIAS_EVENTS = (("model_version_alias", "created"), ("model_version_alias", "deleted"))
+#: What ``mlflow-tfexport worker`` needs delivered (``MlflowClient.create_webhook(events=...)``).
+EVENTS = tuple(".".join(e) for e in (EVENT, *ALIAS_EVENTS))
 
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")  # unix seconds, ASCII digits only (str.isdigit() accepts "²")
 _VERSION = re.compile(r"[0-9]{1,10}")
@@ -186,11 +192,13 @@ def _read_json(body: bytes) -> Dict[str, Any]:
 
 
 class WebhookReceiver:
-    """Turns one HTTP delivery into a reply, queueing an export job when it asks for one."""
+    """Turns one HTTP delivery into a reply, queueing an export job when it asks for one, or an alias check
+    (``guard``) when an alias was set or removed."""
 
-    def __init__(self, worker: ExportWorker, verifier: SignatureVerifier) -> None:
+    def __init__(self, worker: ExportWorker, verifier: SignatureVerifier, guard: Optional[AliasGuard] = None) -> None:
         self.worker = worker
         self.verifier = verifier
+        self.guard = guard if guard is not None else AliasGuard(worker.client)
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> Reply:
         try:
@@ -214,8 +222,10 @@ class WebhookReceiver:
     def _accept(self, body: bytes) -> Reply:
         payload = _read_json(body)
         event = (payload.get("entity"), payload.get("action"))
+        if event in ALIAS_EVENTS:
+            return self._alias(payload.get("data"))
         if event != EVENT:
-            ignored = f"event {_plain(event[0])}.{_plain(event[1])} is not {'.'.join(EVENT)}"
+            ignored = f"event {_plain(event[0])}.{_plain(event[1])} is not one of {', '.join(EVENTS)}"
             return Reply(HTTPStatus.OK, {"ignored": ignored})
         data = payload.get("data")
         if not isinstance(data, dict):
@@ -248,6 +258,27 @@ class WebhookReceiver:
         _logger.info("request %r for models:/%s/%s: %s", value, name, version, why)
         return Reply(HTTPStatus.ACCEPTED if queued else HTTPStatus.OK,
                      {"status": why, "model_version": f"models:/{name}/{version}", "request": value})
+
+    def _alias(self, data: Any) -> Reply:
+        """An alias was set or removed: queue its model for a pass of the alias guard."""
+        expected = "data must hold string name and alias (and version, for model_version_alias.created)"
+        if not isinstance(data, dict):
+            raise DeliveryRejected(HTTPStatus.BAD_REQUEST, f"{expected}; "
+                                   + ("data is missing" if data is None else f"received {type(data).__name__} data"))
+        for key in ("name", "alias"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise DeliveryRejected(HTTPStatus.BAD_REQUEST, f"{expected}; data.{key} is "
+                                       f"{_shown(data.get(key)) if key in data else 'missing'}")
+        name, alias = data["name"], data["alias"]
+        try:
+            queued = self.guard.submit(name)
+        except queue.Full:
+            raise DeliveryRejected(HTTPStatus.SERVICE_UNAVAILABLE,
+                                   "the alias guard's queue is full; retry later") from None
+        _logger.info("alias @%s of %r changed (to %s): %s", alias, name, _shown(data.get("version")),
+                     "queued for the policy check" if queued else "a check of this model is already queued")
+        return Reply(HTTPStatus.ACCEPTED if queued else HTTPStatus.OK,
+                     {"status": "queued" if queued else "already queued", "registered_model": name, "alias": alias})
 
     def _submit(self, job: Job) -> tuple[bool, str]:
         try:
