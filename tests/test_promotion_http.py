@@ -118,7 +118,8 @@ def test_promotions_in_the_ui_are_guarded_and_recorded(guarded: Guarded, tiny_mo
     refusal = _wait_for(lambda: _alias(client, name) == good and client.get_model_version(name, failed).tags.get(
         Tag.REFUSED_PREFIX + "production"), "the refused promotion to be undone")
     assert history.accepted(client.get_registered_model(name).tags, "production") == good
-    print(f"refused promotion undone in {time.monotonic() - started:.2f} s")
+    with capsys.disabled():  # the figure the README quotes (pytest -s shows it)
+        print(f"\nrefused promotion undone {time.monotonic() - started:.2f} s after the UI's REST call")
     assert f"@production may not point at version {failed}: its validation is 'failed', not 'passed' " \
            "(label_agreement 0.5, >= 1 required, on 332 rows from file reviews.csv)" in refusal
     assert f"@production moved back to version {good}" in refusal

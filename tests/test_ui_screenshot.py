@@ -81,3 +81,84 @@ def test_screenshot_script_writes_two_real_pngs(tmp_path: Any) -> None:
         pixels = png_pixel_bytes(str(png))
         assert len(set(pixels)) > 32, f"{name} looks blank"
         assert f"wrote {png}" in done.stdout
+
+
+def _script() -> Any:
+    """``scripts/screenshot_registry.py`` as a module: its server and Chromium helpers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("screenshot_registry", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _page_text(script: Any, chromium: str, url: str, profile: str) -> str:
+    """The page's DOM after its scripts ran (headless Chromium ``--dump-dom``), tags stripped."""
+    import re
+
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--window-size={script.WINDOW[0]},{script.WINDOW[1]}",
+           "--virtual-time-budget=15000", f"--host-resolver-rules=MAP {script.UI_HOST} 127.0.0.1", "--dump-dom", url]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        script.stop_group(proc)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", out.decode(errors="replace")))
+
+
+def test_a_refused_promotion_shows_on_the_version_page(tmp_path: Any, tiny_model: Any) -> None:
+    """An alias set in the UI onto a failed variant: the guard moves it back, and the version page shows why."""
+    import mlflow
+    import requests
+    from mlflow import MlflowClient
+
+    import mlflow_tfexport
+    from mlflow_tfexport.constants import Tag
+    from mlflow_tfexport.registry import promote
+    from mlflow_tfexport.worker import guard_all
+
+    script = _script()
+    chromium = script.find_chromium()
+    if chromium is None:
+        reason = "Chromium not found (Debian package: chromium); the registry UI page check needs it"
+        if _in_ci():
+            pytest.fail(f"{reason} (CI=true: install it with .ci/apt-packages.sh)")
+        pytest.skip(reason)
+    proc, url, _ = script.start_server(str(tmp_path))
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    try:
+        mlflow.set_tracking_uri(url)
+        mlflow.set_registry_uri(url)
+        client = MlflowClient(url, url)
+        model, tok = tiny_model("text-classification")
+        with mlflow.start_run():
+            mlflow_tfexport.log_model(model, tokenizer=tok, name="model", registered_model_name="ui-refused")
+        promote("ui-refused", "1", "production", client)
+        v1 = client.get_model_version("ui-refused", "1")
+        failed = client.create_model_version(  # a variant whose validation failed, as the registry shows it
+            "ui-refused", source=v1.source, run_id=v1.run_id, model_id=v1.model_id or v1.source.rpartition("/")[2],
+            tags={Tag.FORMAT: "onnx", Tag.TASK: v1.tags[Tag.TASK], Tag.VALIDATION: "failed"},
+        ).version
+        r = requests.post(f"{url}/api/2.0/mlflow/registered-models/alias", timeout=30,
+                          json={"name": "ui-refused", "alias": "production", "version": str(failed)})
+        assert r.status_code == 200, r.text
+        guard_all(client)  # what the worker runs on each poll (and on each alias webhook)
+        assert {k: str(v) for k, v in client.get_registered_model("ui-refused").aliases.items()} == {"production": "1"}
+
+        ui = url.replace("127.0.0.1", script.UI_HOST) + f"/#/models/ui-refused/versions/{failed}"
+        profile = tmp_path / "profile"
+        text = _page_text(script, chromium, ui, str(profile))
+        assert f"{Tag.REFUSED_PREFIX}production" in text, text[-3000:]
+        assert f"@production may not point at version {failed}: its validation is 'failed'" in text, text[-3000:]
+        png = tmp_path / "registry-refused.png"
+        script.screenshot(chromium, ui, str(png), str(tmp_path / "profile2"))
+        assert png_size(str(png)) == (1400, 1000) and len(set(png_pixel_bytes(str(png)))) > 32
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        script.stop_group(proc)
