@@ -249,6 +249,8 @@ class VersionFacts:
     version: str
     tags: Mapping[str, str]
     labels: Optional[FrozenSet[str]] = None
+    #: Why the labels could not be read (the MLmodel could not be downloaded): a guarded alias refuses then.
+    unreadable: Optional[str] = None
 
     @property
     def format(self) -> Optional[str]:
@@ -265,8 +267,12 @@ def read_labels(name: str, version: str) -> Optional[FrozenSet[str]]:
 def version_facts(client: Any, name: str, version: str, *, labels: bool = False) -> VersionFacts:
     mv = client.get_model_version(name, str(version))
     tags = dict(mv.tags or {})
-    found = read_labels(name, str(version)) if labels and tags.get(Tag.FORMAT) else None
-    return VersionFacts(str(mv.version), tags, found)
+    if not (labels and tags.get(Tag.FORMAT)):
+        return VersionFacts(str(mv.version), tags)
+    try:
+        return VersionFacts(str(mv.version), tags, read_labels(name, str(version)))
+    except Exception as exc:  # any failure to read the MLmodel: decided as a refusal, not a crash
+        return VersionFacts(str(mv.version), tags, unreadable=f"{type(exc).__name__}: {exc}"[:300])
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,20 @@ def _validation_reasons(rule: AliasRule, tags: Mapping[str, str]) -> List[str]:
     return reasons
 
 
+def _match_reasons(candidate: VersionFacts, replaced: VersionFacts) -> List[str]:
+    """Why ``candidate`` does not do the task of ``replaced`` with the same labels (empty: it does)."""
+    task, before = candidate.tags.get(Tag.TASK), replaced.tags.get(Tag.TASK)
+    if before is not None and task != before:
+        return [f"its task is {task!r}, not {before!r} like version {replaced.version} it replaces"]
+    unreadable = [f"version {f.version}: {f.unreadable}" for f in (candidate, replaced) if f.unreadable]
+    if unreadable:
+        return [f"the label sets could not be compared ({'; '.join(unreadable)})"]
+    if replaced.labels != candidate.labels and replaced.format and candidate.format:
+        return [f"its labels {sorted(candidate.labels or ())} differ from {sorted(replaced.labels or ())} of "
+                f"version {replaced.version} it replaces"]
+    return []
+
+
 def evaluate(policy: Policy, alias: str, candidate: VersionFacts, replaced: Optional[VersionFacts]) -> Decision:
     """Whether ``alias`` may move from ``replaced`` (None: it pointed nowhere) to ``candidate``."""
     previous = replaced.version if replaced is not None else None
@@ -339,12 +359,7 @@ def evaluate(policy: Policy, alias: str, candidate: VersionFacts, replaced: Opti
         if fmt != Format.TRANSFORMERS:
             reasons += _validation_reasons(rule, tags)
     if rule.same_task and replaced is not None and replaced.version != candidate.version:
-        task, before = tags.get(Tag.TASK), replaced.tags.get(Tag.TASK)
-        if before is not None and task != before:
-            reasons.append(f"its task is {task!r}, not {before!r} like version {replaced.version} it replaces")
-        elif replaced.labels != candidate.labels and replaced.format and fmt:
-            reasons.append(f"its labels {sorted(candidate.labels or ())} differ from "
-                           f"{sorted(replaced.labels or ())} of version {replaced.version} it replaces")
+        reasons += _match_reasons(candidate, replaced)
     return Decision(alias, candidate.version, previous, not reasons, tuple(reasons))
 
 

@@ -29,12 +29,13 @@ LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 
 def variant(client: MlflowClient, tmp: Any, fmt: str = "onnx", *, validation: Optional[str] = "passed",
             task: str = "text-classification", labels: Optional[Dict[int, str]] = None, name: str = NAME,
-            **extra: str) -> str:
+            mlmodel: bool = True, **extra: str) -> str:
     """A version tagged like an export (``fmt``, ``validation``, ``task``) whose MLmodel holds ``labels``."""
     folder = tmp / f"v-{len(os.listdir(tmp))}"
     folder.mkdir()
     block = {"format": fmt, "task": task, "id2label": labels or LABELS}
-    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {FLAVOR_NAME: block}}))
+    if mlmodel:
+        (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {FLAVOR_NAME: block}}))
     tags = {Tag.FORMAT: fmt, Tag.TASK: task, **extra}
     if validation is not None:
         tags[Tag.VALIDATION] = validation
@@ -252,6 +253,10 @@ def test_task_and_labels_must_match_the_replaced_version(client: MlflowClient, f
     other_labels = variant(client, folder, labels={0: "neg", 1: "neu", 2: "pos"})
     with pytest.raises(TfexportError, match=r"its labels \['neg', 'neu', 'pos'\] differ"):
         promote(NAME, other_labels, "production")
+    # A version whose MLmodel cannot be read: refused with the reason, not a crash.
+    unreadable = variant(client, folder, mlmodel=False)
+    with pytest.raises(TfexportError, match=rf"the label sets could not be compared \(version {unreadable}: "):
+        promote(NAME, unreadable, "production")
     policy.set_policy(NAME, ["production.same_task=false"])
     promote(NAME, other_labels, "production")
     assert _alias(client) == other_labels
