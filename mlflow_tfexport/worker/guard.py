@@ -198,6 +198,12 @@ class AliasGuard:
             try:
                 guard_model(self.client, name, via="webhook")
                 return
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # deleted since, or never was: nothing to guard
+                    _logger.info("alias delivery for %r: no such registered model", name)
+                    return
+                _logger.warning("guarding the aliases of %r failed (attempt %d/%d): %s", name, attempt, RETRIES, exc)
+                time.sleep(RETRY_WAIT_S)
             except Exception as exc:  # the registry away, or a bug: logged, tried again, the thread goes on
                 _logger.warning("guarding the aliases of %r failed (attempt %d/%d): %s", name, attempt, RETRIES, exc)
                 time.sleep(RETRY_WAIT_S)

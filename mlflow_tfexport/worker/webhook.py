@@ -1,5 +1,9 @@
 """Webhook deliveries: MLflow's HMAC signatures, and one delivery -> one reply (and maybe a queued job).
 
+``model_version_tag.set`` deliveries of ``tfexport.request`` queue exports; ``model_version_alias.created`` and
+``.deleted`` deliveries queue their model for the alias guard (``guard.AliasGuard``), which checks the alias
+against the model's promotion policy.
+
 Deliveries are authenticated the way MLflow signs them (``mlflow.webhooks.delivery``): headers
 ``X-MLflow-Delivery-Id``, ``X-MLflow-Timestamp`` (unix seconds) and ``X-MLflow-Signature`` =
 ``v1,`` + base64(HMAC-SHA256(secret, f"{delivery_id}.{timestamp}.{body}")). Unsigned deliveries answer 401,
