@@ -7,7 +7,7 @@ like any other tag (one value per row, no JSON to get right in a text box):
 tag                                         default                        meaning
 ==========================================  =============================  ====================================
 ``tfexport.policy.guarded``                 ``production``                 the guarded aliases, comma-separated
-                                                                           (empty: none)
+                                                                           (``none``: no alias is guarded)
 ``tfexport.policy.<alias>.formats``         ``any``                        formats the alias may point to,
                                                                            e.g. ``onnx,torchscript``
 ``tfexport.policy.<alias>.validation``      ``passed``                     ``passed``: an exported variant needs
@@ -129,6 +129,8 @@ def _show(rule: AliasRule, setting: str) -> str:
 
 
 def _aliases(value: str, key: str) -> Tuple[str, ...]:
+    if value.strip().lower() == NONE:
+        return ()
     items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     bad = [a for a in items if not set(a) <= _ALIAS_CHARS]
     if bad:

@@ -89,6 +89,8 @@ def test_policy_tags_are_read_one_setting_per_tag() -> None:
     assert p.rule("production") == AliasRule(frozenset({"onnx", "torchscript"}), True, True, 0.99, True)
     assert p.rule("staging") == AliasRule(validation=False)
     assert p.unused == ("tfexport.policy.canary.formats",)
+    assert read_policy({"tfexport.policy.guarded": "none"}).guarded == ()
+    assert read_policy({"tfexport.policy.guarded": ""}).guarded == ()
 
 
 @pytest.mark.parametrize("tags, mentions", [
