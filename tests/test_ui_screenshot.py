@@ -111,7 +111,8 @@ def _page_text(script: Any, chromium: str, url: str, profile: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", out.decode(errors="replace")))
 
 
-def test_a_refused_promotion_shows_on_the_version_page(tmp_path: Any, tiny_model: Any) -> None:
+def test_a_refused_promotion_shows_on_the_version_page(tmp_path: Any, tiny_model: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """An alias set in the UI onto a failed variant: the guard moves it back, and the version page shows why."""
     import mlflow
     import requests
@@ -129,6 +130,7 @@ def test_a_refused_promotion_shows_on_the_version_page(tmp_path: Any, tiny_model
         if _in_ci():
             pytest.fail(f"{reason} (CI=true: install it with .ci/apt-packages.sh)")
         pytest.skip(reason)
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no background job workers: starts quicker
     proc, url, _ = script.start_server(str(tmp_path))
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     try:
