@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError, TfexportError
+from mlflow_tfexport.serving.batching import batched_run
 from mlflow_tfexport.serving.conf import labels
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec, get_task
@@ -86,6 +87,8 @@ class PyfuncBase:
         self.batch_size = model_batch_size(model_config)
         self._param_specs = {p.name: p for p in self.spec.all_params}
         self._defaults = self.spec.param_defaults()
+        #: ``runner.run``, shared between concurrent calls when batching is on (``serving/batching.py``).
+        self.run_model = batched_run(runner.run, self.spec, self.conf, model_config)
 
     def get_raw_model(self) -> Runner:
         """The format's runner (``.session`` for ONNX, ``.model`` for the source, ``.module`` for traces)."""
