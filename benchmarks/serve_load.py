@@ -9,11 +9,13 @@ temporary SQLite registry, it exports ONNX and TorchScript (buckets 1x32,
 8x32, 1x128) variants, logs the same model with ``mlflow.transformers``
 (``text-classification`` pipeline), and for each serves ``mlflow models serve
 -m models:/... --env-manager local`` on a loopback port. The ONNX variant runs
-twice, with batching of concurrent requests on (its default) and off
-(``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"batching": false}'``), side by side in the
-same run. Clients POST one sentence per request in a loop (keep-alive
-connections), for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed
-per variant and client count: requests, failed, requests/s, p50 and p99.
+three times: as logged (batching of concurrent requests on, one onnxruntime
+intra-op thread), with batching off
+(``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"batching": false}'``) and with one thread
+per core (``{"intra_op_num_threads": 0}``), side by side in the same run.
+Clients POST one sentence per request in a loop (keep-alive connections),
+for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed per variant
+and client count: requests, failed, requests/s, p50 and p99.
 
 The floor: the same machine, the same texts, in the same run, without any
 server: tokenize with ``tokenizers`` (the variant's ``tokenizer.json``) and run
@@ -21,7 +23,7 @@ the ONNX graph with ``onnxruntime`` (default session options, as served) on
 batches of 16 sentences, texts/s. Each served figure is also given as a
 ratio to that floor. ``--sweep`` serves the ONNX variant under onnxruntime
 ``intra_op_num_threads`` 1, 2 and 0 (its default: one per core) x ``--workers``
-1 and 2 x batching on/off at 8 and 32 clients.
+1 and 2 x batching on/off at 1, 8 and 32 clients.
 
 Writes ``--out``/serve_load.json and serve_load.md. The load generator runs on
 the same machine as the server and takes some of its CPU.
@@ -243,9 +245,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per variant and client count")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts, comma-separated")
-    parser.add_argument("--variants", default="onnx,onnx-unbatched,torchscript,source,mlflow.transformers")
+    parser.add_argument("--variants",
+                        default="onnx,onnx-unbatched,onnx-threads-per-core,torchscript,source,mlflow.transformers")
     parser.add_argument("--sweep", action="store_true", help="also ONNX threads x workers x batching")
-    parser.add_argument("--sweep-clients", default="8,32")
+    parser.add_argument("--sweep-clients", default="1,8,32")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -261,7 +264,8 @@ def main() -> int:
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(), "seconds": args.seconds, "clients": clients,
     }
-    configs = {"onnx-unbatched": ("onnx", {"batching": False})}
+    configs = {"onnx-unbatched": ("onnx", {"batching": False}),
+               "onnx-threads-per-core": ("onnx", {"intra_op_num_threads": 0})}
     with contextlib.ExitStack() as stack:
         urls = {}
         for name in args.variants.split(","):

@@ -57,8 +57,10 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.onnx",
             backend=f"{_PKG}.export.onnx.backend",
             serving_packages=("onnxruntime", "tokenizers", "numpy"),
-            # 0 threads and "all" are onnxruntime's own defaults.
-            model_config={"providers": [], "intra_op_num_threads": 0, "inter_op_num_threads": 0,
+            # One intra-op thread: served, concurrent requests share runs (batching) and several
+            # --workers share the cores; measured by benchmarks/serve_load.py --sweep. 0 is onnxruntime's own
+            # default (one per core); "all" is onnxruntime's default level.
+            model_config={"providers": [], "intra_op_num_threads": 1, "inter_op_num_threads": 0,
                           "graph_optimization_level": "all", **BATCHING_MODEL_CONFIG},
             options=("opset", "atol", "exporter", "optimize", "quantize", "min_agreement", "quantize_per_channel",
                      "quantize_op_types", "quantize_reduce_range"),
@@ -77,6 +79,7 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.neuron",
             backend=f"{_PKG}.export.neuron",
             serving_packages=(),  # written by the backend: the Neuron SDK of the target instance
+            model_config={**BATCHING_MODEL_CONFIG, "batching": False},  # off until measured on Inferentia
             options=(*_STATIC_OPTIONS, "neuron_target", "compiler_args"),
             static_shapes=True,
         ),
