@@ -68,8 +68,8 @@ def _same(got: Any, want: Any) -> None:
 
 
 def _batcher(pyfunc: Any) -> Batcher:
-    batcher = getattr(pyfunc._model_impl.run_model, "__self__", None)
-    assert isinstance(batcher, Batcher), f"not batched: {pyfunc._model_impl.run_model!r}"
+    batcher = pyfunc._model_impl.batcher
+    assert isinstance(batcher, Batcher), f"not batched: {batcher!r}"
     return batcher
 
 
@@ -193,7 +193,6 @@ def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answer
     in shared runs, and each answer equals the answer alone."""
     pyfunc = pyfuncs[model]
     batcher = _batcher(pyfunc)
-    runner = pyfunc._model_impl.runner
     cases = [(name, call) for name, m, call in _cases(pyfuncs, tiny_model("fill-mask", "bert")[1].mask_token)
              if m is pyfunc]
     expected = {name: _outcome(call) for name, call in cases}
@@ -206,7 +205,7 @@ def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answer
         if len(sizes) == 1:
             entered.set()
             assert release.wait(60)
-        return runner.run(feeds)
+        return real_run(feeds)
 
     results: Dict[str, Any] = {}
     runs, calls = batcher.runs, batcher.merged_calls
@@ -241,10 +240,8 @@ def test_settings_in_the_mlmodel_and_model_config(models: Dict[str, str], pyfunc
         assert config["max_batch_tokens"] == 8192
         _batcher(pyfuncs[name])
     assert _mlmodel_config(models["text-generation"])["batching"] is False  # generation is not batched
-    generator = pyfuncs["text-generation"]._model_impl
-    assert generator.run_model == generator.runner.run
-    off = mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"batching": False})._model_impl
-    assert off.run_model == off.runner.run
+    assert pyfuncs["text-generation"]._model_impl.batcher is None
+    assert mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"batching": False})._model_impl.batcher is None
     small = mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"max_batch_rows": 4, "max_batch_tokens": 99})
     assert (_batcher(small).max_batch_rows, _batcher(small).max_batch_tokens) == (4, 99)
     for bad in ({"batching": "sometimes"}, {"max_batch_rows": 0}, {"max_batch_tokens": -5}):

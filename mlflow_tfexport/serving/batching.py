@@ -42,6 +42,7 @@ import numpy as np
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.formats import BATCHING_MODEL_CONFIG, default_model_config
+from mlflow_tfexport.serving.runtimes.base import Runner
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, TEXT, OutputSpec, TaskSpec
 
 #: ``model_config`` keys (defaults per format in ``formats.py``).
@@ -259,17 +260,17 @@ def batchable(spec: TaskSpec) -> bool:
     return spec.generate is None and spec.input_kind == TEXT
 
 
-def batched_run(run: RunFn, spec: TaskSpec, conf: Mapping[str, Any], model_config: Mapping[str, Any]) -> RunFn:
-    """``run``, or a ``Batcher``'s ``run`` around it when batching is on for this model: a ``batchable`` task
-    with ``batching`` on in ``model_config`` (else the format's default, ``formats.py``). The settings are
-    checked for every model, batched or not."""
+def make_batcher(runner: Runner, spec: TaskSpec, conf: Mapping[str, Any],
+                 model_config: Mapping[str, Any]) -> Optional[Batcher]:
+    """A ``Batcher`` around ``runner`` when batching is on for this model (a ``batchable`` task with
+    ``batching`` on in ``model_config``, else the format's default, ``formats.py``), else None. The settings
+    are checked for every model, batched or not. The runner's ``run`` is looked up at each call."""
     defaults = {**BATCHING_MODEL_CONFIG, "batching": False,
                 **default_model_config(str(conf.get(FlavorKey.FORMAT)))}
     on = _flag(_setting(model_config, defaults, BATCHING))
     rows = _budget(MAX_BATCH_ROWS, _setting(model_config, defaults, MAX_BATCH_ROWS))
     tokens = _budget(MAX_BATCH_TOKENS, _setting(model_config, defaults, MAX_BATCH_TOKENS))
     if not on or not batchable(spec) or conf.get(FlavorKey.PAD_TOKEN_ID) is None:
-        return run
-    batcher = Batcher(run, outputs=spec.outputs, pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]),
-                      max_batch_rows=rows, max_batch_tokens=tokens)
-    return batcher.run
+        return None
+    return Batcher(lambda feeds: runner.run(feeds), outputs=spec.outputs,
+                   pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]), max_batch_rows=rows, max_batch_tokens=tokens)
