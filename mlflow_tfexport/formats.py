@@ -20,6 +20,9 @@ from mlflow_tfexport.errors import UnknownFormatError
 
 #: ``model_config`` keys every variant accepts at load time, with their defaults.
 BASE_MODEL_CONFIG: Mapping[str, Any] = {"batch_size": 32}
+#: Batching of concurrent requests (``serving/batching.py``): on for the formats below that list it, for
+#: text tasks that do not generate; at most 64 rows and 8192 tokens (rows x padded length) per shared run.
+BATCHING_MODEL_CONFIG: Mapping[str, Any] = {"batching": True, "max_batch_rows": 64, "max_batch_tokens": 8192}
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,18 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.eager",
             backend=None,
             serving_packages=("torch", "transformers", "safetensors", "tokenizers", "numpy"),
-            model_config={"device": "auto"},
+            model_config={"device": "auto", **BATCHING_MODEL_CONFIG},
         ),
         FormatSpec(
             name=Format.ONNX,
             runtime=f"{_PKG}.serving.runtimes.onnx",
             backend=f"{_PKG}.export.onnx.backend",
             serving_packages=("onnxruntime", "tokenizers", "numpy"),
-            # 0 threads and "all" are onnxruntime's own defaults.
-            model_config={"providers": [], "intra_op_num_threads": 0, "inter_op_num_threads": 0,
-                          "graph_optimization_level": "all"},
+            # One intra-op thread: served, concurrent requests share runs (batching) and several
+            # --workers share the cores; measured by benchmarks/serve_load.py --sweep. 0 is onnxruntime's own
+            # default (one per core); "all" is onnxruntime's default level.
+            model_config={"providers": [], "intra_op_num_threads": 1, "inter_op_num_threads": 0,
+                          "graph_optimization_level": "all", **BATCHING_MODEL_CONFIG},
             options=("opset", "atol", "exporter", "optimize", "quantize", "min_agreement", "quantize_per_channel",
                      "quantize_op_types", "quantize_reduce_range"),
         ),
@@ -65,7 +70,7 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.torchscript",
             backend=f"{_PKG}.export.torchscript",
             serving_packages=("torch", "tokenizers", "numpy"),
-            model_config={"device": "auto"},
+            model_config={"device": "auto", **BATCHING_MODEL_CONFIG},
             options=(*_STATIC_OPTIONS, "device"),
             static_shapes=True,
         ),
@@ -74,6 +79,7 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.neuron",
             backend=f"{_PKG}.export.neuron",
             serving_packages=(),  # written by the backend: the Neuron SDK of the target instance
+            model_config={**BATCHING_MODEL_CONFIG, "batching": False},  # off until measured on Inferentia
             options=(*_STATIC_OPTIONS, "neuron_target", "compiler_args"),
             static_shapes=True,
         ),
@@ -94,7 +100,12 @@ def export_formats() -> Tuple[str, ...]:
     return tuple(name for name, spec in FORMATS.items() if spec.backend)
 
 
-def default_model_config(fmt: str) -> Dict[str, Any]:
-    """The ``model_config`` written into a variant's pyfunc block (MLflow accepts only these keys)."""
+def default_model_config(fmt: str, *, batching: bool = True) -> Dict[str, Any]:
+    """The ``model_config`` written into a variant's pyfunc block (MLflow accepts only these keys);
+    ``batching=False`` (a task that generates, or takes images) writes ``batching: false`` where the format
+    batches."""
     spec = FORMATS.get(fmt)
-    return {**BASE_MODEL_CONFIG, **(spec.model_config if spec else {})}
+    config = {**BASE_MODEL_CONFIG, **(spec.model_config if spec else {})}
+    if not batching and "batching" in config:
+        config["batching"] = False
+    return config

@@ -93,15 +93,15 @@ class ScoringServer:
 @contextlib.contextmanager
 def models_serve(
     model_uri: str, tracking_uri: str, workdir: str, *, env_manager: str = "local",
-    extra_env: Optional[Dict[str, str]] = None, timeout: float = STARTUP_TIMEOUT_S,
+    extra_env: Optional[Dict[str, str]] = None, timeout: float = STARTUP_TIMEOUT_S, workers: int = 1,
 ) -> Iterator[ScoringServer]:
-    """``mlflow models serve -m MODEL_URI`` on a free loopback port."""
+    """``mlflow models serve -m MODEL_URI --workers N`` on a free loopback port."""
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri, **(extra_env or {}))
     env.pop("MLFLOW_RUN_ID", None)
     cmd: List[str] = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", env_manager,
-        "-p", str(port), "--host", "127.0.0.1", "--workers", "1",
+        "-p", str(port), "--host", "127.0.0.1", "--workers", str(workers),
     ]
     url = f"http://127.0.0.1:{port}"
     log_path = os.path.join(workdir, f"serve-{port}.log")

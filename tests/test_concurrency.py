@@ -1,6 +1,7 @@
 """Requests never share mutable state: the same request gets the same answer whatever runs beside it.
 
-MLflow's scoring server runs ``predict`` in several threads at once. A request
+MLflow's scoring server runs ``predict`` in several threads at once (and the
+classifier's concurrent calls share model runs: ``serving/batching.py``). A request
 with ``{"truncation": false}`` beside default ones, or generation requests
 with different ``max_new_tokens`` (each truncates its prompt at a different
 length, from the left), must each get exactly the answer they get alone.
@@ -117,6 +118,8 @@ def _same_outcome(got: Any, want: Any) -> None:
 
 def test_truncation_and_generation_lengths_do_not_leak_between_threads(pyfuncs: Dict[str, Any]) -> None:
     classifier, generator = pyfuncs["text-classification"], pyfuncs["text-generation"]
+    # The classifier's calls share model runs (batching, on by default); the generator's never do.
+    assert classifier._model_impl.batcher is not None and generator._model_impl.batcher is None
     cases: List[Tuple[str, Callable[[], Any]]] = [
         ("truncated", lambda: classifier.predict([LONG, "dull"])),
         ("not-truncated", lambda: classifier.predict([LONG, "dull"], params={"truncation": False})),

@@ -27,6 +27,8 @@ from mlflow_tfexport.constants import (
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.flavor.environment import pinned, write_environment
 from mlflow_tfexport.formats import default_model_config
+from mlflow_tfexport.serving.batching import batchable
+from mlflow_tfexport.tasks import get_task
 
 #: Every key a flavor block may hold (``FlavorKey``'s values).
 KNOWN_KEYS = frozenset(v for k, v in vars(FlavorKey).items() if k.isupper() and isinstance(v, str))
@@ -121,7 +123,8 @@ def write_model(
         code=CODE_DIR,
         python_env="python_env.yaml",
         conda_env="conda.yaml",
-        model_config=default_model_config(block[FlavorKey.FORMAT]),
+        model_config=default_model_config(block[FlavorKey.FORMAT],
+                                          batching=batchable(get_task(block[FlavorKey.TASK]))),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE))

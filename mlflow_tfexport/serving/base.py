@@ -15,8 +15,11 @@ import math
 import numbers
 from typing import Any, Dict, Mapping, Optional
 
+import numpy as np
+
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError, TfexportError
+from mlflow_tfexport.serving.batching import make_batcher
 from mlflow_tfexport.serving.conf import labels
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec, get_task
@@ -86,10 +89,16 @@ class PyfuncBase:
         self.batch_size = model_batch_size(model_config)
         self._param_specs = {p.name: p for p in self.spec.all_params}
         self._defaults = self.spec.param_defaults()
+        #: Shares model runs between concurrent calls; None when batching is off (``serving/batching.py``).
+        self.batcher = make_batcher(runner, self.spec, self.conf, model_config)
 
     def get_raw_model(self) -> Runner:
         """The format's runner (``.session`` for ONNX, ``.model`` for the source, ``.module`` for traces)."""
         return self.runner
+
+    def run_model(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """``runner.run(feeds)``, through the batcher when batching is on."""
+        return self.runner.run(feeds) if self.batcher is None else self.batcher.run(feeds)
 
     def _params(self, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         """The task's defaults with the request's ``params`` over them, every value checked against its range."""

@@ -58,7 +58,7 @@ class TfexportPyfunc(PyfuncBase):
             chunk = texts if (start, stop) == (0, len(texts)) else texts[start:stop]
             chunk_pairs = None if pairs is None else pairs[start:stop]
             batch = self.encoder.encode(chunk, chunk_pairs, truncation=bool(p["truncation"]))
-            outputs = self.runner.run(batch.feeds)
+            outputs = self.run_model(batch.feeds)
             ctx = Context(
                 encoder=self.encoder,
                 id2label=self.id2label,

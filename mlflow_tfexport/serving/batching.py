@@ -1,0 +1,276 @@
+"""Concurrent ``predict`` calls share model runs: the rows of calls in flight together run as one batch.
+
+MLflow's scoring server runs every request's ``predict`` in its own thread. Each
+request tokenizes its own rows, with its own params, in its own thread (a bad
+row is refused there, before anything is merged); only the model run is shared.
+``Batcher.run`` takes one call's feeds (int64 ``[rows, sequence]`` arrays):
+
+- nothing running: the call runs at once, alone (no added wait at low load);
+- a batch running: the call waits in a bounded queue. When the running batch
+  ends, its leader hands the queue over: the first waiting call becomes the
+  next leader and runs every waiting call that fits with it (same merge key,
+  at most ``max_batch_rows`` rows and ``max_batch_tokens`` = rows x padded
+  length) as one batch; each caller gets exactly its own rows back (its own
+  rows, cut back to its own padded length on every sequence axis).
+
+What can be merged: the model's output for a row depends only on that row's
+feeds (attention-masked padding, as inside one request), so the merge key is
+the feed names and dtypes. Request params (``truncation``, ``batch_size``,
+``max_length``, task params, the deadline) act before the run (tokenization,
+chunking, the deadline checked between chunks) or after it (post-processing),
+in the caller's own thread, so they cannot change what the shared run returns
+for a caller's rows and never leak to another caller. A call larger than the
+budget still runs, alone. If a merged run fails, each of its calls is run
+again alone, so one call's failure is never another's.
+
+Generation tasks are never batched here (their decoding loop calls the runner
+per step). Threads share only the queue, under one lock; the queue holds at
+most ``MAX_QUEUED_CALLS`` calls (beyond it a call runs alone, as without
+batching). Serving path: numpy only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import numbers
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.formats import BATCHING_MODEL_CONFIG, default_model_config
+from mlflow_tfexport.serving.runtimes.base import Runner
+from mlflow_tfexport.tasks import BATCH, SEQUENCE, TEXT, OutputSpec, TaskSpec
+
+#: ``model_config`` keys (defaults per format in ``formats.py``).
+BATCHING = "batching"
+MAX_BATCH_ROWS = "max_batch_rows"
+MAX_BATCH_TOKENS = "max_batch_tokens"
+#: The largest value either budget may take.
+MAX_BUDGET = 1 << 24
+#: Calls waiting at most; more run alone, beside the batches.
+MAX_QUEUED_CALLS = 256
+
+Feeds = Dict[str, np.ndarray]
+RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
+MergeKey = Tuple[Tuple[str, str], ...]
+
+
+@dataclass
+class _Call:
+    feeds: Feeds
+    key: MergeKey
+    rows: int
+    length: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Optional[Dict[str, np.ndarray]] = None
+    error: Optional[BaseException] = None
+    #: Set by the leader that hands over: the calls this call must run (itself first).
+    lead: Optional[List[_Call]] = None
+
+
+def merge_key(feeds: Mapping[str, np.ndarray]) -> MergeKey:
+    """What calls must share to run together: their feed names and dtypes (see the module doc)."""
+    return tuple(sorted((name, str(np.asarray(value).dtype)) for name, value in feeds.items()))
+
+
+class Batcher:
+    """Runs concurrent calls of ``run`` as shared batches (see the module doc); safe to share between threads."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        outputs: Sequence[OutputSpec],
+        pad_token_id: int,
+        max_batch_rows: int,
+        max_batch_tokens: int,
+        max_queued: int = MAX_QUEUED_CALLS,
+    ) -> None:
+        self._run = run
+        self._axes = {o.name: dict(o.axes) for o in outputs}
+        self.pad_token_id = int(pad_token_id)
+        self.max_batch_rows = int(max_batch_rows)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_queued = int(max_queued)
+        self._lock = threading.Lock()
+        self._queue: Deque[_Call] = deque()
+        self._running = False
+        #: Counters (read them under no lock: they are for tests and benchmarks): model runs and calls served.
+        self.runs = 0
+        self.merged_calls = 0
+
+    # ------------------------------------------------------------------ the caller's side
+
+    def run(self, feeds: Feeds) -> Dict[str, np.ndarray]:
+        """The model's outputs for ``feeds`` (one call's rows), as ``run(feeds)`` alone would return them."""
+        shape = np.shape(next(iter(feeds.values()))) if feeds else (0, 0)
+        if len(shape) != 2 or shape[0] == 0:
+            return self._run(feeds)
+        call = _Call(feeds, merge_key(feeds), int(shape[0]), int(shape[1]))
+        with self._lock:
+            if not self._running:
+                self._running = True
+                batch: Optional[List[_Call]] = [call]
+            elif len(self._queue) < self.max_queued:
+                self._queue.append(call)
+                batch = None
+            else:  # queue full: run alone, beside the batches
+                return self._run(feeds)
+        if batch is None:
+            call.done.wait()
+            batch = call.lead
+            if batch is None:  # answered by another leader
+                return self._outcome(call)
+        self._lead(batch)
+        return self._outcome(call)
+
+    @staticmethod
+    def _outcome(call: _Call) -> Dict[str, np.ndarray]:
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    # ------------------------------------------------------------------ the leader's side
+
+    def _lead(self, batch: List[_Call]) -> None:
+        """Run ``batch``, answer its calls, then hand the queue to the next leader (or stop running)."""
+        try:
+            self._run_batch(batch)
+        finally:
+            with self._lock:
+                following = self._take()
+                if not following:
+                    self._running = False
+            for call in batch[1:]:
+                call.done.set()
+            if following:
+                following[0].lead = following
+                following[0].done.set()
+
+    def _take(self) -> List[_Call]:
+        """The next batch from the queue (under the lock): the first waiting call and every waiting call that
+        fits with it, in arrival order."""
+        if not self._queue:
+            return []
+        first = self._queue.popleft()
+        taken, rows, length = [first], first.rows, first.length
+        kept: Deque[_Call] = deque()
+        while self._queue:
+            call = self._queue.popleft()
+            longest = max(length, call.length)
+            fits = (call.key == first.key and rows + call.rows <= self.max_batch_rows
+                    and (rows + call.rows) * longest <= self.max_batch_tokens)
+            if fits:
+                taken.append(call)
+                rows, length = rows + call.rows, longest
+            else:
+                kept.append(call)
+        self._queue = kept
+        return taken
+
+    def _run_batch(self, batch: List[_Call]) -> None:
+        self.runs += 1
+        self.merged_calls += len(batch)
+        if len(batch) == 1:
+            self._run_alone(batch[0])
+            return
+        try:
+            outputs = self._run(self._merge(batch))
+            start = 0
+            for call in batch:
+                call.result = self._split(outputs, start, call)
+                start += call.rows
+        except Exception:  # each call alone: one call's failure is never another's
+            for call in batch:
+                self._run_alone(call)
+
+    def _run_alone(self, call: _Call) -> None:
+        try:
+            call.result, call.error = self._run(call.feeds), None
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            call.result, call.error = None, exc
+
+    def _merge(self, batch: List[_Call]) -> Feeds:
+        rows = sum(c.rows for c in batch)
+        length = max(c.length for c in batch)
+        merged: Feeds = {}
+        for name, first in batch[0].feeds.items():
+            pad = self.pad_token_id if name == "input_ids" else 0
+            out = np.full((rows, length), pad, dtype=first.dtype)
+            start = 0
+            for call in batch:
+                out[start:start + call.rows, :call.length] = call.feeds[name]
+                start += call.rows
+            merged[name] = out
+        return merged
+
+    def _split(self, outputs: Mapping[str, np.ndarray], start: int, call: _Call) -> Dict[str, np.ndarray]:
+        """``call``'s rows of every output, cut back to its own length on the sequence axes."""
+        part = {}
+        for name, value in outputs.items():
+            axes = self._axes.get(name, {0: BATCH})
+            index: List[Any] = [slice(None)] * np.ndim(value)
+            for axis, kind in axes.items():
+                if axis < len(index):
+                    index[axis] = slice(start, start + call.rows) if kind == BATCH else \
+                        slice(0, call.length) if kind == SEQUENCE else slice(None)
+            part[name] = np.ascontiguousarray(value[tuple(index)])
+        return part
+
+
+# ---------------------------------------------------------------------- settings
+
+
+def _setting(config: Mapping[str, Any], defaults: Mapping[str, Any], key: str) -> Any:
+    value = config.get(key)
+    return defaults.get(key) if value is None else value
+
+
+def _budget(key: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_BUDGET:
+        raise TfexportError(
+            f"model_config {key}={value!r} is out of range: expected an integer from 1 to {MAX_BUDGET}. Fix the "
+            f"python_function model_config in the MLmodel, set MLFLOW_PYFUNC_INFERENCE_CONFIG, or pass "
+            f"model_config={{{key!r}: ...}} to mlflow.pyfunc.load_model."
+        )
+    return int(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise TfexportError(
+            f"model_config {BATCHING}={value!r} is not a boolean: expected true or false. Fix the python_function "
+            "model_config in the MLmodel, set MLFLOW_PYFUNC_INFERENCE_CONFIG='{\"batching\": false}', or pass "
+            "model_config={'batching': False} to mlflow.pyfunc.load_model."
+        )
+    return value
+
+
+def batchable(spec: TaskSpec) -> bool:
+    """Whether concurrent calls of ``spec``'s models may share runs: text tasks that do not generate."""
+    return spec.generate is None and spec.input_kind == TEXT
+
+
+def make_batcher(runner: Runner, spec: TaskSpec, conf: Mapping[str, Any],
+                 model_config: Mapping[str, Any]) -> Optional[Batcher]:
+    """A ``Batcher`` around ``runner`` when batching is on for this model (a ``batchable`` task with
+    ``batching`` on in ``model_config``, else the format's default, ``formats.py``), else None. The settings
+    are checked for every model, batched or not. The runner's ``run`` is looked up at each call."""
+    defaults = {**BATCHING_MODEL_CONFIG, "batching": False,
+                **default_model_config(str(conf.get(FlavorKey.FORMAT)))}
+    on = _flag(_setting(model_config, defaults, BATCHING))
+    rows = _budget(MAX_BATCH_ROWS, _setting(model_config, defaults, MAX_BATCH_ROWS))
+    tokens = _budget(MAX_BATCH_TOKENS, _setting(model_config, defaults, MAX_BATCH_TOKENS))
+    if not on or not batchable(spec) or conf.get(FlavorKey.PAD_TOKEN_ID) is None:
+        return None
+    return Batcher(lambda feeds: runner.run(feeds), outputs=spec.outputs,
+                   pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]), max_batch_rows=rows, max_batch_tokens=tokens)

@@ -1,0 +1,314 @@
+"""Concurrent calls share model runs, and every caller gets exactly the answer it gets alone.
+
+In-process: many threads send a mix of requests (different params, different
+tasks' columns, rows that are refused, several rows per request) to pyfuncs of
+tiny random models (the source and ONNX and TorchScript variants of a
+classifier; token classification, question answering, fill-mask and feature
+extraction sources); every answer is compared with the same request's answer
+alone, and the batchers must have merged calls. Then the settings: defaults
+written into the MLmodel per format and task, ``model_config`` overrides,
+bad values refused, generation never batched. Last, a real ``mlflow models
+serve`` with concurrent clients.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Tuple
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import yaml
+from mlflow.exceptions import MlflowException
+from servers import models_serve
+
+import mlflow_tfexport
+from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.serving.batching import Batcher
+
+LONG = " ".join(["film"] * 200)  # over the tiny models' 64 tokens
+TEXTS = ["a great film", "dull", "the plot was slow but the actors were wonderful and the music too", "ok"]
+CONTEXT = "paris is the capital of france . " * 3
+THREADS = 16
+PER_THREAD = 30
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # the outcome is compared, whatever it is
+        return exc
+
+
+def _same(got: Any, want: Any) -> None:
+    if isinstance(want, Exception):
+        assert isinstance(got, MlflowException), f"expected {type(want).__name__}, got {got!r:.200}"
+        assert got.message == want.message  # type: ignore[attr-defined]
+    elif isinstance(want, pd.DataFrame):
+        assert isinstance(got, pd.DataFrame), f"expected a frame, got {got!r:.200}"
+        pd.testing.assert_frame_equal(got, want, atol=1e-5)
+    elif isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray) and got.shape == want.shape, f"got {got!r:.200}"
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    else:
+        assert isinstance(got, list) and len(got) == len(want), f"got {got!r:.200}"
+        for g, w in zip(got, want, strict=True):
+            if isinstance(w, list):  # entities
+                assert [e["entity"] for e in g] == [e["entity"] for e in w]
+                assert [e["start"] for e in g] == [e["start"] for e in w]
+                np.testing.assert_allclose([e["score"] for e in g], [e["score"] for e in w], atol=1e-5)
+            else:
+                assert g == w
+
+
+def _batcher(pyfunc: Any) -> Batcher:
+    batcher = pyfunc._model_impl.batcher
+    assert isinstance(batcher, Batcher), f"not batched: {batcher!r}"
+    return batcher
+
+
+def _mlmodel_config(path: str) -> Dict[str, Any]:
+    with open(os.path.join(path, "MLmodel")) as f:
+        config: Dict[str, Any] = yaml.safe_load(f)["flavors"]["python_function"]["config"]
+    return config
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, module_registry: str, tiny_model: Any) -> Dict[str, str]:
+    """Model directories: the classifier's source, ONNX and TorchScript variants; four other tasks' sources."""
+    paths: Dict[str, str] = {}
+    model, tok = tiny_model("text-classification", "bert")
+    with mlflow.start_run():
+        mlflow_tfexport.log_model(model, tokenizer=tok, name="model", registered_model_name="cls")
+    paths["cls-source"] = mlflow.artifacts.download_artifacts("models:/cls/1")
+    onnx = mlflow_tfexport.export("models:/cls/1", format="onnx")
+    paths["cls-onnx"] = mlflow.artifacts.download_artifacts(f"models:/cls/{onnx.model_version.version}")
+    traced = mlflow_tfexport.export("models:/cls/1", format="torchscript", trace_shape="1x16,8x64")
+    paths["cls-torchscript"] = mlflow.artifacts.download_artifacts(f"models:/cls/{traced.model_version.version}")
+    for task in ("token-classification", "question-answering", "fill-mask", "feature-extraction",
+                 "text-generation"):
+        model, tok = tiny_model(task, "gpt2" if task == "text-generation" else "bert")
+        path = str(tmp_path_factory.mktemp(task) / "model")
+        mlflow_tfexport.save_model(model, path, tokenizer=tok)
+        paths[task] = path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pyfuncs(models: Dict[str, str]) -> Dict[str, Any]:
+    return {name: mlflow.pyfunc.load_model(path) for name, path in models.items()}
+
+
+def _cases(pyfuncs: Dict[str, Any], tokenizer_mask: str) -> List[Tuple[str, Any, Callable[[], Any]]]:
+    cases: List[Tuple[str, Any, Callable[[], Any]]] = []
+    for variant in ("cls-source", "cls-onnx", "cls-torchscript"):
+        m = pyfuncs[variant]
+        cases += [
+            (f"{variant}-one", m, lambda m=m: m.predict(TEXTS[:1])),
+            (f"{variant}-all", m, lambda m=m: m.predict(TEXTS)),
+            (f"{variant}-batch-size-1", m, lambda m=m: m.predict(TEXTS, params={"batch_size": 1})),
+            (f"{variant}-long-truncated", m, lambda m=m: m.predict([LONG, "dull"])),
+            (f"{variant}-long-refused", m, lambda m=m: m.predict([LONG, "dull"], params={"truncation": False})),
+            (f"{variant}-short-not-truncated", m, lambda m=m: m.predict(TEXTS[1:], params={"truncation": False})),
+            (f"{variant}-pair", m, lambda m=m: m.predict(pd.DataFrame({"text": TEXTS[:2],
+                                                                        "text_pair": TEXTS[2:]}))),
+            (f"{variant}-numbers", m, lambda m=m: m.predict(pd.DataFrame({"text": [1, 2]}))),
+            (f"{variant}-empty-text", m, lambda m=m: m.predict(["", "dull"])),
+            (f"{variant}-lone-surrogate", m, lambda m=m: m.predict(["\ud800"])),
+            (f"{variant}-bad-param", m, lambda m=m: m.predict(TEXTS[:1], params={"batch_size": -1})),
+        ]
+    tc, qa, fm, fe = (pyfuncs[t] for t in ("token-classification", "question-answering", "fill-mask",
+                                             "feature-extraction"))
+    cases += [
+        ("tokens-labels", tc, lambda: tc.predict(TEXTS)),
+        ("tokens-entities", tc, lambda: tc.predict(TEXTS[2:], params={"output": "entities"})),
+        ("qa", qa, lambda: qa.predict(pd.DataFrame({"question": ["what is the capital?"], "context": [CONTEXT]}))),
+        ("qa-short", qa, lambda: qa.predict(pd.DataFrame({"question": ["capital?", "which?"],
+                                                          "context": [CONTEXT, LONG]}),
+                                            params={"max_answer_len": 1})),
+        ("qa-refused", qa, lambda: qa.predict(pd.DataFrame({"question": ["q"], "context": [LONG]}),
+                                              params={"truncation": False})),
+        ("fill-mask", fm, lambda: fm.predict([f"the film was {tokenizer_mask} ."])),
+        ("fill-mask-top-2", fm, lambda: fm.predict([f"a {tokenizer_mask} plot", f"so {tokenizer_mask}"],
+                                                   params={"top_k": 2})),
+        ("fill-mask-no-mask", fm, lambda: fm.predict(["no mask here"])),
+        ("embed-mean", fe, lambda: fe.predict(TEXTS)),
+        ("embed-cls-normalized", fe, lambda: fe.predict(TEXTS[:2], params={"pooling": "cls", "normalize": True})),
+        ("embed-long", fe, lambda: fe.predict([LONG])),
+    ]
+    return cases
+
+
+def test_concurrent_mixed_requests_each_get_their_solo_answer(pyfuncs: Dict[str, Any], tiny_model: Any) -> None:
+    mask = tiny_model("fill-mask", "bert")[1].mask_token
+    cases = _cases(pyfuncs, mask)
+    expected = {name: _outcome(call) for name, _, call in cases}  # one at a time: the reference answers
+    refused = [n for n, v in expected.items() if isinstance(v, Exception)]
+    assert sorted(refused) == sorted(n for n, _, _ in cases if n.endswith(
+        ("-refused", "-numbers", "-lone-surrogate", "-bad-param", "-no-mask"))), refused
+    batchers = {id(m): _batcher(m) for _, m, _ in cases}
+    before = {k: (b.runs, b.merged_calls) for k, b in batchers.items()}
+    failures: List[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(THREADS)
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        start.wait()
+        for _ in range(PER_THREAD):
+            name, _, call = cases[rng.randrange(len(cases))]
+            try:
+                _same(_outcome(call), expected[name])
+            except AssertionError as exc:
+                with lock:
+                    failures.append(f"{name}: {exc}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: calls overlap
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, f"{len(failures)} wrong answers, e.g. {failures[:5]}"
+    merged = {k: (b.merged_calls - before[k][1]) - (b.runs - before[k][0]) for k, b in batchers.items()}
+    assert sum(merged.values()) > 0, "no two calls ever shared a run"  # calls saved by sharing runs
+
+
+@pytest.mark.parametrize("model", ["cls-source", "cls-onnx", "cls-torchscript", "token-classification",
+                                   "question-answering", "fill-mask", "feature-extraction"])
+def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answers(
+        pyfuncs: Dict[str, Any], tiny_model: Any, model: str) -> None:
+    """Leader/follower, made deterministic: the first call runs alone and is held there; every case of the
+    model (other lengths, params, columns, refused rows) is sent meanwhile; released, the waiting calls run
+    in shared runs, and each answer equals the answer alone."""
+    pyfunc = pyfuncs[model]
+    batcher = _batcher(pyfunc)
+    cases = [(name, call) for name, m, call in _cases(pyfuncs, tiny_model("fill-mask", "bert")[1].mask_token)
+             if m is pyfunc]
+    expected = {name: _outcome(call) for name, call in cases}
+    release, entered = threading.Event(), threading.Event()
+    real_run = batcher._run
+    sizes: List[int] = []
+
+    def held(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:  # holds the first run until released
+        sizes.append(len(feeds["input_ids"]))
+        if len(sizes) == 1:
+            entered.set()
+            assert release.wait(60)
+        return real_run(feeds)
+
+    results: Dict[str, Any] = {}
+    runs, calls = batcher.runs, batcher.merged_calls
+    batcher._run = held
+    try:
+        lead = next(call for name, call in cases if not isinstance(expected[name], Exception))
+        first = threading.Thread(target=lambda: results.__setitem__("first", lead()))
+        first.start()
+        assert entered.wait(60)
+        waiting = [threading.Thread(target=lambda n=n, c=c: results.__setitem__(n, _outcome(c))) for n, c in cases]
+        for t in waiting:
+            t.start()
+        for _ in range(3000):  # every call is answered (refused before the model) or queued behind the first
+            with batcher._lock:
+                if len(batcher._queue) + len(results) - ("first" in results) == len(cases):
+                    break
+            threading.Event().wait(0.01)
+        release.set()
+        for t in [first, *waiting]:
+            t.join()
+    finally:
+        batcher._run = real_run
+    assert batcher.merged_calls - calls > batcher.runs - runs, sizes  # some runs were shared
+    for name, _ in cases:
+        _same(results[name], expected[name])
+
+
+def test_settings_in_the_mlmodel_and_model_config(models: Dict[str, str], pyfuncs: Dict[str, Any]) -> None:
+    for name in ("cls-source", "cls-onnx", "cls-torchscript", "feature-extraction"):
+        config = _mlmodel_config(models[name])
+        assert config["batching"] is True and config["max_batch_rows"] == 64
+        assert config["max_batch_tokens"] == 8192
+        _batcher(pyfuncs[name])
+    assert _mlmodel_config(models["text-generation"])["batching"] is False  # generation is not batched
+    assert pyfuncs["text-generation"]._model_impl.batcher is None
+    assert mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"batching": False})._model_impl.batcher is None
+    small = mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"max_batch_rows": 4, "max_batch_tokens": 99})
+    assert (_batcher(small).max_batch_rows, _batcher(small).max_batch_tokens) == (4, 99)
+    for bad in ({"batching": "sometimes"}, {"max_batch_rows": 0}, {"max_batch_tokens": -5}):
+        with pytest.raises(TfexportError, match=str(next(iter(bad)))):
+            mlflow.pyfunc.load_model(models["cls-onnx"], model_config=bad)
+
+
+def test_the_budget_keeps_calls_apart(pyfuncs: Dict[str, Any]) -> None:
+    """Waiting calls are taken while they fit in max_batch_rows and max_batch_tokens (rows x padded length)."""
+    batcher = Batcher(lambda feeds: feeds, outputs=(), pad_token_id=0, max_batch_rows=4, max_batch_tokens=40)
+
+    def call(rows: int, length: int) -> Any:
+        feeds = {"input_ids": np.ones((rows, length), dtype=np.int64)}
+        return type("Call", (), {"feeds": feeds, "key": (("input_ids", "int64"),), "rows": rows,
+                                 "length": length})()
+
+    batcher._queue.extend([call(2, 5), call(2, 30), call(2, 5), call(1, 8), call(1, 5)])
+    first = batcher._take()
+    assert [(c.rows, c.length) for c in first] == [(2, 5), (2, 5)]  # (2, 30) would make 4 x 30 > 40 tokens
+    second = batcher._take()
+    assert [(c.rows, c.length) for c in second] == [(2, 30)]
+    assert [(c.rows, c.length) for c in batcher._take()] == [(1, 8), (1, 5)]
+    assert batcher._take() == []
+
+
+@pytest.mark.slow
+def test_concurrent_clients_of_a_real_scoring_server(tracking_uri: str, tmp_path: Any, tiny_model: Any) -> None:
+    model, tok = tiny_model("text-classification", "bert")
+    with mlflow.start_run():
+        mlflow_tfexport.log_model(model, tokenizer=tok, name="model", registered_model_name="served")
+    payloads: Dict[str, Dict[str, Any]] = {
+        "one": {"inputs": TEXTS[:1]},
+        "all": {"inputs": TEXTS},
+        "batch-size-1": {"inputs": TEXTS, "params": {"batch_size": 1}},
+        "long": {"inputs": [LONG, "dull"]},
+        "long-refused": {"inputs": [LONG], "params": {"truncation": False}},
+        "numbers": {"inputs": [1, 2]},
+    }
+    with models_serve("models:/served/1", tracking_uri, str(tmp_path)) as server:
+        def post(payload: Dict[str, Any]) -> Tuple[int, Any]:
+            response = requests.post(f"{server.url}/invocations", json=payload, timeout=60)
+            return response.status_code, response.json()
+
+        expected = {name: post(p) for name, p in payloads.items()}
+        assert {n: s for n, (s, _) in expected.items()} == {
+            "one": 200, "all": 200, "batch-size-1": 200, "long": 200, "long-refused": 400, "numbers": 400}
+        failures: List[str] = []
+        lock = threading.Lock()
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(25):
+                name = rng.choice(list(payloads))
+                status, body = post(payloads[name])
+                want_status, want = expected[name]
+                ok = status == want_status and (
+                    body.get("message") == want.get("message") if status != 200 else
+                    [r["label"] for r in body["predictions"]] == [r["label"] for r in want["predictions"]]
+                    and np.allclose([r["score"] for r in body["predictions"]],
+                                    [r["score"] for r in want["predictions"]], atol=1e-5))
+                if not ok:
+                    with lock:
+                        failures.append(f"{name}: {status} {str(body)[:200]}")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:5]
