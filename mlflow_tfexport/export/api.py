@@ -215,7 +215,7 @@ def export_to_directory(
         variant.save_model(
             path, staged_dir=staging, flavor_conf=staged.conf,
             requirements=staged.artifact.requirements or default_requirements(format),
-            signature=source.signature,
+            signature=source.signature, input_example=source.input_example(),
             python_version=staged.artifact.python_version, extra_index_urls=staged.artifact.extra_index_urls,
         )
     return staged.conf, staged.report
@@ -432,6 +432,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         flavor_conf=conf,
         requirements=artifact.requirements or default_requirements(fmt),
         signature=source.signature,
+        input_example=source.input_example(),
         python_version=artifact.python_version,
         extra_index_urls=artifact.extra_index_urls,
     )
