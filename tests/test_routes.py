@@ -19,9 +19,12 @@ variants. Checked here:
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
+import subprocess
+import sys
 from typing import Any, Dict, Iterator
 
 import mlflow
@@ -235,3 +238,46 @@ def test_spark_udf_takes_the_columns_from_the_signature(registry: Dict[str, Any]
     expected = pyfuncs[variant].predict(pd.DataFrame({"text": texts}))
     assert rows["label"].tolist() == expected["label"].tolist()
     np.testing.assert_allclose(rows["score"], expected["score"], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_dockerfile_installs_exactly_the_variants_requirements(registry: Dict[str, Any], tmp_path: Any,
+                                                                       variant: str) -> None:
+    """The image installs the model's own requirements.txt (no image is built: no Docker daemon needed)."""
+    out = tmp_path / "docker"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"]}
+    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m",
+                           registry["uris"][variant], "-d", str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "COPY model_dir" in dockerfile and "_install_pyfunc_deps" in dockerfile
+    assert "torch" not in dockerfile  # what torch the image gets comes from the model's requirements only
+    found = [p for p in out.rglob("requirements.txt")]
+    assert len(found) == 1, found
+    lines = [x.strip() for x in found[0].read_text().splitlines() if x.strip()]
+    names = {x.split("==")[0].lower() for x in lines}
+    expected = {"transformers": {"mlflow", "torch", "transformers", "safetensors", "tokenizers", "numpy"},
+                "onnx": {"mlflow", "onnxruntime", "tokenizers", "numpy"},
+                "torchscript": {"mlflow", "torch", "tokenizers", "numpy"}}[variant]
+    assert names == expected, lines
+    assert "torch" not in names or f"torch=={torch_public_version()}" in lines
+    for line in lines:  # every pin is the installed public version: pip resolves it from PyPI
+        name, _, version = line.partition("==")
+        assert version == importlib.metadata.version(name).split("+")[0], line
+        assert "+" not in version, line
+
+
+def torch_public_version() -> str:
+    return importlib.metadata.version("torch").split("+")[0]
+
+
+def test_the_versions_tag_uses_the_same_pins_as_the_requirements(registry: Dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    from mlflow_tfexport.constants import Tag
+
+    version = registry["uris"]["onnx"].rsplit("/", 1)[1]
+    tag = MlflowClient().get_model_version(NAME, version).tags[Tag.VERSIONS]
+    assert f"torch=={torch_public_version()}" in tag.split(","), tag
+    assert "+" not in tag, tag
