@@ -18,7 +18,7 @@ _DTYPES = {"string": "string", "double": "double", "long": "long", "boolean": "b
 InputSchemaArg = Union[bool, Sequence[str], None]
 
 
-def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[ColSpec]:
+def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[ColSpec, TensorSpec]]:
     """The named input columns for ``spec``: ``[]`` when ``input_schema`` is false.
 
     ``True`` declares the task's columns (``text``; ``text`` and an optional ``text_pair``;
@@ -44,7 +44,8 @@ def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[ColSpec]
             )
         required, optional = names, []
     dtype = "binary" if spec.input_kind == IMAGE else "string"
-    return [ColSpec(dtype, n) for n in required] + [ColSpec(dtype, n, required=False) for n in optional]
+    columns: List[Union[ColSpec, TensorSpec]] = [ColSpec(dtype, n) for n in required]
+    return columns + [ColSpec(dtype, n, required=False) for n in optional]
 
 
 def task_signature(
