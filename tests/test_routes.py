@@ -220,6 +220,19 @@ def test_named_requests_answer_like_the_plain_model(pyfuncs: Dict[str, Any]) -> 
         assert records["label"].tolist() == plain["label"].tolist(), variant
 
 
+def test_empty_batches_with_a_named_schema(pyfuncs: Dict[str, Any]) -> None:
+    model = pyfuncs["onnx"]
+    schema = model.metadata.get_input_schema()
+    for data in ({"text": []}, infer_and_parse_data({"inputs": {"text": []}}, schema)):
+        answer = model.predict(data)
+        assert len(answer) == 0 and list(answer.columns) == ["label", "score"]
+    # An empty DataFrame column is float64 to pandas, and an empty record list has no columns: MLflow refuses both.
+    with pytest.raises(MlflowException, match="Incompatible input types for column text"):
+        model.predict(pd.DataFrame({"text": []}))
+    with pytest.raises(MlflowException, match=r"Model is missing inputs \['text'\]"):
+        model.predict(infer_and_parse_data({"dataframe_records": []}, schema))
+
+
 def test_evaluate_classifier_with_the_documented_calls(registry: Dict[str, Any], pyfuncs: Dict[str, Any]) -> None:
     model = pyfuncs["onnx"]
     labels = model.predict(pd.DataFrame({"text": TEXTS}))["label"].tolist()
