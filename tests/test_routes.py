@@ -278,6 +278,7 @@ def test_spark_udf_takes_the_columns_from_the_signature(registry: Dict[str, Any]
     np.testing.assert_allclose(rows["score"], expected["score"], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_dockerfile_installs_exactly_the_variants_requirements(registry: Dict[str, Any], tmp_path: Any,
                                                                        variant: str) -> None:
