@@ -54,6 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
     os.chdir(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("mlserver")  # artifacts under root (the template's default experiment points elsewhere)
     try:
         model, tok = tiny("text-classification")
         with mlflow.start_run():

@@ -56,6 +56,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
     os.chdir(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("routes")  # artifacts under root (the template's default experiment points elsewhere)
     try:
         model, tok = tiny("text-classification")
         with mlflow.start_run():
