@@ -5,11 +5,14 @@ Starts a real ``mlflow server`` (SQLite + local artifacts, in a temporary
 directory, bound to 127.0.0.1), logs a tiny random text-classification model
 as version 1, exports it to ONNX (version 2, with its tags and the markdown
 validation report as description), points ``@production`` at version 2 with
-``mlflow-tfexport promote``, and takes two screenshots with headless Chromium:
+``mlflow-tfexport promote``, and takes screenshots with headless Chromium:
 
 - ``registry-model.png``: the registered model page (``/#/models/<name>``),
 - ``registry-version.png``: the ONNX version's page (``/#/models/<name>/versions/2``),
-  where the description renders.
+  where the description renders,
+- ``registry-version-schema.png`` (and its text, ``registry-version-schema.txt``): the same page,
+  1400x2400, with the schema's Inputs and Outputs rows opened (Chromium driven over its
+  DevTools pipe); the model is logged with ``input_schema=True``.
 
 Usage::
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -34,12 +38,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "docs", "img")
 MODEL_NAME = "sentiment"
 WINDOW = (1400, 1000)
+SCHEMA_PAGE_HEIGHT = 2400  # the version page down to its schema (inputs, outputs, params)
 STARTUP_TIMEOUT_S = 120.0
 # The browser reaches the server (bound to 127.0.0.1 only) under a team-server-like name, mapped to
 # 127.0.0.1 inside Chromium alone. That is also what a team sees: on localhost/127.0.0.1 MLflow's UI
@@ -156,7 +161,7 @@ def populate(url: str, name: str) -> None:
     with mlflow.start_run(run_name="train"):
         mlflow.tfexport.log_model(  # type: ignore[attr-defined]
             model, tokenizer=tok, name="model", registered_model_name=name,
-            input_example=["I loved this film, the plot was great."],
+            input_example=["I loved this film, the plot was great."], input_schema=True,
         )
     result = mlflow_tfexport.export(f"models:/{name}/1", format="onnx")
     print(f"registered {result.model_uri}", flush=True)
@@ -191,6 +196,112 @@ def screenshot(chromium: str, url: str, png: str, profile: str, window: Sequence
     if proc.returncode != 0 or not os.path.isfile(png):
         text = out.decode(errors="replace")[-3000:] if out else ""
         raise SystemExit(f"chromium failed ({proc.returncode}) on {url}:\n{text}")
+
+
+class DevTools:
+    """Chromium driven over ``--remote-debugging-pipe`` (the DevTools protocol on fds 3 and 4; no extra package)."""
+
+    def __init__(self, chromium: str, profile: str) -> None:
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+
+        def _fds() -> None:
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
+        self.proc = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+             f"--host-resolver-rules=MAP {UI_HOST} 127.0.0.1", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_fds, start_new_session=True, close_fds=False,
+        )
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buffer = b""
+        self._id = 0
+        self.session: Optional[str] = None
+
+    def call(self, method: str, **params: Any) -> Dict[str, Any]:
+        self._id += 1
+        message: Dict[str, Any] = {"id": self._id, "method": method, "params": params}
+        if self.session:
+            message["sessionId"] = self.session
+        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._from_chrome, 1 << 20)
+                if not chunk:
+                    raise SystemExit(f"chromium closed the DevTools pipe during {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise SystemExit(f"DevTools {method}: {reply['error']}")
+                return dict(reply.get("result", {}))
+
+    def evaluate(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        for fd in (self._to_chrome, self._from_chrome):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        stop_group(self.proc)
+
+
+#: Clicks the schema table's collapsed rows ("Inputs (2)", "Outputs (2)", "Params (2)") open.
+_EXPAND = """(() => { let n = 0;
+  const re = /^(Inputs|Outputs|Params|Parameters) \\(\\d+\\)$/;
+  const hit = (el) => re.test((el.textContent || '').trim());
+  for (const el of document.querySelectorAll('button, [role=button], span, div, td')) {
+    if (hit(el) && ![...el.children].some(hit)) { el.click(); n++; }  // the innermost element only
+  }
+  return n; })()"""
+
+
+def take_schema_page(chromium: str, url: str, name: str, out_dir: str, timeout_s: float = 90.0) -> List[str]:
+    """The ONNX version's page with its schema rows opened: a screenshot and the page's text."""
+    import base64
+
+    ui = url.replace("127.0.0.1", UI_HOST) + f"/#/models/{name}/versions/2"
+    png = os.path.join(out_dir, "registry-version-schema.png")
+    text_file = os.path.join(out_dir, "registry-version-schema.txt")
+    profile = tempfile.mkdtemp(prefix="tfexport-chromium-")
+    tools = DevTools(chromium, profile)
+    try:
+        target = tools.call("Target.createTarget", url="about:blank")["targetId"]
+        tools.session = tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        tools.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=SCHEMA_PAGE_HEIGHT,
+                   deviceScaleFactor=1, mobile=False)
+        tools.call("Page.navigate", url=ui)
+        deadline = time.monotonic() + timeout_s
+        while not tools.evaluate("document.body && document.body.innerText.includes('Outputs (')"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the schema section of {ui} did not appear in {timeout_s:.0f} s")
+            time.sleep(0.5)
+        opened = 0
+        for _ in range(6):  # expanders may render late; open each once
+            opened += int(tools.evaluate(_EXPAND) or 0)
+            time.sleep(1.0)
+            if tools.evaluate("document.body.innerText.includes('text_pair')"):
+                break
+        time.sleep(1.0)
+        text = str(tools.evaluate("document.body.innerText"))
+        data = tools.call("Page.captureScreenshot", format="png")["data"]
+    finally:
+        tools.close()
+        shutil.rmtree(profile, ignore_errors=True)
+    with open(png, "wb") as f:
+        f.write(base64.b64decode(data))
+    with open(text_file, "w") as f:
+        f.write(text)
+    shrink(png)
+    for path in (png, text_file):
+        print(f"wrote {path} ({os.path.getsize(path) // 1024} KB)", flush=True)
+    return [png, text_file]
 
 
 def take_screenshots(chromium: str, url: str, name: str, out_dir: str) -> List[str]:
@@ -242,6 +353,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"mlflow server at {url} (log: {log_path})", flush=True)
         populate(url, args.name)
         take_screenshots(chromium, url, args.name, args.out_dir)
+        take_schema_page(chromium, url, args.name, args.out_dir)
         if args.keep_server:
             print(f"serving the UI at {url}; Ctrl-C stops it", flush=True)
             with contextlib.suppress(KeyboardInterrupt):

@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from importlib import metadata
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import mlflow
@@ -45,7 +44,7 @@ from mlflow_tfexport.export.reuse import resolve_export_source
 from mlflow_tfexport.export.source import ResolvedSource, local_source, resolve_source
 from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
-from mlflow_tfexport.flavor.environment import default_requirements
+from mlflow_tfexport.flavor.environment import default_requirements, pinned
 from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.serving.runtimes.static import shape_name
@@ -80,13 +79,9 @@ def export_key(source: ResolvedSource, options: ExportOptions, data_digest: Opti
 
 
 def tool_versions(packages: Iterable[str]) -> str:
-    found = []
-    for package in packages:
-        try:
-            found.append(f"{package}=={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return ",".join(found)
+    """``torch==2.13.0,onnx==...``: the same pins as the variant's requirements (``pinned``: no ``+cpu`` tag)."""
+    found = [pinned(p) for p in packages]
+    return ",".join(p for p in found if "==" in p)
 
 
 def _noop(stage: str, detail: str) -> None:
@@ -215,7 +210,7 @@ def export_to_directory(
         variant.save_model(
             path, staged_dir=staging, flavor_conf=staged.conf,
             requirements=staged.artifact.requirements or default_requirements(format),
-            signature=source.signature,
+            signature=source.signature, input_example=source.input_example(),
             python_version=staged.artifact.python_version, extra_index_urls=staged.artifact.extra_index_urls,
         )
     return staged.conf, staged.report
@@ -432,6 +427,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         flavor_conf=conf,
         requirements=artifact.requirements or default_requirements(fmt),
         signature=source.signature,
+        input_example=source.input_example(),
         python_version=artifact.python_version,
         extra_index_urls=artifact.extra_index_urls,
     )

@@ -46,6 +46,13 @@ class ResolvedSource:
     def identity(self) -> str:
         return f"{self.canonical_uri}|{self.model_id or ''}"
 
+    def input_example(self) -> Any:
+        """The source's logged input example (what MLflow shows and validates), or None: variants copy it."""
+        model = Model.load(self.local_path)
+        if model.saved_input_example_info is None:
+            return None
+        return model.load_input_example(self.local_path)
+
 
 def _check_source_conf(conf: Dict[str, Any], model_uri: str) -> None:
     if conf.get(FlavorKey.FORMAT) != Format.TRANSFORMERS:

@@ -38,7 +38,7 @@ from mlflow_tfexport.flavor.image import (
     is_image_model,
     save_image_processor,
 )
-from mlflow_tfexport.flavor.signatures import task_signature
+from mlflow_tfexport.flavor.signatures import InputSchemaArg, named_example, task_signature
 from mlflow_tfexport.registry import register_version
 from mlflow_tfexport.serving.conf import artifact_path, read_flavor_conf
 from mlflow_tfexport.serving.images import ImagePreprocessor
@@ -199,8 +199,13 @@ def save_model(
     metadata: Optional[Dict[str, Any]] = None,
     mlflow_model: Optional[Model] = None,
     image_processor: Any = None,
+    input_schema: InputSchemaArg = False,
 ) -> None:
     """Save a transformers model (or Pipeline) and its tokenizer as a tfexport model.
+
+    ``input_schema=True`` (or the column names, e.g. ``["text"]``) writes a named input schema
+    into the signature, which MLServer/KServe, ``spark_udf`` and the MLflow UI read; requests must
+    then name their columns (see ``flavor.signatures.task_signature``).
 
     A vision model (one whose forward takes ``pixel_values``) is saved with its
     ``image_processor`` (as ``preprocessor_config.json``) instead of a tokenizer; a Pipeline
@@ -228,7 +233,11 @@ def save_model(
     if signature is None:
         config = model.config
         hidden = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
-        signature = task_signature(spec, hidden)
+        signature = task_signature(spec, hidden, input_schema)
+    elif input_schema:
+        raise TfexportError("Pass either signature= or input_schema=, not both: input_schema builds the signature.")
+    if input_example is not None:
+        input_example = named_example(input_example, signature)
     write_model(
         path,
         conf,
@@ -253,6 +262,7 @@ def log_model(
     extra_pip_requirements: Optional[Sequence[str]] = None,
     metadata: Optional[Dict[str, Any]] = None,
     image_processor: Any = None,
+    input_schema: InputSchemaArg = False,
     **kwargs: Any,
 ) -> ModelInfo:
     """Log a transformers model as a tfexport model in the active run.
@@ -268,6 +278,10 @@ def log_model(
     Vision models take ``image_processor=`` (e.g. ``AutoImageProcessor.from_pretrained(...)``)
     instead of ``tokenizer=``, as ``mlflow.transformers`` names that component; a Pipeline brings
     its own image processor.
+
+    ``input_schema=True`` declares the task's named input columns (``text``, optional
+    ``text_pair``; ``question`` and ``context``; ``image``) for MLServer/KServe, ``spark_udf`` and
+    the MLflow UI; ``input_schema=["text"]`` declares exactly those columns, all required.
     """
     import sys
 
@@ -279,6 +293,7 @@ def log_model(
         tokenizer=tokenizer,
         image_processor=image_processor,
         task=task,
+        input_schema=input_schema,
         signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements,

@@ -20,7 +20,13 @@ from mlflow_tfexport.formats import FORMATS
 
 
 def pinned(package: str) -> str:
-    """``package==<installed version>``; local build tags (``+cpu``) dropped."""
+    """``package==<installed version>``; local build tags (``+cpu``) dropped.
+
+    The one rule for every pin the package writes (``requirements.txt``, ``conda.yaml`` and the
+    ``tfexport.versions`` tag): the public version, which pip resolves from PyPI (``torch==2.13.0``);
+    ``torch==2.13.0+cpu`` resolves only from PyTorch's own index. The exact build (``2.13.0+cpu``)
+    is recorded once, as ``torch_version`` in the flavor block.
+    """
     try:
         version = metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -2,35 +2,98 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, List, Optional, Sequence, Union
 
+import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from mlflow_tfexport.tasks import OutputKind, TaskSpec
+from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.tasks import IMAGE, OutputKind, TaskSpec
 
 _DTYPES = {"string": "string", "double": "double", "long": "long", "boolean": "boolean"}
 
+#: ``input_schema=`` of ``log_model``/``save_model``: ``False`` (no input schema), ``True`` (the task's
+#: columns) or the column names to declare, each required.
+InputSchemaArg = Union[bool, Sequence[str], None]
 
-def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSignature:
+
+def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[ColSpec, TensorSpec]]:
+    """The named input columns for ``spec``: ``[]`` when ``input_schema`` is false.
+
+    ``True`` declares the task's columns (``text``; ``text`` and an optional ``text_pair``;
+    ``question`` and ``context``; ``image`` as binary); a sequence of names declares exactly
+    those, each required (``["text", "text_pair"]`` for a pair classifier), and must be columns
+    the task reads.
+    """
+    if not input_schema:
+        return []
+    known = (*spec.text_columns, *spec.optional_columns)
+    if input_schema is True:
+        required, optional = list(spec.text_columns), list(spec.optional_columns)
+    else:
+        names = [input_schema] if isinstance(input_schema, str) else list(input_schema)
+        unknown = [n for n in names if n not in known]
+        missing = [n for n in spec.text_columns if n not in names]
+        if unknown or missing or len(set(names)) != len(names):
+            raise TfexportError(
+                f"input_schema={names!r} does not fit task {spec.name!r}: it reads column(s) "
+                f"{', '.join(map(repr, spec.text_columns))}"
+                + (f" and optionally {', '.join(map(repr, spec.optional_columns))}" if spec.optional_columns else "")
+                + ". Pass True for the task's columns, or a list of those names (each then required)."
+            )
+        required, optional = names, []
+    dtype = "binary" if spec.input_kind == IMAGE else "string"
+    columns: List[Union[ColSpec, TensorSpec]] = [ColSpec(dtype, n) for n in required]
+    return columns + [ColSpec(dtype, n, required=False) for n in optional]
+
+
+def task_signature(
+    spec: TaskSpec, hidden_size: Optional[int] = None, input_schema: InputSchemaArg = False
+) -> ModelSignature:
     """The default signature written for ``spec`` when the user gives none.
 
-    It declares the outputs and the ``params`` schema but no input schema, on
-    purpose: MLflow enforces an input schema before the pyfunc sees the data,
-    and a text schema there turns ``{"inputs": [1, 2]}`` into the strings
-    ``"1"``, ``"2"``, keeps only the first column of an unnamed DataFrame (so a
-    ``text_pair`` column is silently dropped), and rejects an empty batch. The
-    pyfunc checks its inputs itself (``mlflow_tfexport.serving.inputs``): text in a
-    list, an array, a string, a dict or a DataFrame, with the task's columns
-    (``text`` and optional ``text_pair``, or ``question`` and ``context``).
+    It always declares the outputs and the ``params`` schema. The input schema is opt-in
+    (``input_schema=True`` or the column names), because MLflow enforces it before the pyfunc
+    sees the data (``mlflow.models.utils._enforce_schema``, MLflow 3.17):
+
+    - a bare list or array of strings becomes a DataFrame column ``0`` and is refused with
+      "Model is missing inputs ['text']", in process and as ``{"inputs": [...]}``: with a named
+      schema a request names its columns (``{"text": [...]}``, a DataFrame, ``dataframe_records``);
+    - an optional column (``text_pair``) makes ``spark_udf(...)()`` refuse a call without column
+      names, so ``input_schema=["text"]`` declares only ``text`` (MLflow then drops a ``text_pair``
+      column with a warning);
+    - a string column of Python objects (what JSON requests carry) passes through unchanged, so
+      ``[1, 2]`` in a ``text`` column still reaches the pyfunc's own check (a 400 naming column,
+      row and type); an int64/float64 column of a DataFrame given in process is refused by MLflow
+      first ("Incompatible input types for column text");
+    - an empty batch (``dataframe_records: []``) is refused as missing columns.
+
+    Without an input schema the pyfunc takes every shape (``mlflow_tfexport.serving.inputs``).
     """
     if spec.output_kind == OutputKind.ARRAY:
-        import numpy as np
-
         outputs = Schema([TensorSpec(np.dtype("float32"), (-1, hidden_size or -1))])
     elif spec.output_columns:
         outputs = Schema([ColSpec(_DTYPES[t], name) for name, t in spec.output_columns])
     else:
         outputs = Schema([ColSpec("string")])
     params = ParamSchema([ParamSpec(p.name, p.dtype, p.default) for p in spec.all_params])
-    return ModelSignature(inputs=None, outputs=outputs, params=params)
+    columns = input_columns(spec, input_schema)
+    return ModelSignature(inputs=Schema(columns) if columns else None, outputs=outputs, params=params)
+
+
+def named_example(example: Any, signature: Optional[ModelSignature]) -> Any:
+    """An input example that fits a named input schema: a bare list or string becomes its first column.
+
+    MLflow validates the example against the signature when the model is logged; a bare list
+    would fail a named schema (see ``task_signature``).
+    """
+    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+        return example
+    if isinstance(example, str):
+        example = [example]
+    if isinstance(example, (list, tuple, np.ndarray)) and not any(isinstance(r, dict) for r in example):
+        import pandas as pd
+
+        return pd.DataFrame({signature.inputs.input_names()[0]: list(example)})
+    return example
