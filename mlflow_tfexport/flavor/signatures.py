@@ -32,5 +32,5 @@ def task_signature(spec: TaskSpec, hidden_size: Optional[int] = None) -> ModelSi
         outputs = Schema([ColSpec(_DTYPES[t], name) for name, t in spec.output_columns])
     else:
         outputs = Schema([ColSpec("string")])
-    params = ParamSchema([ParamSpec(p.name, p.dtype, p.default) for p in spec.all_params])
+    params = ParamSchema([ParamSpec(p.name, p.dtype, p.default, shape=p.shape) for p in spec.all_params])
     return ModelSignature(inputs=None, outputs=outputs, params=params)

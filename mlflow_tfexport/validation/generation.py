@@ -66,7 +66,8 @@ def validate_generation(source: SourceModel, staging: str, conf: Mapping[str, An
             logits, full = eager_causal(model, ids, mask)
             past = runner.empty_past(batch)
             for start, stop in _chunks(total):
-                out = runner.step(ids[:, start:stop], mask[:, :stop], past)
+                positions = np.broadcast_to(np.arange(start, stop, dtype=np.int64), (batch, stop - start))
+                out = runner.step(ids[:, start:stop], mask[:, :stop], past, positions)
                 past = [out[n] for n in runner.present_names]
                 ref = {"logits": logits[:, start:stop],
                        **{n: t[:, :, :stop] for n, t in zip(runner.present_names, full, strict=True)}}
