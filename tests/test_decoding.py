@@ -266,3 +266,21 @@ def test_processors_equal_transformers_warpers() -> None:
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
     draws = decoding.draw(decoding.top_k(logits, 1), [np.random.default_rng(i) for i in range(3)])
     assert draws.tolist() == np.argmax(logits, axis=-1).tolist()  # one token left: every draw takes it
+
+
+@pytest.mark.parametrize("arch", ["GPT-2", "BART"])
+def test_optimized_and_int8_generation_exports_keep_the_greedy_text(arch: str, models: Dict[str, Exported],
+                                                                    tmp_path: Any) -> None:
+    from mlflow_tfexport.constants import FlavorKey
+    from mlflow_tfexport.export.api import export_to_directory
+
+    m = models[arch]
+    texts = PROMPTS + ["the food was", "we went to the sea and"]
+    want = mlflow.pyfunc.load_model(m.source).predict(texts, params={"max_new_tokens": 10})
+    for options in ({"optimize": True}, {"quantize": "int8"}):
+        path = str(tmp_path / next(iter(options)))
+        conf, report = export_to_directory(m.source, path, "onnx", validation_data=texts, **options)
+        assert report.passed and report.agreement is not None and report.agreement.value == 1.0, report.to_text()
+        assert (conf.get(FlavorKey.QUANTIZED) == "int8") == ("quantize" in options)
+        assert bool(conf.get(FlavorKey.OPTIMIZED)) == ("optimize" in options)
+        assert mlflow.pyfunc.load_model(path).predict(texts, params={"max_new_tokens": 10}) == want

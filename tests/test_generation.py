@@ -137,8 +137,8 @@ def test_unsupported_generation_exports_raise_precise_errors(tmp_path: Any) -> N
     from mlflow_tfexport.tasks import get_task
 
     for task in (TG, T2T):
-        with pytest.raises(ExportError, match="not available for generation exports"):
-            get_backend("onnx").check(ExportOptions(format="onnx", optimize=True), read_flavor_conf(source),
+        with pytest.raises(ExportError, match="quantize='int8-static' calibrates on the inputs of one graph"):
+            get_backend("onnx").check(ExportOptions(format="onnx", quantize="int8-static"), read_flavor_conf(source),
                                       get_task(task))
 
 

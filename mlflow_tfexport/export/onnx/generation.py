@@ -36,6 +36,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, ONNX_FILE, FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
 from mlflow_tfexport.export.wrapper import source_inputs, untie_weights
 from mlflow_tfexport.tasks import BATCH
@@ -250,6 +251,18 @@ def _export(torch: Any, wrapper: Any, args: Tuple[Any, ...], path: str, inputs: 
     require("onnx").checker.check_model(path)
 
 
+def _postprocess(paths: Sequence[str], source: SourceModel, options: ExportOptions, conf: Dict[str, Any],
+                 tags: Dict[str, str]) -> None:
+    """``optimize=True`` / ``quantize=`` on every graph written (the same options for each); what they did is
+    recorded once in ``conf`` and ``tags`` (int8-static is refused by the backend's check)."""
+    if not (options.optimize or options.quantize):
+        return
+    for path in paths:
+        done = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options, None)
+    conf.update(done.flavor_conf)
+    tags.update(done.tags)
+
+
 def sample_ids(source: SourceModel, batch: int, length: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(min(5, source.vocab_size - 1), source.vocab_size, size=(batch, length), dtype=np.int64)
@@ -262,6 +275,7 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(model).__name__
     untie_weights(model)
     traceable_experts(model)
+    onnx_optimize.prepare_model(model, options)
     tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter)}
     conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
     if not getattr(model.config, "is_encoder_decoder", False):
@@ -288,8 +302,9 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
             axes["position_ids"] = {0: BATCH, 1: "sequence"}
         axes.update({n: {0: BATCH, 2: PAST} for n in past_names(layers)})
         axes.update({n: {0: BATCH, 2: TOTAL} for n in present_names(layers)})
-        _export(torch, causal_wrapper(model), args, os.path.join(staging_dir, ONNX_FILE), inputs, outputs, axes,
-                options, f"{arch} decoder with past")
+        path = os.path.join(staging_dir, ONNX_FILE)
+        _export(torch, causal_wrapper(model), args, path, inputs, outputs, axes, options, f"{arch} decoder with past")
+        _postprocess([path], source, options, conf, tags)
         conf[FlavorKey.GENERATION] = Generation.DECODER_WITH_PAST
         return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=conf, tags=tags)
 
@@ -324,6 +339,8 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     args = (torch.from_numpy(dec[:, EXPORT_PAST:]), torch.from_numpy(mask), *[torch.from_numpy(p) for p in past])
     _export(torch, decoder_wrapper(model), args, os.path.join(staging_dir, ONNX_DECODER_FILE), dec_in, dec_out,
             axes, options, f"{arch} decoder with past")
+    _postprocess([os.path.join(staging_dir, n) for n in (ONNX_ENCODER_FILE, ONNX_DECODER_FILE)], source, options,
+                 conf, tags)
     conf.update({FlavorKey.GENERATION: Generation.ENCODER_DECODER, FlavorKey.ENCODER_FILE: ONNX_ENCODER_FILE,
                  **facts})
     return ExportedArtifact(model_file=ONNX_DECODER_FILE, flavor_conf=conf, tags=tags)
