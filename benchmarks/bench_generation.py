@@ -111,7 +111,7 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
         rates: Dict[str, float] = {}
         for name, pyfunc in variants.items():
             pyfunc.predict(prompts[:1], params={"max_new_tokens": 4})  # warm-up
-            seconds = _best(lambda p=pyfunc: p.predict(prompts, params=params), args.repeats)
+            seconds = _best(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats)
             rates[name] = batch * args.new / seconds
             results.append((f"{kind} {name}", batch, rates[name]))
         base = rates["mlflow.transformers (pipeline)"]
