@@ -74,8 +74,7 @@ def _ttft(pyfunc: Any, prompt: str, params: Dict[str, Any]) -> float:
     if first == prompt:  # the prompt's text comes first, then the generated text
         next(stream)
     elapsed = time.perf_counter() - started
-    for _ in stream:
-        pass
+    stream.close()  # stops the decoding
     return elapsed
 
 
