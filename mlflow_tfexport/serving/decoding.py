@@ -86,10 +86,6 @@ class DecodeConfig:
                 f"num_beams >= {self.num_return_sequences}, or do_sample=true."
             )
 
-    @property
-    def sampling_off(self) -> bool:
-        return not self.do_sample
-
 
 class StepModel(Protocol):
     """What the loop needs from a variant (see the module doc)."""
