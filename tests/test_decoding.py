@@ -178,6 +178,14 @@ def test_pyfunc_params_stop_and_stream(arch: str, models: Dict[str, Exported]) -
             chunks = list(pyfunc.predict_stream(PROMPTS[row], params=params))
             assert "".join(chunks) == pyfunc.predict([PROMPTS[row]], params=params)[0], name
             assert len(chunks) >= (3 if params is sampled else 0), (name, chunks)  # chunks as tokens come
+    # stop strings end greedy and beam search alike on both variants (a stopped beam is finished, as at eos)
+    for params in (base, {**base, "num_beams": 3, "num_return_sequences": 2}):
+        full = pyfuncs["source"].predict(PROMPTS, params=params)
+        first = full[0][0] if isinstance(full[0], list) else full[0]
+        body = first[len(PROMPTS[0]):] if m.task == TG else first
+        stop_params = {**params, "stop": [body[3:5] or "x"]}
+        assert pyfuncs["onnx"].predict(PROMPTS, params=stop_params) == \
+            pyfuncs["source"].predict(PROMPTS, params=stop_params)
     assert pyfuncs["onnx"].predict(PROMPTS, params={**base, "num_beams": 3}) == \
         pyfuncs["source"].predict(PROMPTS, params={**base, "num_beams": 3})
 

@@ -95,11 +95,13 @@ class EagerRunner:
 
     def decode(self, prompts: Sequence[Sequence[int]], cfg: DecodeConfig,
                stopped: Optional[StopFn] = None) -> List[List[List[int]]]:
-        """Per prompt, its ``num_return_sequences`` new token lists (each cut after its eos token). Stop strings
-        are cut from the text by the caller (``stopped`` is not consulted here)."""
+        """Per prompt, its ``num_return_sequences`` new token lists (each cut after its eos token). ``stopped``
+        (stop strings) ends a row as its eos token does; the caller cuts the text at the stop string."""
         if cfg.max_new_tokens <= 0 or not prompts:
             return [[[] for _ in range(cfg.num_return_sequences)] for _ in prompts]
-        rows = [_until_eos([int(t) for t in row], cfg.eos_token_id) for row in self._run(prompts, cfg).tolist()]
+        extra = {} if stopped is None else {"stopping_criteria": _stop_criteria(self, prompts, cfg, stopped)}
+        rows = [_until_eos([int(t) for t in row], cfg.eos_token_id)
+                for row in self._run(prompts, cfg, **extra).tolist()]
         n = cfg.num_return_sequences
         return [rows[i * n:(i + 1) * n] for i in range(len(prompts))]
 
@@ -125,6 +127,29 @@ def _until_eos(tokens: List[int], eos: Optional[int]) -> List[int]:
     if eos is not None and eos in tokens:
         return tokens[:tokens.index(eos) + 1]
     return tokens
+
+
+def _stop_criteria(runner: EagerRunner, prompts: Sequence[Sequence[int]], cfg: DecodeConfig, stopped: StopFn) -> Any:
+    """``stopped`` as a transformers stopping criterion: ``generate``'s rows are prompt-major (each prompt's
+    ``num_return_sequences`` rows, or its beams), their new tokens follow the padded prompt (or the decoder
+    start token)."""
+    transformers = require("transformers")
+    torch = runner.torch
+    seq2seq = bool(getattr(runner.model.config, "is_encoder_decoder", False))
+    start = 1 if seq2seq else max(len(p) for p in prompts)
+
+    class StopStrings(transformers.StoppingCriteria):  # type: ignore[misc,name-defined]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            rows = input_ids[:, start:].tolist()
+            per_prompt = max(1, len(rows) // len(prompts))  # beam search asks about 2 x num_beams candidates
+            done = []
+            for r, new in enumerate(rows):
+                prompt, j = divmod(r, per_prompt)
+                row = prompt * cfg.num_return_sequences + (0 if cfg.num_beams > 1 else j)
+                done.append(stopped(row, _until_eos([int(t) for t in new], cfg.eos_token_id)))
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return transformers.StoppingCriteriaList([StopStrings()])
 
 
 def _stream(runner: EagerRunner, prompt: Sequence[int], cfg: DecodeConfig) -> Iterator[int]:
