@@ -94,14 +94,14 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
     started = time.perf_counter()
     export_to_directory(source, onnx, "onnx")
     export_s = time.perf_counter() - started
-    signature = mlflow.models.infer_signature(["a prompt"], ["a text"], params={"max_new_tokens": args.new})
+    params = {"max_new_tokens": args.new, "do_sample": False}  # mlflow.transformers samples unless told not to
+    signature = mlflow.models.infer_signature(["a prompt"], ["a text"], params=params)
     mlflow.transformers.save_model({"model": model, "tokenizer": tok}, hf, task="text-generation",
                                    signature=signature, pip_requirements=["mlflow", "torch", "transformers"])
     variants = {"source (tfexport, transformers generate)": mlflow.pyfunc.load_model(source),
                 "onnx (tfexport, with past, numpy loop)": mlflow.pyfunc.load_model(onnx),
                 "mlflow.transformers (pipeline)": mlflow.pyfunc.load_model(hf)}
     prompt = _prompt(tok, args.prompt)
-    params = {"max_new_tokens": args.new}
     print(f"\n{kind}: {params_m:.0f}M parameters, prompt {args.prompt} tokens, {args.new} new tokens (greedy), "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs; ONNX export {export_s:.0f} s")
     results = []
@@ -109,7 +109,7 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
         prompts = [prompt] * batch
         rates: Dict[str, float] = {}
         for name, pyfunc in variants.items():
-            pyfunc.predict(prompts[:1], params={"max_new_tokens": 4})  # warm-up
+            pyfunc.predict(prompts[:1], params={**params, "max_new_tokens": 4})  # warm-up
             seconds = _best(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats)
             rates[name] = batch * args.new / seconds
             results.append((f"{kind} {name}", batch, rates[name]))
