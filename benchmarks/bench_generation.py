@@ -1,12 +1,17 @@
-"""Greedy generation speed: source (eager ``generate``) vs ONNX with past key values vs quadratic ONNX.
+"""Generation speed: the source variant, the ONNX variant (with past, numpy loop) and ``mlflow.transformers``.
 
-A random GPT-2 (hidden 256, 4 layers, 4 heads, 512 positions) with the tests' byte-level tokenizer is
-saved as a tfexport source and exported to ONNX (one graph with past key values). Each variant
-generates ``--new`` tokens greedily after a ``--prompt``-token prompt; the quadratic path is the same
-graph run on the whole sequence at every step with an empty past (how a logits-only export decodes).
-Tokens per second are measured in one run (ratios matter: the machine is shared).
+For a GPT-2-small-sized model (hidden 768, 12 layers, 12 heads, 50257 vocabulary: 124M parameters) and a
+Llama-style model of similar size (hidden 768, 12 layers, 12 heads, 4 key/value heads, MLP 2048, 32000
+vocabulary), with random weights and the tests' byte-level tokenizer (output rows of ids it lacks are zero, so
+generated ids have text): each variant is loaded with
+``mlflow.pyfunc.load_model`` and generates ``--new`` tokens greedily after a ``--prompt``-token prompt, for
+``--batches`` prompts per request. ``mlflow.transformers`` serves a pipeline of the same model (its pyfunc
+with ``max_new_tokens`` in its signature). Time to first token is measured with ``predict_stream`` (the first
+chunk after the prompt's text). Everything runs side by side in one process: ratios matter, the machine may be
+shared.
 
-    python benchmarks/bench_generation.py [--new 128] [--prompt 16] [--repeats 3]
+    python benchmarks/bench_generation.py [--new 128] [--prompt 32] [--batches 1,8] [--models gpt2,llama]
+        [--hidden 768] [--layers 12] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -18,65 +23,124 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
-def _rate(fn: Callable[[], List[int]], repeats: int) -> tuple:
-    fn()  # warm-up
-    best, tokens = float("inf"), []
+def _best(fn: Callable[[], Any], repeats: int) -> float:
+    best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        tokens = fn()
+        fn()
         best = min(best, time.perf_counter() - started)
-    return len(tokens) / best, tokens
+    return best
+
+
+def _model(kind: str, args: argparse.Namespace, tok: Any) -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    if kind == "gpt2":
+        config: Any = transformers.GPT2Config(vocab_size=50257, n_embd=args.hidden, n_layer=args.layers,
+                                              n_head=args.heads, n_positions=1024)
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.LlamaConfig(vocab_size=32000, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                                          num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 3),
+                                          intermediate_size=args.hidden * 8 // 3, max_position_embeddings=1024)
+        model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():  # only ids the tokenizer knows win (their text streams); the vocabulary's cost stays
+        model.get_output_embeddings().weight[len(tok):] = 0.0
+    model.config.eos_token_id = model.config.pad_token_id = model.config.bos_token_id = eos
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos
+    return model.eval()
+
+
+def _prompt(tok: Any, length: int) -> str:
+    """A text of ``length`` tokens (byte-level: decoding ids and encoding the text gives them back)."""
+    text = tok.decode(list(range(40, 40 + length)))
+    assert len(tok(text)["input_ids"]) == length, "prompt length"
+    return text
+
+
+def _ttft(pyfunc: Any, prompt: str, params: Dict[str, Any]) -> float:
+    started = time.perf_counter()
+    stream = pyfunc.predict_stream(prompt, params=params)
+    first = next(stream)
+    if first == prompt:  # the prompt's text comes first, then the generated text
+        next(stream)
+    elapsed = time.perf_counter() - started
+    stream.close()  # stops the decoding
+    return elapsed
+
+
+def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int, float]]:
+    import mlflow
+    import torch
+    from tiny import gpt2_tokenizer
+
+    import mlflow_tfexport
+    from mlflow_tfexport.export.api import export_to_directory
+
+    tok = gpt2_tokenizer(model_max_length=1024)
+    model = _model(kind, args, tok)
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    source, onnx, hf = (os.path.join(root, kind, n) for n in ("source", "onnx", "transformers"))
+    mlflow_tfexport.save_model(model, source, tokenizer=tok, task="text-generation")
+    started = time.perf_counter()
+    export_to_directory(source, onnx, "onnx")
+    export_s = time.perf_counter() - started
+    params = {"max_new_tokens": args.new, "do_sample": False}  # mlflow.transformers samples unless told not to
+    signature = mlflow.models.infer_signature(["a prompt"], ["a text"], params=params)
+    mlflow.transformers.save_model({"model": model, "tokenizer": tok}, hf, task="text-generation",
+                                   signature=signature, pip_requirements=["mlflow", "torch", "transformers"])
+    variants = {"source (tfexport, transformers generate)": mlflow.pyfunc.load_model(source),
+                "onnx (tfexport, with past, numpy loop)": mlflow.pyfunc.load_model(onnx),
+                "mlflow.transformers (pipeline)": mlflow.pyfunc.load_model(hf)}
+    prompt = _prompt(tok, args.prompt)
+    print(f"\n{kind}: {params_m:.0f}M parameters, prompt {args.prompt} tokens, {args.new} new tokens (greedy), "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs; ONNX export {export_s:.0f} s")
+    results = []
+    for batch in args.batches:
+        prompts = [prompt] * batch
+        rates: Dict[str, float] = {}
+        for name, pyfunc in variants.items():
+            pyfunc.predict(prompts[:1], params={**params, "max_new_tokens": 4})  # warm-up
+            seconds = _best(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats)
+            rates[name] = batch * args.new / seconds
+            results.append((f"{kind} {name}", batch, rates[name]))
+        base = rates["mlflow.transformers (pipeline)"]
+        print(f"  batch {batch}:")
+        for name, rate in rates.items():
+            print(f"    {name:42s} {rate:8.1f} tokens/s  ({rate / base:.2f}x mlflow.transformers)")
+    for name, pyfunc in list(variants.items())[:2]:
+        ttft = min(_ttft(pyfunc, prompt, params) for _ in range(max(1, args.repeats)))
+        print(f"  time to first token, predict_stream, {name:42s} {ttft * 1000:7.1f} ms")
+    return results
 
 
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new", type=int, default=128)
-    parser.add_argument("--prompt", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["gpt2", "llama"])
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    import torch
-    import transformers
-    from tiny import gpt2_tokenizer
-
-    import mlflow_tfexport
-    from mlflow_tfexport.export.api import export_to_directory
-    from mlflow_tfexport.serving.conf import read_flavor_conf
-    from mlflow_tfexport.serving.runtimes import load_runner
-    from mlflow_tfexport.serving.runtimes.base import greedy_generate
-
-    torch.manual_seed(0)
-    tok = gpt2_tokenizer(model_max_length=512)
-    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=256, n_layer=4, n_head=4, n_positions=512)
-    model: Any = transformers.GPT2LMHeadModel(config).eval()
-    model.generation_config.eos_token_id = None  # run to --new tokens
-    prompt = list(range(10, 10 + args.prompt))
+    os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as root:
-        source, exported = os.path.join(root, "source"), os.path.join(root, "onnx")
-        mlflow_tfexport.save_model(model, source, tokenizer=tok, task="text-generation")
-        export_to_directory(source, exported, "onnx")
-        eager: Any = load_runner(source, read_flavor_conf(source))
-        onnx: Any = load_runner(exported, read_flavor_conf(exported))
-        rates = {}
-        rates["source (eager generate, DynamicCache)"], want = _rate(
-            lambda: eager.generate(prompt, max_new_tokens=args.new, eos_token_id=None), args.repeats)
-        rates["onnx with past (numpy loop)"], got = _rate(
-            lambda: onnx.generate(prompt, max_new_tokens=args.new, eos_token_id=None), args.repeats)
-        rates["onnx quadratic (whole sequence per token)"], slow = _rate(
-            lambda: greedy_generate(onnx, prompt, max_new_tokens=args.new, eos_token_id=None), args.repeats)
-    print(f"GPT-2 hidden 256, 4 layers; prompt {args.prompt} tokens, {args.new} new tokens, torch "
-          f"{torch.__version__}, {os.cpu_count()} CPUs; same tokens: {want == got == slow}")
-    base = rates["source (eager generate, DynamicCache)"]
-    for name, rate in rates.items():
-        print(f"  {name:45s} {rate:8.1f} tokens/s  ({rate / base:.2f}x source)")
-    return 0 if want == got == slow else 1
+        for kind in args.models:
+            bench(kind, args, root)
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ MAX_TOKENS = 1 << 20
 MAX_TOP_K = 1000
 #: The most beams of a beam search (each beam is one more sequence in the batch).
 MAX_BEAMS = 32
+#: The most sequences one prompt may ask for (``num_return_sequences``).
+MAX_RETURN_SEQUENCES = 32
+#: The largest ``seed`` (numpy's and torch's generators take 64-bit seeds; JSON numbers stay exact below 2**53).
+MAX_SEED = (1 << 53) - 1
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,14 @@ class ParamSpec:
     maximum: Optional[float] = None
     choices: Tuple[str, ...] = ()
     note: str = ""
+    #: ``None`` for one value, ``(-1,)`` for a list of values of ``dtype`` (MLflow's 1-D array param).
+    shape: Optional[Tuple[int, ...]] = None
 
     def accepted(self) -> str:
         """The accepted values in words, e.g. ``"an integer from 0 to 1024"``."""
         kind = {"long": "an integer", "double": "a number", "boolean": "true or false", "string": "a string"}
+        if self.shape is not None:
+            return f"a list of {self.dtype} values" + (f" ({self.note})" if self.note else "")
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         text = kind.get(self.dtype, self.dtype)
@@ -131,6 +139,24 @@ FP32_MIN_COSINE = 1.0 - 1e-5
 QUANTIZED_MIN_AGREEMENT = 0.99
 
 
+#: The decoding params of every generation task (``serving/decoding.py`` reads them; the source variant passes them
+#: to ``generate``). Defaults follow transformers' ``GenerationConfig`` (``top_k`` 50 when sampling).
+_GENERATION_PARAMS = (
+    ParamSpec("max_new_tokens", "long", 20, minimum=0, maximum=MAX_TOKENS,
+              note="and fewer than the model's positions"),
+    ParamSpec("do_sample", "boolean", False),
+    ParamSpec("temperature", "double", 1.0, minimum=1e-3, maximum=100.0, note="sampling only"),
+    ParamSpec("top_k", "long", 50, minimum=0, maximum=MAX_TOKENS, note="sampling only; 0: no limit"),
+    ParamSpec("top_p", "double", 1.0, minimum=1e-3, maximum=1.0, note="sampling only; 1.0: no limit"),
+    ParamSpec("repetition_penalty", "double", 1.0, minimum=1e-3, maximum=100.0, note="1.0: none"),
+    ParamSpec("num_beams", "long", 1, minimum=1, maximum=MAX_BEAMS),
+    ParamSpec("num_return_sequences", "long", 1, minimum=1, maximum=MAX_RETURN_SEQUENCES,
+              note="at most num_beams with beam search; more than 1 needs do_sample or beams"),
+    ParamSpec("stop", "string", [], shape=(-1,), note="strings that end the output, not included"),
+    ParamSpec("seed", "long", -1, minimum=-1, maximum=MAX_SEED,
+              note="the same seed and input give the same sampled output; -1: a fresh seed per request"),
+)
+
 _COMMON_PARAMS = (
     ParamSpec("truncation", "boolean", True),
     ParamSpec("batch_size", "long", 0, minimum=0, maximum=MAX_BATCH_SIZE,
@@ -163,6 +189,9 @@ class TaskSpec:
     #: Generation tasks: ``(runner, encoder, flavor_conf, texts, params, deadline=None) -> texts``
     #: (``deadline``: the request's ``serving.deadline.Deadline``, checked between prompts).
     generate: Optional[Callable[..., Any]] = None
+    #: Generation tasks: ``(runner, encoder, flavor_conf, text, params) -> iterator of text chunks``
+    #: (``predict_stream``).
+    stream: Optional[Callable[..., Any]] = None
     output_kind: str = OutputKind.ROWS
     #: How the tokenizer truncates a pair (QA keeps the whole question and cuts the context).
     pair_strategy: str = "longest_first"
@@ -290,9 +319,9 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _SEQ),),
             atol=1e-4,
             generative=True,
-            params=(ParamSpec("max_new_tokens", "long", 20, minimum=0, maximum=MAX_TOKENS,
-                              note="and fewer than the model's positions"),),
+            params=_GENERATION_PARAMS,
             generate=generation.causal,
+            stream=generation.causal_stream,
             output_kind=OutputKind.TEXTS,
             agreement_metric=AgreementMetric.EXACT_MATCH,
         ),
@@ -305,12 +334,9 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _SEQ),),
             atol=1e-4,
             generative=True,
-            params=(
-                ParamSpec("max_new_tokens", "long", 20, minimum=0, maximum=MAX_TOKENS,
-                          note="and fewer than the model's positions"),
-                ParamSpec("num_beams", "long", 1, minimum=1, maximum=MAX_BEAMS),
-            ),
+            params=_GENERATION_PARAMS,
             generate=generation.text2text,
+            stream=generation.text2text_stream,
             output_kind=OutputKind.TEXTS,
             agreement_metric=AgreementMetric.EXACT_MATCH,
             encoder_decoder=True,

@@ -52,8 +52,10 @@ def check_traceable(spec: TaskSpec, fmt: str) -> None:
     """Every output needs a batch axis (and at most a sequence axis besides) so padding can be stripped."""
     if spec.encoder_decoder:
         raise ExportError(
-            f"Task {spec.name!r} cannot be exported to {fmt} yet: its encoder and decoder with past key "
-            "values are exported to ONNX only. Use format='onnx'."
+            f"Task {spec.name!r} cannot be exported to {fmt} yet: a static-shape trace fixes every tensor's "
+            "shape, and an encoder-decoder's decoder cache grows by one position per generated token (a trace per "
+            "cache length, or a fixed-size cache with a position mask, is not implemented). Its encoder and "
+            "decoder with past key values export to ONNX: use format='onnx'."
         )
     bad = [
         o.name for o in spec.outputs

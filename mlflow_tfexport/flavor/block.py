@@ -125,6 +125,8 @@ def write_model(
         conda_env="conda.yaml",
         model_config=default_model_config(block[FlavorKey.FORMAT],
                                           batching=batchable(get_task(block[FlavorKey.TASK]))),
+        # Generation tasks stream (``PyFuncModel.predict_stream`` calls the pyfunc's ``predict_stream``).
+        **({"streamable": True} if get_task(block[FlavorKey.TASK]).stream is not None else {}),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE))

@@ -77,7 +77,7 @@ def task_signature(
         outputs = Schema([ColSpec(_DTYPES[t], name) for name, t in spec.output_columns])
     else:
         outputs = Schema([ColSpec("string")])
-    params = ParamSchema([ParamSpec(p.name, p.dtype, p.default) for p in spec.all_params])
+    params = ParamSchema([ParamSpec(p.name, p.dtype, p.default, shape=p.shape) for p in spec.all_params])
     columns = input_columns(spec, input_schema)
     return ModelSignature(inputs=Schema(columns) if columns else None, outputs=outputs, params=params)
 

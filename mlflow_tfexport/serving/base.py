@@ -40,6 +40,16 @@ def check_param(spec: ParamSpec, value: Any, task: str) -> Any:
     """``value`` as the Python type of ``spec.dtype`` if it is in ``spec``'s range, else ``BadInputError``."""
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalars (0-d arrays)
         value = value.item()
+    if spec.shape is not None:  # a list param: each item checked as one value of the spec's type
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            raise _bad_param(spec, value, task)
+        item = ParamSpec(spec.name, spec.dtype, spec.default, spec.minimum, spec.maximum, spec.choices)
+        try:
+            return [check_param(item, v, task) for v in value]
+        except BadInputError:
+            raise _bad_param(spec, value, task) from None
     if spec.dtype == "boolean":
         if not isinstance(value, bool):
             raise _bad_param(spec, value, task)

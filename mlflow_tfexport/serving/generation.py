@@ -1,19 +1,26 @@
-"""Serving of the generation tasks: encode each prompt, decode new tokens, return text.
+"""Serving of the generation tasks: encode the prompts, decode new tokens, return text (or stream it).
 
-Used by the pyfunc of every variant (the task table names the function): the
-runner's ``generate`` is the eager model's ``generate`` for the source, the
-numpy decoding loop with past key values for ONNX; a runner without one (a
-logits-only graph) decodes greedily by re-running the sequence.
+Used by the pyfunc of every variant (the task table names the functions). The
+runner decodes: ``runner.decode(prompts, config, stopped)`` is transformers'
+``generate`` for the source and the numpy loop of ``serving/decoding.py`` for
+ONNX; a runner without one (a logits-only graph, a TorchScript trace) is
+decoded by the same loop re-running the whole sequence each step.
 ``text-generation`` returns each prompt followed by its continuation,
 ``text2text-generation`` the generated text only (special tokens removed), as
-``mlflow.transformers`` returns for these tasks.
+``mlflow.transformers`` returns for these tasks; with ``num_return_sequences``
+> 1, each input's answer is the list of its sequences.
 
-Each request's lengths (``max_new_tokens``, the room left for the prompt) are
-arguments of that request's calls, never settings of a shared object: the
-encoder picks a tokenizer configured for that truncation (see
-``tokenization.TextEncoder``). ``params`` arrive checked against the task
-table's ranges; what depends on the model (``max_new_tokens`` below its
-positions) is checked here, before any prompt runs.
+The request's params (checked against the task table's ranges) become one
+``DecodeConfig``: sampling (``do_sample``, ``temperature``, ``top_k``,
+``top_p``, ``seed``), beam search (``num_beams``, ``num_return_sequences``),
+``repetition_penalty`` and ``stop``: a row's output ends before the first
+occurrence of any stop string in the generated text (decoding of that row
+stops there). Each request's lengths (``max_new_tokens``, the room left for the
+prompt) are arguments of that request's calls, never settings of a shared
+object. What depends on the model (``max_new_tokens`` below its positions) is
+checked here, before any prompt runs. Prompts decode in chunks of
+``batch_size`` (default ``GENERATION_BATCH_SIZE``), the deadline checked
+between chunks.
 
 An empty prompt for ``text-generation`` generates from the tokenizer's
 beginning-of-sequence token, as the transformers text-generation pipeline
@@ -27,13 +34,16 @@ No torch or transformers import; Python 3.10-compatible.
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.serving import decoding
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
-from mlflow_tfexport.serving.runtimes.base import greedy_generate
-from mlflow_tfexport.serving.tokenization import TextEncoder
+from mlflow_tfexport.serving.tokenization import TextEncoder, split_rows
+
+#: Prompts decoded together when a request names no ``batch_size``.
+GENERATION_BATCH_SIZE = 16
 
 
 def _max_new_tokens(params: Mapping[str, Any], encoder: TextEncoder, needs_prompt_room: bool) -> int:
@@ -57,51 +67,175 @@ def _no_loop(conf: Mapping[str, Any]) -> BadInputError:
     )
 
 
-def text2text(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
-              params: Mapping[str, Any], deadline: Optional[Deadline] = None) -> List[str]:
-    max_new = _max_new_tokens(params, encoder, needs_prompt_room=False)
-    beams = int(params.get("num_beams") or 1)
-    generate = getattr(runner, "generate", None)
-    if generate is None:
-        raise _no_loop(conf)
-    eos = conf.get(FlavorKey.EOS_TOKEN_ID)
-    results = []
-    for i, text in enumerate(texts):
-        check_deadline(deadline, i, len(texts), "prompts")
-        batch = encoder.encode([text], truncation=bool(params["truncation"]))
-        prompt = batch.feeds["input_ids"][0].tolist()
-        new = [] if max_new == 0 else generate(prompt, max_new_tokens=max_new, eos_token_id=eos, num_beams=beams)
-        results.append(encoder.decode(new))
-    return results
+class _FullSequence:
+    """``decode``/``decode_stream`` for a logits runner (see ``decoding.FullSequenceSteps``)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.steps = decoding.FullSequenceSteps(runner)
+
+    def decode(self, prompts: Sequence[Sequence[int]], cfg: decoding.DecodeConfig,
+               stopped: Optional[decoding.StopFn] = None) -> List[List[List[int]]]:
+        return decoding.generate(self.steps, prompts, cfg, None, stopped)
+
+    def decode_stream(self, prompt: Sequence[int], cfg: decoding.DecodeConfig,
+                      stopped: Optional[decoding.StopFn] = None) -> Iterator[int]:
+        return decoding.stream(self.steps, prompt, cfg, None, stopped)
+
+
+def _decoder(runner: Any, conf: Mapping[str, Any], causal: bool) -> Any:
+    if hasattr(runner, "decode"):
+        return runner
+    if causal and hasattr(runner, "run"):
+        return _FullSequence(runner)
+    raise _no_loop(conf)
+
+
+def _cut(text: str, stops: Sequence[str]) -> Tuple[str, bool]:
+    """``text`` up to the first stop string (excluded), and whether one was found."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[:min(found)], True) if found else (text, False)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters a stream keeps back: an incomplete character, or the start of a stop
+    string that the next token may complete."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
+class _Task:
+    """What differs between the causal and the encoder-decoder task: the prompt and the answer text."""
+
+    def __init__(self, encoder: TextEncoder, conf: Mapping[str, Any], params: Mapping[str, Any], causal: bool):
+        self.encoder, self.causal = encoder, causal
+        self.max_new = _max_new_tokens(params, encoder, needs_prompt_room=causal)
+        self.config = decoding.DecodeConfig.from_params(params, conf.get(FlavorKey.EOS_TOKEN_ID))
+        self.truncation = bool(params["truncation"])
+        self.stops = [s for s in params.get("stop") or [] if s]
+
+    def prompts(self, texts: Sequence[str]) -> List[List[int]]:
+        if not self.causal:
+            batch = self.encoder.encode(list(texts), truncation=self.truncation)
+        else:
+            # Prompt and new tokens must fit in the model's positions: a long prompt keeps its end.
+            batch = self.encoder.encode(list(texts), truncation=self.truncation,
+                                        max_length=self.encoder.max_length - self.max_new,
+                                        truncation_side="left", allow_empty=True)
+        ids, mask = batch.feeds["input_ids"], batch.mask
+        prompts = [ids[i, :int(mask[i].sum())].tolist() for i in range(len(texts))]
+        for i, prompt in enumerate(prompts):
+            if not prompt and self.causal:
+                if self.encoder.bos_token_id is None:
+                    raise BadInputError(
+                        f"Row {i}: the prompt is empty and this model's tokenizer has no beginning-of-sequence "
+                        "token to generate from. Send at least one word of prompt."
+                    )
+                prompt.append(self.encoder.bos_token_id)
+        return prompts
+
+    def continuation(self, prompt: Sequence[int], new: Sequence[int]) -> str:
+        """The generated text of ``new`` after ``prompt`` (a causal prompt's text is not repeated)."""
+        if not self.causal:
+            return self.encoder.decode(new)
+        return self.encoder.decode(list(prompt) + list(new))[len(self.encoder.decode(prompt)):]
+
+    def answer(self, text: str, prompt: Sequence[int], new: Sequence[int]) -> str:
+        body = _cut(self.continuation(prompt, new), self.stops)[0]
+        return text + body if self.causal else body
+
+    def stopper(self, prompts: Sequence[Sequence[int]]) -> Optional[decoding.StopFn]:
+        if not self.stops:
+            return None
+        n = self.config.num_return_sequences
+
+        def stopped(row: int, new: Sequence[int]) -> bool:
+            return _cut(self.continuation(prompts[row // n], new), self.stops)[1]
+
+        return stopped
+
+
+def _generate(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
+              params: Mapping[str, Any], deadline: Optional[Deadline], causal: bool) -> List[Any]:
+    task = _Task(encoder, conf, params, causal)
+    prompts = task.prompts(texts) if texts else []
+    if task.config.max_new_tokens == 0 or not texts:
+        new: List[List[List[int]]] = [[[] for _ in range(task.config.num_return_sequences)] for _ in texts]
+    else:
+        decoder = _decoder(runner, conf, causal)
+        new = []
+        for start, stop in split_rows(len(texts), int(params.get("batch_size") or 0) or GENERATION_BATCH_SIZE):
+            check_deadline(deadline, start, len(texts), "prompts")
+            chunk = prompts[start:stop]
+            new.extend(decoder.decode(chunk, task.config, task.stopper(chunk)))
+    answers = [[task.answer(text, prompt, seq) for seq in seqs] for text, prompt, seqs in zip(texts, prompts, new,
+                                                                                             strict=True)]
+    return [a[0] for a in answers] if task.config.num_return_sequences == 1 else answers
 
 
 def causal(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
-           params: Mapping[str, Any], deadline: Optional[Deadline] = None) -> List[str]:
-    eos = conf.get(FlavorKey.EOS_TOKEN_ID)
-    max_new = _max_new_tokens(params, encoder, needs_prompt_room=True)
-    room = encoder.max_length - max_new
-    native = getattr(runner, "generate", None)
-    results = []
-    for i, text in enumerate(texts):
-        check_deadline(deadline, i, len(texts), "prompts")
-        # Prompt and new tokens must fit in the model's positions: a long prompt keeps its end.
-        batch = encoder.encode([text], truncation=bool(params["truncation"]), max_length=room,
-                               truncation_side="left", allow_empty=True)
-        prompt = batch.feeds["input_ids"][0].tolist()
-        if not prompt:
-            if encoder.bos_token_id is None:
-                raise BadInputError(
-                    f"Row {i}: the prompt is empty and this model's tokenizer has no beginning-of-sequence token "
-                    "to generate from. Send at least one word of prompt."
-                )
-            prompt = [encoder.bos_token_id]
-        if max_new == 0:
-            new: List[int] = []
-        elif native is not None:
-            new = native(prompt, max_new_tokens=max_new, eos_token_id=eos)
-        else:
-            new = greedy_generate(runner, prompt, max_new_tokens=max_new, eos_token_id=eos)
-        full = encoder.decode(prompt + list(new))
-        prompt_len = len(encoder.decode(prompt))
-        results.append(text + full[prompt_len:])
-    return results
+           params: Mapping[str, Any], deadline: Optional[Deadline] = None) -> List[Any]:
+    return _generate(runner, encoder, conf, texts, params, deadline, causal=True)
+
+
+def text2text(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
+              params: Mapping[str, Any], deadline: Optional[Deadline] = None) -> List[Any]:
+    return _generate(runner, encoder, conf, texts, params, deadline, causal=False)
+
+
+def _stream(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], text: str, params: Mapping[str, Any],
+            causal: bool) -> Iterator[str]:
+    """Text chunks as tokens come: their concatenation is ``predict``'s answer for ``text``."""
+    task = _Task(encoder, conf, params, causal)
+    cfg = task.config
+    if cfg.num_beams > 1 or cfg.num_return_sequences > 1:
+        raise BadInputError(
+            f"predict_stream yields one sequence: received num_beams={cfg.num_beams}, num_return_sequences="
+            f"{cfg.num_return_sequences}. Send num_beams=1 and num_return_sequences=1, or call predict."
+        )
+    prompt = task.prompts([text])[0]
+    decoder = _decoder(runner, conf, causal) if cfg.max_new_tokens else None
+    return _chunks(task, decoder, text, prompt)
+
+
+def _chunks(task: _Task, decoder: Any, text: str, prompt: List[int]) -> Iterator[str]:
+    if task.causal and text:
+        yield text
+    if decoder is None:
+        return
+    tokens = decoder.decode_stream(prompt, task.config, task.stopper([prompt]))
+    new: List[int] = []
+    sent = 0
+    try:
+        for token in tokens:
+            new.append(token)
+            body, found = _cut(task.continuation(prompt, new), task.stops)
+            ready = len(body) if found else len(body) - _held_back(body, task.stops)
+            if ready > sent:
+                yield body[sent:ready]
+                sent = ready
+            if found:
+                return
+        body = _cut(task.continuation(prompt, new), task.stops)[0]
+        if len(body) > sent:
+            yield body[sent:]
+    finally:
+        close: Optional[Callable[[], Any]] = getattr(tokens, "close", None)
+        if close is not None:
+            close()
+
+
+def causal_stream(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], text: str,
+                  params: Mapping[str, Any]) -> Iterator[str]:
+    return _stream(runner, encoder, conf, text, params, causal=True)
+
+
+def text2text_stream(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], text: str,
+                     params: Mapping[str, Any]) -> Iterator[str]:
+    return _stream(runner, encoder, conf, text, params, causal=False)

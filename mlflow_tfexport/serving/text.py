@@ -9,11 +9,12 @@ runner of a torch-based format does, when it is loaded. Python 3.10-compatible.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
 from mlflow_tfexport.constants import TOKENIZER_FILE, FlavorKey
+from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving.base import PyfuncBase
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
@@ -70,6 +71,21 @@ class TfexportPyfunc(PyfuncBase):
             )
             parts.append(post(outputs, batch, ctx))
         return self._format(parts)
+
+    def predict_stream(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Iterator[str]:
+        """One prompt's answer as text chunks while it is generated (``mlflow.pyfunc``'s ``predict_stream``,
+        offered by the MLmodel of generation tasks: ``streamable``); the chunks join into ``predict``'s
+        answer for that prompt."""
+        if self.spec.stream is None:
+            raise BadInputError(f"Task {self.spec.name!r} does not stream: call predict.")
+        p = self._params(params)
+        texts, _ = parse_text_input(model_input, self.spec)
+        if len(texts) != 1:
+            raise BadInputError(
+                f"predict_stream takes one prompt, received {len(texts)}. Send one string, or call predict for "
+                "several prompts."
+            )
+        return iter(self.spec.stream(self.runner, self.encoder, self.conf, texts[0], p))
 
     def _format(self, parts: List[Any]) -> Any:
         if parts and all(isinstance(part, Columns) for part in parts):

@@ -72,7 +72,9 @@ def run_validation(
     shapes = with_max_length(shapes, source, conf)
     exported: Optional[Runner] = None
     if conf.get(FlavorKey.GENERATION):  # graphs with past key values: checked step by step
-        report = validate_generation(source, staging, conf, shapes, atol)
+        report = validate_generation(source, staging, conf, shapes, atol,
+                                     options.quantize if options is not None else None,
+                                     options.min_agreement if options is not None else None)
     else:
         reference = EagerRunner(source.model, source.input_names, source.output_names)
         exported = load_runner(staging, conf, {})

@@ -71,10 +71,10 @@ def _check_generation(exporter: str, options: ExportOptions, spec: TaskSpec) -> 
             f"exporter={exporter!r} does not export {spec.name} (encoder and decoder with past key values); use "
             f"the default exporter ({DEFAULT_EXPORTER!r})."
         )
-    if options.optimize or options.quantize:
+    if options.quantize == STATIC_QUANTIZE:
         raise ExportError(
-            "optimize=True and quantize= are not available for generation exports with past key values yet; "
-            "export without them."
+            "quantize='int8-static' calibrates on the inputs of one graph; generation graphs with past key values "
+            "take caches it has no rows for. Use quantize='int8' (dynamic, per channel) or 'int8-blockwise'."
         )
 
 

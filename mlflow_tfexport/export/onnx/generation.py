@@ -26,7 +26,9 @@ the references ``validation/generation.py`` compares the exported graphs with.
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -34,6 +36,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, ONNX_FILE, FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
 from mlflow_tfexport.export.wrapper import source_inputs, untie_weights
 from mlflow_tfexport.tasks import BATCH
@@ -77,18 +80,43 @@ def _pairs(flat: Sequence[Any]) -> List[Tuple[Any, Any]]:
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
+def takes_positions(model: Any) -> bool:
+    """Whether the causal LM's forward takes ``position_ids`` (then the graph does, and left-padded prompts
+    decode together: each row's positions count its real tokens). BLOOM's ALiBi reads the mask instead."""
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+#: The experts implementations of transformers' mixture-of-experts blocks that trace into ONNX: the default
+#: ``grouped_mm`` counts tokens per expert with ``torch.histc`` (no ONNX symbolic) and ``eager`` loops over the
+#: experts a batch hits (a trace would keep only those); ``batched_mm`` gathers each token's experts' weights
+#: and multiplies in one batch, the same math.
+TRACEABLE_EXPERTS = "batched_mm"
+
+
+def traceable_experts(model: Any) -> None:
+    """Switch a mixture-of-experts model (Mixtral, Qwen2-MoE, ...) to ``TRACEABLE_EXPERTS`` before tracing."""
+    can_set = getattr(type(model), "_can_set_experts_implementation", None)
+    if can_set is None or not can_set() or not hasattr(model, "set_experts_implementation"):
+        return
+    if getattr(model.config, "_experts_implementation", None) != TRACEABLE_EXPERTS:
+        model.set_experts_implementation(TRACEABLE_EXPERTS)
+
+
 def causal_wrapper(model: Any) -> Any:
-    """``(input_ids, attention_mask, *past) -> (logits, *presents)`` around a causal LM."""
+    """``(input_ids, attention_mask, [position_ids,] *past) -> (logits, *presents)`` around a causal LM."""
     torch = require("torch")
+    positions = takes_positions(model)
 
     class CausalLMWithPast(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: Any, attention_mask: Any, *past: Any) -> Tuple[Any, ...]:
+        def forward(self, input_ids: Any, attention_mask: Any, *rest: Any) -> Tuple[Any, ...]:
+            extra = {"position_ids": rest[0]} if positions else {}
+            past = rest[1:] if positions else rest
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=_cache(_pairs(past)),
-                             use_cache=True, return_dict=True)
+                             use_cache=True, return_dict=True, **extra)
             return (out.logits, *_flat(out.past_key_values))
 
     return CausalLMWithPast().eval()
@@ -212,11 +240,27 @@ def _export(torch: Any, wrapper: Any, args: Tuple[Any, ...], path: str, inputs: 
                               opset_version=options.opset, dynamo=False, dynamic_axes=axes,
                               do_constant_folding=True)
     except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        op = re.search(r"operator '([\w:.]+)'", first) if type(exc).__name__ == "UnsupportedOperatorError" else None
+        hint = (f" The operator {op.group(1)} has no ONNX export; export this model to TorchScript instead "
+                "(format='torchscript', --format torchscript), which traces it.") if op else ""
         raise ExportError(
             f"torch.onnx.export failed for the {what} (opset {options.opset}, legacy exporter): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{type(exc).__name__}: {first}{hint}"
         ) from exc
     require("onnx").checker.check_model(path)
+
+
+def _postprocess(paths: Sequence[str], source: SourceModel, options: ExportOptions, conf: Dict[str, Any],
+                 tags: Dict[str, str]) -> None:
+    """``optimize=True`` / ``quantize=`` on every graph written (the same options for each); what they did is
+    recorded once in ``conf`` and ``tags`` (int8-static is refused by the backend's check)."""
+    if not (options.optimize or options.quantize):
+        return
+    for path in paths:
+        done = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options, None)
+    conf.update(done.flavor_conf)
+    tags.update(done.tags)
 
 
 def sample_ids(source: SourceModel, batch: int, length: int, seed: int) -> np.ndarray:
@@ -230,6 +274,8 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     model = source.model
     arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(model).__name__
     untie_weights(model)
+    traceable_experts(model)
+    onnx_optimize.prepare_model(model, options)
     tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter)}
     conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
     if not getattr(model.config, "is_encoder_decoder", False):
@@ -243,16 +289,22 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
                 "it cannot be exported with past key values."
             ) from exc
         layers = len(presents) // 2  # as many as the model's cache holds
-        args = (torch.from_numpy(ids[:, EXPORT_PAST:]), torch.from_numpy(mask),
+        new_ids = ids[:, EXPORT_PAST:]
+        position = [torch.from_numpy(np.broadcast_to(np.arange(EXPORT_PAST, EXPORT_PAST + EXPORT_NEW),
+                                                     new_ids.shape).copy())] if takes_positions(model) else []
+        args = (torch.from_numpy(new_ids), torch.from_numpy(mask), *position,
                 *[torch.from_numpy(p) for p in presents])
-        inputs = ["input_ids", "attention_mask", *past_names(layers)]
+        inputs = ["input_ids", "attention_mask", *(["position_ids"] if position else []), *past_names(layers)]
         outputs = ["logits", *present_names(layers)]
         axes = {"input_ids": {0: BATCH, 1: "sequence"}, "attention_mask": {0: BATCH, 1: TOTAL},
                 "logits": {0: BATCH, 1: "sequence"}}
+        if position:
+            axes["position_ids"] = {0: BATCH, 1: "sequence"}
         axes.update({n: {0: BATCH, 2: PAST} for n in past_names(layers)})
         axes.update({n: {0: BATCH, 2: TOTAL} for n in present_names(layers)})
-        _export(torch, causal_wrapper(model), args, os.path.join(staging_dir, ONNX_FILE), inputs, outputs, axes,
-                options, f"{arch} decoder with past")
+        path = os.path.join(staging_dir, ONNX_FILE)
+        _export(torch, causal_wrapper(model), args, path, inputs, outputs, axes, options, f"{arch} decoder with past")
+        _postprocess([path], source, options, conf, tags)
         conf[FlavorKey.GENERATION] = Generation.DECODER_WITH_PAST
         return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=conf, tags=tags)
 
@@ -287,6 +339,8 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     args = (torch.from_numpy(dec[:, EXPORT_PAST:]), torch.from_numpy(mask), *[torch.from_numpy(p) for p in past])
     _export(torch, decoder_wrapper(model), args, os.path.join(staging_dir, ONNX_DECODER_FILE), dec_in, dec_out,
             axes, options, f"{arch} decoder with past")
+    _postprocess([os.path.join(staging_dir, n) for n in (ONNX_ENCODER_FILE, ONNX_DECODER_FILE)], source, options,
+                 conf, tags)
     conf.update({FlavorKey.GENERATION: Generation.ENCODER_DECODER, FlavorKey.ENCODER_FILE: ONNX_ENCODER_FILE,
                  **facts})
     return ExportedArtifact(model_file=ONNX_DECODER_FILE, flavor_conf=conf, tags=tags)

@@ -1,16 +1,27 @@
-"""Eager transformers runner for the source variant (imports torch and transformers)."""
+"""Eager transformers runner for the source variant (imports torch and transformers).
+
+Generation is transformers' ``generate`` with the request's params (batched, prompts left-padded for a
+decoder); the exported variants decode the same way in numpy (``serving/decoding.py``), token for token
+for greedy and beam search.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import queue
+import threading
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.decoding import DecodeConfig, StopFn
 from mlflow_tfexport.serving.runtimes.device import resolve_device
 from mlflow_tfexport.tasks import IMAGE, get_task
+
+#: Held while a sampling ``generate`` draws from torch's global generator (see ``EagerRunner._run``).
+_SAMPLING_LOCK = threading.Lock()
 
 
 class EagerRunner:
@@ -31,46 +42,166 @@ class EagerRunner:
             )
         return {name: out[name].float().cpu().numpy() for name in self.output_names}
 
+    def _kwargs(self, cfg: DecodeConfig, seq2seq: bool) -> Dict[str, Any]:
+        """``generate`` arguments for ``cfg``: only the request's processors (the exported variants' loop runs
+        those and the model's forced first/last tokens); beam search with length penalty 1.0, no early stop."""
+        eos = cfg.eos_token_id
+        pad = getattr(self.model.generation_config, "pad_token_id", None) if seq2seq else None
+        kwargs: Dict[str, Any] = dict(
+            max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, do_sample=cfg.do_sample, num_beams=cfg.num_beams,
+            num_return_sequences=cfg.num_return_sequences, eos_token_id=eos,
+            pad_token_id=pad if pad is not None else (eos if eos is not None else 0),
+            repetition_penalty=cfg.repetition_penalty, length_penalty=1.0, early_stopping=False,
+            no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+        )
+        if seq2seq:
+            kwargs["min_length"] = 0
+        if cfg.do_sample:
+            kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        return kwargs
+
+    def _inputs(self, prompts: Sequence[Sequence[int]], seq2seq: bool) -> Tuple[Any, Any]:
+        """Prompts padded into one batch: on the left for a decoder (new tokens follow the last real one),
+        on the right for an encoder."""
+        torch = self.torch
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        pad = int(getattr(self.model.config, "pad_token_id", None) or 0)
+        ids.fill_(pad)
+        for row, prompt in enumerate(prompts):
+            span = slice(0, len(prompt)) if seq2seq else slice(width - len(prompt), width)
+            ids[row, span] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, span] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _run(self, prompts: Sequence[Sequence[int]], cfg: DecodeConfig, **extra: Any) -> Any:
+        torch = self.torch
+        seq2seq = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        ids, mask = self._inputs(prompts, seq2seq)
+        with torch.inference_mode():
+            if not cfg.do_sample:
+                out = self.model.generate(ids, attention_mask=mask, **self._kwargs(cfg, seq2seq), **extra)
+            else:
+                # transformers samples from torch's global generator: seeded requests hold the lock while
+                # they draw, so concurrent requests never interleave their draws.
+                with _SAMPLING_LOCK:
+                    if cfg.seed is not None:
+                        torch.manual_seed(int(cfg.seed))
+                    out = self.model.generate(ids, attention_mask=mask, **self._kwargs(cfg, seq2seq), **extra)
+        return out[:, 1:] if seq2seq else out[:, ids.shape[1]:]
+
+    def decode(self, prompts: Sequence[Sequence[int]], cfg: DecodeConfig,
+               stopped: Optional[StopFn] = None) -> List[List[List[int]]]:
+        """Per prompt, its ``num_return_sequences`` new token lists (each cut after its eos token). ``stopped``
+        (stop strings) ends a row as its eos token does; the caller cuts the text at the stop string."""
+        if cfg.max_new_tokens <= 0 or not prompts:
+            return [[[] for _ in range(cfg.num_return_sequences)] for _ in prompts]
+        extra = {} if stopped is None else {"stopping_criteria": _stop_criteria(self, prompts, cfg, stopped)}
+        rows = [_until_eos([int(t) for t in row], cfg.eos_token_id)
+                for row in self._run(prompts, cfg, **extra).tolist()]
+        n = cfg.num_return_sequences
+        return [rows[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def decode_stream(self, prompt: Sequence[int], cfg: DecodeConfig,
+                      stopped: Optional[StopFn] = None) -> Iterator[int]:
+        """The new tokens of one prompt as ``generate`` produces them (it runs in a thread, feeding a queue)."""
+        if cfg.max_new_tokens <= 0:
+            return iter(())
+        return _stream(self, prompt, cfg)
+
     def generate(
         self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int = 1
     ) -> List[int]:
-        torch = self.torch
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
-        if getattr(self.model.config, "is_encoder_decoder", False):
-            return self._generate_seq2seq(ids, int(max_new_tokens), eos_token_id, int(num_beams))
-        with torch.inference_mode():
-            out = self.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=int(max_new_tokens),
-                min_new_tokens=0,
-                do_sample=False,
-                num_beams=1,
-                eos_token_id=eos_token_id,
-                pad_token_id=eos_token_id if eos_token_id is not None else 0,
-            )
-        return [int(t) for t in out[0, ids.shape[1]:].tolist()]
-
-    def _generate_seq2seq(
-        self, ids: Any, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int
-    ) -> List[int]:
-        """An encoder-decoder's new tokens (after the decoder start token). Greedy (or beam) search on the
-        logits alone, with the generation config's forced first/last tokens; its other logits processors
-        (min_length, no_repeat_ngram_size, repetition_penalty, bad_words_ids) are off, as in the exported
-        variants' decoding loop."""
-        torch = self.torch
-        pad = getattr(self.model.generation_config, "pad_token_id", None)
-        with torch.inference_mode():
-            out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, min_new_tokens=0,
-                min_length=0, do_sample=False, num_beams=num_beams, eos_token_id=eos_token_id,
-                pad_token_id=pad if pad is not None else eos_token_id, no_repeat_ngram_size=0,
-                repetition_penalty=1.0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
-            )
-        return [int(t) for t in out[0, 1:].tolist()]
+        """Greedy (or beam) decoding of one prompt: its new tokens."""
+        cfg = DecodeConfig(max_new_tokens=int(max_new_tokens), eos_token_id=eos_token_id, num_beams=int(num_beams))
+        return self.decode([list(prompt_ids)], cfg)[0][0]
 
     def describe(self) -> Dict[str, Any]:
         return {"device": str(self.device), "torch": self.torch.__version__}
+
+
+def _until_eos(tokens: List[int], eos: Optional[int]) -> List[int]:
+    if eos is not None and eos in tokens:
+        return tokens[:tokens.index(eos) + 1]
+    return tokens
+
+
+def _stop_criteria(runner: EagerRunner, prompts: Sequence[Sequence[int]], cfg: DecodeConfig, stopped: StopFn) -> Any:
+    """``stopped`` as a transformers stopping criterion: ``generate``'s rows are prompt-major (each prompt's
+    ``num_return_sequences`` rows, or its beams), their new tokens follow the padded prompt (or the decoder
+    start token)."""
+    transformers = require("transformers")
+    torch = runner.torch
+    seq2seq = bool(getattr(runner.model.config, "is_encoder_decoder", False))
+    start = 1 if seq2seq else max(len(p) for p in prompts)
+
+    class StopStrings(transformers.StoppingCriteria):  # type: ignore[misc,name-defined]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            rows = input_ids[:, start:].tolist()
+            per_prompt = max(1, len(rows) // len(prompts))  # beam search asks about 2 x num_beams candidates
+            done = []
+            for r, new in enumerate(rows):
+                prompt, j = divmod(r, per_prompt)
+                row = prompt * cfg.num_return_sequences + (0 if cfg.num_beams > 1 else j)
+                done.append(stopped(row, _until_eos([int(t) for t in new], cfg.eos_token_id)))
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return transformers.StoppingCriteriaList([StopStrings()])
+
+
+def _stream(runner: EagerRunner, prompt: Sequence[int], cfg: DecodeConfig) -> Iterator[int]:
+    """``generate`` in a thread with a streamer that queues each new token; closing the iterator (a stop
+    string found, a client gone) stops ``generate`` at its next step."""
+    transformers = require("transformers")
+    tokens: queue.Queue[Any] = queue.Queue()
+    cancelled = threading.Event()
+    end = object()
+
+    class Streamer:
+        def __init__(self) -> None:
+            self.first = True
+
+        def put(self, value: Any) -> None:
+            if self.first:  # the prompt (or the decoder start token)
+                self.first = False
+                return
+            for token in value.reshape(-1).tolist():
+                tokens.put(int(token))
+
+        def end(self) -> None:
+            tokens.put(end)
+
+    class Cancelled(transformers.StoppingCriteria):  # type: ignore[misc,name-defined]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return runner.torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=runner.torch.bool)
+
+    def work() -> None:
+        try:
+            runner._run([list(prompt)], cfg, streamer=Streamer(),
+                        stopping_criteria=transformers.StoppingCriteriaList([Cancelled()]))
+        except BaseException as exc:  # handed to the consumer
+            tokens.put(exc)
+        finally:
+            tokens.put(end)
+
+    thread = threading.Thread(target=work, name="tfexport-generate-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = tokens.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if cfg.eos_token_id is not None and item == cfg.eos_token_id:
+                return
+    finally:
+        cancelled.set()  # generate stops at its next step
+        thread.join()
 
 
 def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> Any:

@@ -1,20 +1,27 @@
-"""Greedy decoding with past key values on exported generation graphs: onnxruntime and numpy only.
+"""Decoding with past key values on exported generation graphs: onnxruntime and numpy only.
 
 ``DecoderWithPastRunner`` serves a causal LM exported as one with-past graph,
 ``Seq2SeqRunner`` an encoder-decoder exported as ``encoder.onnx`` +
-``decoder.onnx`` (see ``export/onnx_generation.py`` for the graphs' inputs and
+``decoder.onnx`` (see ``export/onnx/generation.py`` for the graphs' inputs and
 outputs). Each generated token costs one decoder step on one new position, so
-decoding is linear in the number of tokens, not quadratic. Python 3.10-compatible.
+decoding is linear in the number of tokens, not quadratic. Each runner's
+``steps()`` is the ``StepModel`` of ``serving/decoding.py`` (greedy, sampling,
+beam search, batches): a causal graph that takes ``position_ids`` decodes
+left-padded prompts together (positions counted over each row's real tokens);
+a graph without them (BLOOM's ALiBi reads the mask; graphs exported before
+positions were an input) decodes one prompt at a time. Python 3.10-compatible.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey, Generation
-from mlflow_tfexport.errors import BadInputError, TfexportError
+from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.serving import decoding
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.runtimes.sessions import new_session
 
@@ -37,16 +44,97 @@ def _empty_past(session: Any, names: Sequence[str], batch: int) -> List[np.ndarr
     return out
 
 
-def _check_beams(num_beams: int) -> None:
-    if int(num_beams) != 1:
-        raise BadInputError(
-            f"params num_beams={num_beams}: the ONNX variant decodes greedily only (num_beams=1). "
-            "Send num_beams=1, or serve the source (transformers) variant for beam search."
-        )
+def _take(arrays: Sequence[np.ndarray], rows: np.ndarray) -> List[np.ndarray]:
+    return [a[rows] for a in arrays]
 
 
-class DecoderWithPastRunner:
-    """A causal LM's with-past graph; ``generate`` is greedy decoding with the cache."""
+class _Decodes:
+    """``decode``/``decode_stream``/``generate`` of a runner from its ``steps()`` (see ``serving/decoding.py``)."""
+
+    def steps(self) -> Any:
+        raise NotImplementedError
+
+    def configure(self, cfg: decoding.DecodeConfig) -> decoding.DecodeConfig:
+        return cfg
+
+    def histories(self, prompts: Sequence[Sequence[int]]) -> List[List[int]]:
+        """What the repetition penalty starts from: the prompt (an encoder-decoder: the decoder start)."""
+        return [list(p) for p in prompts]
+
+    def decode(self, prompts: Sequence[Sequence[int]], cfg: decoding.DecodeConfig,
+               stopped: Optional[decoding.StopFn] = None) -> List[List[List[int]]]:
+        return decoding.generate(self.steps(), prompts, self.configure(cfg), self.histories(prompts), stopped)
+
+    def decode_stream(self, prompt: Sequence[int], cfg: decoding.DecodeConfig,
+                      stopped: Optional[decoding.StopFn] = None) -> Iterator[int]:
+        return decoding.stream(self.steps(), prompt, self.configure(cfg), self.histories([prompt])[0], stopped)
+
+    def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int],
+                 num_beams: int = 1) -> List[int]:
+        """Greedy (or beam) decoding of one prompt: its new tokens."""
+        cfg = decoding.DecodeConfig(max_new_tokens=int(max_new_tokens), eos_token_id=eos_token_id,
+                                    num_beams=int(num_beams))
+        return self.decode([list(prompt_ids)], cfg)[0][0]
+
+
+class _CausalSteps:
+    """Left-padded prompts through the with-past graph; state: (attention mask, presents)."""
+
+    def __init__(self, runner: DecoderWithPastRunner) -> None:
+        self.runner = runner
+        self.batches = runner.has_positions
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> Tuple[np.ndarray, Any]:
+        width = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = prompt
+            mask[row, width - len(prompt):] = 1
+        out = self.runner.step(ids, mask, self.runner.empty_past(len(prompts)))
+        return out["logits"][:, -1], (mask, [out[n] for n in self.runner.present_names])
+
+    def advance(self, state: Any, tokens: np.ndarray) -> Tuple[np.ndarray, Any]:
+        mask = np.concatenate([state[0], np.ones((state[0].shape[0], 1), dtype=np.int64)], axis=1)
+        out = self.runner.step(tokens.astype(np.int64)[:, None], mask, state[1])
+        return out["logits"][:, -1], (mask, [out[n] for n in self.runner.present_names])
+
+    def select(self, state: Any, rows: np.ndarray) -> Any:
+        return state[0][rows], _take(state[1], rows)
+
+
+class _Seq2SeqSteps:
+    """Right-padded encoder inputs, one decoder start token per row; state: (mask, encoded, presents)."""
+
+    batches = True
+
+    def __init__(self, runner: Seq2SeqRunner) -> None:
+        self.runner = runner
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> Tuple[np.ndarray, Any]:
+        width = max(len(p) for p in prompts)
+        ids = np.full((len(prompts), width), self.runner.pad_token_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, :len(prompt)] = prompt
+            mask[row, :len(prompt)] = 1
+        encoded = self.runner.encode(ids, mask)
+        start = np.full((len(prompts), 1), self.runner.decoder_start_token_id, dtype=np.int64)
+        out = self.runner.step(start, mask, self.runner.empty_past(len(prompts)), encoded)
+        return out["logits"][:, -1], (mask, encoded, [out[n] for n in self.runner.present_names])
+
+    def advance(self, state: Any, tokens: np.ndarray) -> Tuple[np.ndarray, Any]:
+        mask, encoded, past = state
+        out = self.runner.step(tokens.astype(np.int64)[:, None], mask, past, encoded)
+        return out["logits"][:, -1], (mask, encoded, [out[n] for n in self.runner.present_names])
+
+    def select(self, state: Any, rows: np.ndarray) -> Any:
+        mask, encoded, past = state
+        return mask[rows], {k: v[rows] for k, v in encoded.items()}, _take(past, rows)
+
+
+class DecoderWithPastRunner(_Decodes):
+    """A causal LM's with-past graph, decoded with its cache by ``serving/decoding.py``."""
 
     input_names: Tuple[str, ...] = ("input_ids", "attention_mask")
     output_names: Tuple[str, ...] = ("logits",)
@@ -56,42 +144,41 @@ class DecoderWithPastRunner:
         self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.present_names = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self.has_positions = any(i.name == "position_ids" for i in self.session.get_inputs())
+
+    def steps(self) -> Any:
+        return _CausalSteps(self)
 
     def empty_past(self, batch: int) -> List[np.ndarray]:
         return _empty_past(self.session, self.past_names, batch)
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """One forward: new ``input_ids``, the mask over past + new positions, the past caches."""
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: Sequence[np.ndarray],
+             position_ids: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """One forward: new ``input_ids``, the mask over past + new positions, the past caches. A graph with
+        ``position_ids`` gets each new token's position among its row's real tokens (as ``generate`` counts
+        them), unless ``position_ids`` are given."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
                  **dict(zip(self.past_names, past, strict=True))}
+        if self.has_positions:
+            if position_ids is None:
+                new = input_ids.shape[1]
+                position_ids = (np.cumsum(attention_mask, axis=1) - 1)[:, -new:]
+                position_ids = np.where(attention_mask[:, -new:] == 0, 1, position_ids)
+            feeds["position_ids"] = np.asarray(position_ids, dtype=np.int64)
         return dict(zip(self._outputs, self.session.run(None, feeds), strict=True))
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Logits of whole sequences (empty past; positions 0.. as the model counts them without a cache)."""
         ids = feeds["input_ids"]
-        return {"logits": self.step(ids, feeds["attention_mask"], self.empty_past(ids.shape[0]))["logits"]}
-
-    def generate(
-        self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int = 1
-    ) -> List[int]:
-        _check_beams(num_beams)
-        ids = np.asarray([list(prompt_ids)], dtype=np.int64)
-        mask = np.ones_like(ids)
-        out = self.step(ids, mask, self.empty_past(1))
-        generated: List[int] = []
-        while True:
-            next_id = int(np.argmax(out["logits"][0, -1]))
-            generated.append(next_id)
-            if len(generated) >= max_new_tokens or (eos_token_id is not None and next_id == eos_token_id):
-                return generated
-            mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
-            out = self.step(np.array([[next_id]], dtype=np.int64), mask, [out[n] for n in self.present_names])
+        positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
+        return {"logits": self.step(ids, feeds["attention_mask"], self.empty_past(ids.shape[0]), positions)["logits"]}
 
     def describe(self) -> Dict[str, Any]:
         return {"providers": self.session.get_providers(), "generation": Generation.DECODER_WITH_PAST}
 
 
-class Seq2SeqRunner:
-    """An encoder-decoder's encoder graph and with-past decoder graph; ``generate`` decodes greedily."""
+class Seq2SeqRunner(_Decodes):
+    """An encoder-decoder's encoder graph and with-past decoder graph, decoded by ``serving/decoding.py``."""
 
     input_names: Tuple[str, ...] = ("input_ids", "attention_mask")
     output_names: Tuple[str, ...] = ("logits",)
@@ -109,6 +196,19 @@ class Seq2SeqRunner:
         self.decoder_start_token_id = int(conf[FlavorKey.DECODER_START_TOKEN_ID])
         self.forced_bos_token_id = conf.get(FlavorKey.FORCED_BOS_TOKEN_ID)
         self.forced_eos_token_id = conf.get(FlavorKey.FORCED_EOS_TOKEN_ID)
+        self.pad_token_id = int(conf.get(FlavorKey.PAD_TOKEN_ID) or 0)
+
+    def steps(self) -> Any:
+        return _Seq2SeqSteps(self)
+
+    def configure(self, cfg: decoding.DecodeConfig) -> decoding.DecodeConfig:
+        """The model's forced first/last tokens (transformers' ForcedBOS/ForcedEOS logits processors)."""
+        bos, eos = self.forced_bos_token_id, self.forced_eos_token_id
+        return replace(cfg, forced_bos_token_id=None if bos is None else int(bos),
+                       forced_eos_token_id=None if eos is None else int(eos))
+
+    def histories(self, prompts: Sequence[Sequence[int]]) -> List[List[int]]:
+        return [[self.decoder_start_token_id] for _ in prompts]
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Dict[str, Any]:
         values = self.encoder_session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
@@ -132,32 +232,6 @@ class Seq2SeqRunner:
         start = np.full((ids.shape[0], 1), self.decoder_start_token_id, dtype=np.int64)
         out = self.step(start, mask, self.empty_past(ids.shape[0]), self.encode(ids, mask))
         return {"logits": out["logits"]}
-
-    def _next(self, logits: np.ndarray, produced: int, max_new_tokens: int) -> int:
-        """Greedy choice with the forced tokens of the model's generation config (as transformers'
-        ForcedBOS/ForcedEOS logits processors: the first token, the token at the length limit)."""
-        if self.forced_eos_token_id is not None and produced == max_new_tokens - 1:
-            return int(self.forced_eos_token_id)
-        if self.forced_bos_token_id is not None and produced == 0:
-            return int(self.forced_bos_token_id)
-        return int(np.argmax(logits))
-
-    def generate(
-        self, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_token_id: Optional[int], num_beams: int = 1
-    ) -> List[int]:
-        _check_beams(num_beams)
-        ids = np.asarray([list(prompt_ids)], dtype=np.int64)
-        mask = np.ones_like(ids)
-        encoded = self.encode(ids, mask)
-        out = self.step(np.array([[self.decoder_start_token_id]], dtype=np.int64), mask, self.empty_past(1), encoded)
-        generated: List[int] = []
-        while True:
-            next_id = self._next(out["logits"][0, -1], len(generated), max_new_tokens)
-            generated.append(next_id)
-            if len(generated) >= max_new_tokens or (eos_token_id is not None and next_id == eos_token_id):
-                return generated
-            out = self.step(np.array([[next_id]], dtype=np.int64), mask, [out[n] for n in self.present_names],
-                            encoded)
 
     def describe(self) -> Dict[str, Any]:
         return {"providers": self.decoder_session.get_providers(), "generation": Generation.ENCODER_DECODER}
