@@ -368,6 +368,36 @@ def make_options(
     return options
 
 
+#: Why a detector cannot be traced at static shapes: its answer depends on the padded canvas.
+STATIC_DETECTION_REASON = (
+    "a detector's output depends on the size of the canvas its image is padded to (a DETR backbone's "
+    "convolutions see the padding: 8e-3 on the logits of a tiny DETR between an image alone and the same image "
+    "padded into a larger bucket; YOLOS interpolates its position embeddings to the canvas and attends to the "
+    "padding), and a detection request keeps each image's aspect ratio, so no fixed set of image sizes serves "
+    "every request equal to the source"
+)
+
+
+def check_image_trace_shapes(options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> None:
+    """Image models: buckets over the batch size only. The image size is fixed by the image processor, so a
+    trace shape is ``BxH`` with ``H`` the model's image height; detectors (aspect-preserving sizes) are refused."""
+    arch = source_conf.get(FlavorKey.ARCHITECTURE)
+    if spec.dynamic_image_size:
+        raise ExportError(
+            f"{arch} ({spec.name}) cannot be exported to {options.format}: {STATIC_DETECTION_REASON}. "
+            "Use format='onnx', which keeps height and width dynamic (and serves without torch)."
+        )
+    height, width = (int(v) for v in source_conf[FlavorKey.IMAGE_SIZE])
+    wrong = [shape_name(s) for s in options.trace_shapes if s[1] != height]
+    if wrong:
+        example = ",".join(f"{b}x{height}" for b in sorted({b for b, _ in options.trace_shapes}))
+        raise ExportError(
+            f"trace_shape {', '.join(wrong)} does not fit {arch} ({spec.name}): an image model's buckets are over the "
+            f"batch size only, its image size is fixed by its image processor at {height}x{width}, so a trace "
+            f"shape is BATCHx{height} (batch x image height). Use e.g. trace_shape='{example}'."
+        )
+
+
 def check_sequence_lengths(options: ExportOptions, source_conf: Mapping[str, Any]) -> None:
     """Every trace shape's sequence fits the source model's maximum length."""
     limit = int(source_conf[FlavorKey.MAX_LENGTH])

@@ -20,12 +20,18 @@ from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
 def untie_weights(model: Any) -> None:
     """Give the LM head its own copy of tied embedding weights (what ``torchscript=True`` did)."""
     torch = require("torch")
-    get_out = getattr(model, "get_output_embeddings", None)
-    get_in = getattr(model, "get_input_embeddings", None)
-    out = get_out() if get_out else None
-    inp = get_in() if get_in else None
+    out, inp = _embeddings(model, "get_output_embeddings"), _embeddings(model, "get_input_embeddings")
     if out is not None and inp is not None and out.weight is inp.weight:
         out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+
+
+def _embeddings(model: Any, getter: str) -> Any:
+    """``model.<getter>()``, or None for a model without embeddings (vision backbones raise NotImplementedError)."""
+    get = getattr(model, getter, None)
+    try:
+        return get() if get else None
+    except NotImplementedError:
+        return None
 
 
 def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
