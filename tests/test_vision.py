@@ -102,7 +102,8 @@ VISION_ARCHITECTURES: Tuple[VisionArch, ...] = (
                {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}},
                unsupported={FE: _MULTIMODAL}),
     VisionArch("LayoutLMv3", "LayoutLMv3Config", {}, {FE: "LayoutLMv3Model"}, "LayoutLMv3ImageProcessor",
-               {"size": {"height": 32, "width": 32}, "apply_ocr": False}, unsupported={FE: _MULTIMODAL}),
+               {"size": {"height": 32, "width": 32}, "apply_ocr": False},
+               unsupported={FE: "takes text, word boxes and the page image together"}),
     VisionArch("Perceiver", "PerceiverConfig",
                dict(num_latents=8, d_latents=32, d_model=32, num_blocks=1, num_self_attends_per_block=1,
                     num_self_attention_heads=2, num_cross_attention_heads=1, image_size=32, qk_channels=32,
@@ -110,6 +111,12 @@ VISION_ARCHITECTURES: Tuple[VisionArch, ...] = (
                {IC: "PerceiverForImageClassificationLearned"}, "PerceiverImageProcessor",
                {"size": {"height": 32, "width": 32}, "crop_size": {"height": 32, "width": 32}},
                unsupported={IC: "PerceiverImageProcessor is not reproduced by the serving preprocessing"}),
+    VisionArch("Perceiver (no centre crop)", "PerceiverConfig",
+               dict(num_latents=8, d_latents=32, d_model=32, num_blocks=1, num_self_attends_per_block=1,
+                    num_self_attention_heads=2, num_cross_attention_heads=1, image_size=32, qk_channels=32,
+                    v_channels=32),
+               {IC: "PerceiverForImageClassificationLearned"}, "PerceiverImageProcessor",
+               {"size": {"height": 32, "width": 32}, "do_center_crop": False}),
 )
 VISION_BY_NAME: Dict[str, VisionArch] = {a.name: a for a in VISION_ARCHITECTURES}
 VISION_CELLS: List[Tuple[str, str]] = [(a.name, task) for a in VISION_ARCHITECTURES for task in a.tasks]
@@ -274,6 +281,8 @@ PROCESSORS = {
     "DETR (pad + mask)": ("DetrImageProcessor", {"size": {"shortest_edge": 40, "longest_edge": 64}}),
     "DETR (default 800/1333)": ("DetrImageProcessor", {}),
     "YOLOS": ("YolosImageProcessor", {"size": {"shortest_edge": 40, "longest_edge": 64}}),
+    "Perceiver (no centre crop)": ("PerceiverImageProcessor", {"size": {"height": 32, "width": 32},
+                                                               "do_center_crop": False}),
 }
 
 

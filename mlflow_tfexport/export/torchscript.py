@@ -34,7 +34,8 @@ import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
-from mlflow_tfexport.errors import ExportError, TfexportError
+from mlflow_tfexport.errors import ExportError, TfexportError, cause
+from mlflow_tfexport.export.inference_ops import swap_autograd_functions
 from mlflow_tfexport.export.options import (
     ExportedArtifact,
     ExportOptions,
@@ -167,6 +168,7 @@ class StaticBackend:
         device = torch.device(self.trace_device(options))
         model = copy.deepcopy(source.model)  # untie on a copy: the reference model stays as logged
         untie_weights(model)
+        swap_autograd_functions(model)  # custom autograd Functions cannot be saved; their plain-math twins can
         model.eval().to(device)
         wrapper = make_wrapper(model, names, source.output_names)
         folder = os.path.join(staging_dir, self.folder)
@@ -185,11 +187,11 @@ class StaticBackend:
                 raise ExportError(
                     f"Tracing {source.flavor_conf.get(FlavorKey.ARCHITECTURE)} ({source.spec.name}) for "
                     f"{self.name} at {shape_name(shape)} failed: the outputs "
-                    f"{source.output_names} could not be traced: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                    f"{source.output_names} could not be traced: {cause(exc)}. The model's forward does something "
+                    "torch.jit.trace cannot record; use format='onnx'."
                 ) from exc
             self._check_outputs(out, source.output_names, shape)
-            torch.jit.save(traced, os.path.join(folder, bucket_file(shape)))
+            self._save(traced, os.path.join(folder, bucket_file(shape)), source, shape)
             del traced
         largest = max(s for _, s in options.trace_shapes)
         conf: Dict[str, Any] = {FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes]}
@@ -204,6 +206,21 @@ class StaticBackend:
         self, source: SourceModel, options: ExportOptions, conf: Dict[str, Any], tags: Dict[str, str]
     ) -> ExportedArtifact:
         return ExportedArtifact(model_file=self.folder, flavor_conf=conf, tags=tags)
+
+    def _save(self, traced: Any, path: str, source: SourceModel, shape: Shape) -> None:
+        """``torch.jit.save``; a trace holding Python ops (a custom autograd Function) is refused precisely."""
+        torch = require("torch")
+        try:
+            torch.jit.save(traced, path)
+        except Exception as exc:
+            ops = sorted({str(n.pyname()) for n in traced.inlined_graph.nodes() if n.kind() == "prim::PythonOp"})
+            arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE)
+            raise ExportError(
+                f"{arch} ({source.spec.name}) was traced for {self.name} at {shape_name(shape)} but cannot be saved: "
+                + (f"its forward calls the Python autograd Function(s) {', '.join(ops)}, which TorchScript cannot "
+                   "serialise (no plain-math twin is known for them)" if ops else cause(exc))
+                + ". Use format='onnx'."
+            ) from exc
 
     def _check_outputs(self, out: Any, names: List[str], shape: Shape) -> None:
         values = out if isinstance(out, (tuple, list)) else (out,)

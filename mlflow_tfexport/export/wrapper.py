@@ -12,7 +12,7 @@ import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
-from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.options import SourceModel
 from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
 
@@ -121,7 +121,7 @@ def check_exportable(source: SourceModel, wrapper: Any, args: Tuple[Any, ...]) -
         with torch.no_grad():
             wrapper(*args)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = cause(exc)
         if getattr(source.model.config, "is_encoder_decoder", False):
             raise ExportError(
                 f"{arch}'s forward needs decoder inputs (decoder_input_ids) that a {source.spec.name} request "

@@ -57,6 +57,12 @@ def check_model_inputs(model: Any) -> None:
     """Refuse, precisely, a model whose forward takes neither token ids nor pixels alone."""
     params = inspect.signature(model.forward).parameters
     name = type(model).__name__
+    if "pixel_values" in params and "input_ids" in params and "bbox" in params:
+        raise TfexportError(
+            f"{name} takes text, word boxes and the page image together (input_ids, bbox and pixel_values, from OCR "
+            "of a document); tfexport serves text-only or image-only models and has no request format for words "
+            "with boxes. Log it with mlflow.transformers (task 'document-question-answering' or its own)."
+        )
     if "pixel_values" in params and "input_ids" in params:
         raise TfexportError(
             f"{name} takes text and images together (input_ids and pixel_values); tfexport serves text-only or "

@@ -84,6 +84,7 @@ def run_validation(
             static = get_format(conf[FlavorKey.FORMAT]).static_shapes
             axes = {o.name: o.axes for o in source.spec.outputs} if static else None
             report = validate(reference.run, exported.run, feeds, source.output_names, atol, real_positions=axes)
+    report.extra.update({"format": conf[FlavorKey.FORMAT], "architecture": conf.get(FlavorKey.ARCHITECTURE)})
     if data is None:
         report.synthetic_reason = synthetic_reason or "no validation data"
         report.tags.update({Tag.DATA_ROWS: "0", Tag.DATA_ORIGIN: SYNTHETIC_ONLY})

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
-from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.onnx import calibration as calib
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.onnx.generation import export_generation
@@ -141,7 +141,7 @@ class OnnxBackend:
             raise ExportError(
                 f"torch.onnx.export failed for {source.flavor_conf.get(FlavorKey.ARCHITECTURE)} "
                 f"({source.spec.name}, opset {options.opset}, {options.exporter} exporter): "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                f"{cause(exc)}. Try another opset (opset=) or exporter='dynamo', or format='torchscript'."
             ) from exc
         if large and options.exporter != "dynamo":
             save_with_external_data(path)
