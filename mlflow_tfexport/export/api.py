@@ -225,7 +225,8 @@ def export_to_directory(
     with tempfile.TemporaryDirectory(prefix=temp_prefix()) as staging:
         staged = stage_export(source, backend, options, tolerance, staging, data=data,
                               synthetic_reason=synthetic_reason)
-        raise_for_failures(staged.report, f"the {format} export of {_model_words(source.flavor_conf)} from {source_dir}")
+        what = f"the {format} export of {_model_words(source.flavor_conf)} from {source_dir}"
+        raise_for_failures(staged.report, what)
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
             f.write(staged.report.to_json())
         variant.save_model(

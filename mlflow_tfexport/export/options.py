@@ -23,7 +23,7 @@ from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, UnknownFormatError
 from mlflow_tfexport.formats import FORMATS, FormatSpec, export_formats
 from mlflow_tfexport.serving.runtimes.static import shape_name
-from mlflow_tfexport.tasks import IMAGE, TaskSpec
+from mlflow_tfexport.tasks import IMAGE, SEQUENCE, TaskSpec
 
 Shape = Tuple[int, int]  # (batch, sequence)
 TraceShapeArg = Union[None, str, Tuple[int, int], Sequence[Union[str, Tuple[int, int]]]]
@@ -395,6 +395,26 @@ def check_image_trace_shapes(options: ExportOptions, source_conf: Mapping[str, A
             f"trace_shape {', '.join(wrong)} does not fit {arch} ({spec.name}): an image model's buckets are over the "
             f"batch size only, its image size is fixed by its image processor at {height}x{width}, so a trace "
             f"shape is BATCHx{height} (batch x image height). Use e.g. trace_shape='{example}'."
+        )
+
+
+#: Model types whose outputs at real tokens change with how far a batch is padded, and why.
+PADDING_SENSITIVE: Dict[str, str] = {
+    "funnel": "Funnel pools the sequence into blocks and upsamples it back, so its token outputs change with how "
+    "far a batch is padded (by 1.2 at real tokens of a tiny Funnel between a batch and the same batch padded to 64 "
+    "tokens), and an export either fixes the length (ONNX: every request is padded to it) or pads to a bucket "
+    "(TorchScript)",
+}
+
+
+def check_padding_invariant(source_conf: Mapping[str, Any], spec: TaskSpec, fmt: str) -> None:
+    """Refuse a task with per-token outputs of a model whose token outputs depend on the padding length."""
+    why = PADDING_SENSITIVE.get(str(source_conf.get(FlavorKey.MODEL_TYPE)))
+    if why and any(SEQUENCE in o.axes.values() for o in spec.outputs):
+        raise ExportError(
+            f"{source_conf.get(FlavorKey.ARCHITECTURE)} ({spec.name}) cannot be exported to {fmt}: {why}. Its "
+            "sequence-level task (text-classification, pooled at the first token) exports to format='onnx'; serve "
+            f"{spec.name} from the source (transformers) version."
         )
 
 

@@ -42,6 +42,7 @@ from mlflow_tfexport.export.options import (
     Shape,
     SourceModel,
     check_image_trace_shapes,
+    check_padding_invariant,
     check_sequence_lengths,
 )
 from mlflow_tfexport.export.wrapper import make_wrapper, source_inputs, untie_weights
@@ -131,6 +132,7 @@ class StaticBackend:
             check_image_trace_shapes(options, source_conf, spec)
         else:
             check_sequence_lengths(options, source_conf)
+            check_padding_invariant(source_conf, spec, self.name)
         check_traceable(spec, self.name)
         return self.check_target(options)
 

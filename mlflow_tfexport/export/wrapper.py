@@ -92,6 +92,16 @@ def source_image_inputs(source: SourceModel, batch: int, sequence: int, *, seed:
                         num_channels=int(conf.get(FlavorKey.NUM_CHANNELS) or 3), seed=seed)
 
 
+def fixed_length_reason(config: Any) -> Optional[str]:
+    """Why a dynamic-axes export of this model is right only at the length it was traced at, or None:
+    such a model is exported at its maximum length and every request is padded to it (masked)."""
+    if getattr(config, "attention_window", None) is not None and getattr(config, "attention_type", None) is None:
+        return "it pads to a multiple of its attention window and chunks its attention by it, with sizes a trace fixes"
+    if getattr(config, "model_type", None) == "funnel":
+        return "it pools the sequence into blocks, with sizes a trace fixes"
+    return None
+
+
 def length_dependent_path(source: SourceModel) -> Optional[str]:
     """Why a trace of ``source`` at a short length would not compute what the model computes at
     longer ones (the forward picks its code path by sequence length), or None."""

@@ -27,10 +27,17 @@ from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.onnx import calibration as calib
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.onnx.generation import export_generation
-from mlflow_tfexport.export.options import STATIC_QUANTIZE, ExportedArtifact, ExportOptions, Shape, SourceModel
-from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
+from mlflow_tfexport.export.options import (
+    STATIC_QUANTIZE,
+    ExportedArtifact,
+    ExportOptions,
+    Shape,
+    SourceModel,
+    check_padding_invariant,
+)
+from mlflow_tfexport.export.wrapper import check_exportable, fixed_length_reason, make_wrapper, source_inputs
 from mlflow_tfexport.serving.conf import read_flavor_conf
-from mlflow_tfexport.tasks import TaskSpec, input_axes
+from mlflow_tfexport.tasks import IMAGE, TaskSpec, input_axes
 
 EXPORT_SHAPE: Shape = (2, 16)
 VALIDATION_SHAPE: Shape = (3, 23)
@@ -96,6 +103,8 @@ class OnnxBackend:
                 + (" or exporter='dynamo' for opsets above 20." if exporter == "legacy" and isinstance(opset, int)
                    and opset > high else ".")
             )
+        if spec.input_kind != IMAGE:
+            check_padding_invariant(source_conf, spec, self.name)
         if with_past(spec, exporter):
             _check_generation(exporter, options, spec)
         return onnx_optimize.complete_quantize(replace(options, opset=opset, exporter=exporter), spec)
@@ -110,6 +119,8 @@ class OnnxBackend:
         names = source.input_names
         outputs = source.output_names
         batch, seq = EXPORT_SHAPE
+        fixed = fixed_length_reason(source.model.config) is not None  # Longformer, Funnel: right at one length
+        seq = source.max_length if fixed else seq
         feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
         onnx_optimize.prepare_model(source.model, options)
@@ -148,7 +159,10 @@ class OnnxBackend:
         onnx.checker.check_model(path)
         post = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options,
                                          calibration(source, options, path))
-        return _artifact(options, post)
+        artifact = _artifact(options, post)
+        if fixed:  # every request is padded (masked) to the length the graph was traced at
+            artifact.flavor_conf[FlavorKey.PAD_TO_MULTIPLE_OF] = source.max_length
+        return artifact
 
     def export_from_graph(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         """Quantise (and fuse, with ``optimize=True``, unless it is fused already) the fp32 graph of the ONNX
