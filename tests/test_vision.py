@@ -42,7 +42,6 @@ _MOBILEVIT = dict(image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8
                   num_attention_heads=2, patch_size=2)
 _RESNET = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
 _DETR_SIZE = {"shortest_edge": 32, "longest_edge": 48}
-_MULTIMODAL = "takes text and images together (input_ids and pixel_values)"
 _STATIC_DETECTION = "cannot be exported to torchscript: a detector's output depends on the size of the canvas"
 
 
@@ -100,7 +99,7 @@ VISION_ARCHITECTURES: Tuple[VisionArch, ...] = (
                {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}),
     VisionArch("CLIP (joint model)", "CLIPConfig", {}, {FE: "CLIPModel"}, "CLIPImageProcessor",
                {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}},
-               unsupported={FE: _MULTIMODAL}),
+               unsupported={FE: "scores images against texts: pass tokenizer= and image_processor="}),
     VisionArch("LayoutLMv3", "LayoutLMv3Config", {}, {FE: "LayoutLMv3Model"}, "LayoutLMv3ImageProcessor",
                {"size": {"height": 32, "width": 32}, "apply_ocr": False},
                unsupported={FE: "takes text, word boxes and the page image together"}),

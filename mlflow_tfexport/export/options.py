@@ -457,7 +457,8 @@ class SourceModel:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
+        config = self.model.config
+        return int(getattr(getattr(config, "text_config", None), "vocab_size", None) or config.vocab_size)
 
     @property
     def max_length(self) -> int:

@@ -14,7 +14,7 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.options import SourceModel
-from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
+from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, IMAGE_TEXT, dummy_inputs, image_inputs
 
 
 def untie_weights(model: Any) -> None:
@@ -60,6 +60,14 @@ def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[
             given = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
             return self.run({name: given[name] for name in input_names})
 
+    class ImageTextExportWrapper(ExportWrapper):
+        def forward(self, input_ids: Any, attention_mask: Any = None,  # type: ignore[override]
+                    pixel_values: Any = None) -> Tuple[Any, ...]:
+            given = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+            return self.run({name: given[name] for name in input_names})
+
+    if "pixel_values" in input_names and "input_ids" in input_names:  # texts and images (CLIP zero-shot)
+        return ImageTextExportWrapper().eval()
     image = bool(input_names) and input_names[0] == "pixel_values"
     return (ImageExportWrapper() if image else ExportWrapper()).eval()
 
@@ -71,6 +79,15 @@ def source_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int =
     conf = source.flavor_conf
     if source.spec.input_kind == IMAGE:
         return source_image_inputs(source, batch, sequence, seed=seed)
+    if source.spec.input_kind == IMAGE_TEXT:  # ``batch + 1`` candidate texts (padded rows), ``batch`` images
+        names = tuple(source.input_names)
+        text = dummy_inputs(tuple(n for n in names if n not in IMAGE_INPUTS), batch + 1,
+                            min(sequence, source.max_length), vocab_size=source.vocab_size,
+                            pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=seed)
+        height, width = (int(v) for v in conf[FlavorKey.IMAGE_SIZE])
+        pixels = image_inputs(("pixel_values",), batch, height, width,
+                              num_channels=int(conf.get(FlavorKey.NUM_CHANNELS) or 3), seed=seed)
+        return {**text, **pixels}
     eos = conf.get(FlavorKey.EOS_TOKEN_ID) if getattr(source.model.config, "is_encoder_decoder", False) else None
     return dummy_inputs(
         tuple(source.input_names), batch, min(sequence, source.max_length),
