@@ -152,7 +152,10 @@ class OnnxBackend:
             raise ExportError(
                 f"torch.onnx.export failed for {source.flavor_conf.get(FlavorKey.ARCHITECTURE)} "
                 f"({source.spec.name}, opset {options.opset}, {options.exporter} exporter): "
-                f"{cause(exc)}. Try another opset (opset=) or exporter='dynamo', or format='torchscript'."
+                f"{cause(exc)}. "
+                + ("Try the default exporter (exporter='legacy')" if options.exporter == "dynamo"
+                   else "Try another opset (opset=) or exporter='dynamo'")
+                + ", or format='torchscript'."
             ) from exc
         if large and options.exporter != "dynamo":
             save_with_external_data(path)
