@@ -348,3 +348,22 @@ def test_unexpected_failures_name_architecture_format_and_advice(tmp_path: Any,
     assert info.value.message == (
         "The torchscript export of BertModel (feature-extraction) failed at the export stage: RuntimeError: "
         "something deep went wrong. torch.jit.trace could not record this model's forward; use format='onnx'.")
+
+
+def test_model_run_failures_name_the_side_the_format_and_the_advice() -> None:
+    """onnxruntime failing on the exported graph, or the source model failing on a validation input, becomes an
+    ExportError naming architecture, task, format, the input shape and what applies."""
+    from mlflow_tfexport.export.failures import export_failure
+    from mlflow_tfexport.validation.compare import ModelRunFailed
+
+    conf = {"architecture": "LongformerModel", "task": "feature-extraction"}
+    raw = RuntimeError("\n[ONNXRuntimeError] : 1 : FAIL : Reshape node\nInput shape:{3,23,1}")
+    err = export_failure(ModelRunFailed("exported", (3, 23), raw), conf, "onnx", "validate")
+    assert err.message.startswith("Validating the onnx export of LongformerModel (feature-extraction) failed: running "
+                                  "the exported model at input 3x23: RuntimeError: [ONNXRuntimeError]")
+    assert "onnxruntime cannot run it at this shape" in err.message and "format='torchscript'" in err.message
+    funnel = {"architecture": "FunnelForSequenceClassification", "task": "text-classification"}
+    err = export_failure(ModelRunFailed("source", (3, 1), IndexError("index 4 is out of bounds")), funnel,
+                         "torchscript", "validate")
+    assert "running the source model at input 3x1: IndexError: index 4 is out of bounds" in err.message
+    assert "The source model itself fails on this input" in err.message and "opset" not in err.message
