@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -333,3 +334,23 @@ def test_registry_export(cell: Tuple[str, str], registry: str) -> None:
                                                      dst_path=os.path.join(root, "s"))
         exported = mlflow.artifacts.download_artifacts(result.model_uri, dst_path=os.path.join(root, "e"))
         compare_predictions(source, exported, task)
+
+
+def test_fixed_length_onnx_records_its_padding(tmp_path: Any) -> None:
+    """Funnel's ONNX graph is right at its traced length only: it is traced at the maximum length, the flavor block
+    records the padding, and every request (here of 3 to 17 tokens) is padded (masked) to it before it runs."""
+    from mlflow.pyfunc import load_model
+
+    from mlflow_tfexport.constants import FlavorKey
+    from mlflow_tfexport.export.api import export_to_directory
+
+    source, _ = save_source(BY_NAME["Funnel"], TC, str(tmp_path))
+    conf, report = export_to_directory(source, str(tmp_path / "onnx"), "onnx")
+    assert report.passed and conf[FlavorKey.PAD_TO_MULTIPLE_OF] == conf[FlavorKey.MAX_LENGTH] == 64
+    variant = load_model(str(tmp_path / "onnx"))
+    assert variant.get_raw_model().describe()[FlavorKey.PAD_TO_MULTIPLE_OF] == 64
+    for texts in (TEXTS, TEXTS[1:2], ["ok"]):
+        expected = load_model(source).predict(texts)
+        got = variant.predict(texts)
+        assert list(got["label"]) == list(expected["label"])
+        np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
