@@ -30,6 +30,8 @@ class SequencePadding:
         self._axes = {o.name: [int(a) for a, n in o.axes.items() if n == SEQUENCE] for o in outputs}
 
     def __getattr__(self, name: str) -> Any:  # .session, .modules, .calls... of the wrapped runner
+        if name == "runner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.runner, name)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
