@@ -143,3 +143,24 @@ def test_onnx_serving_without_torch(clip: Dict[str, Any]) -> None:
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = mlflow.pyfunc.load_model(clip["source"]).predict(images, params={"candidate_labels": "cat,dog,fish"})
     _assert_same(got, expected, 1e-4)
+
+
+def test_registry_round_trip(tracking_uri: str) -> None:
+    """log_model -> export("models:/...") -> tags -> the ONNX version answers like the source."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import mlflow_tfexport
+    from mlflow_tfexport.constants import Tag
+
+    model, tok, processor = tiny_clip()
+    with mlflow.start_run():
+        info = mlflow.tfexport.log_model(model, tokenizer=tok, image_processor=processor, registered_model_name="clip")
+    result = mlflow_tfexport.export(f"models:/clip/{info.registered_model_version}", format="onnx")
+    assert result.created and result.report is not None and result.report.passed
+    tags = MlflowClient().get_model_version("clip", result.model_version.version).tags
+    assert tags[Tag.FORMAT] == "onnx" and tags[Tag.TASK] == "zero-shot-image-classification"
+    images = [png_bytes(im) for im in sample_images(2)]
+    params = {"candidate_labels": "cat,dog"}
+    expected = mlflow.pyfunc.load_model(f"models:/clip/{info.registered_model_version}").predict(images, params=params)
+    _assert_same(mlflow.pyfunc.load_model(result.model_uri).predict(images, params=params), expected, 1e-4)
