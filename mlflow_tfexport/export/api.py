@@ -132,7 +132,12 @@ def stage_export(
     mismatch: the report says so, and the caller decides.
     """
     started = time.perf_counter()
-    loaded = load_source_model(source)
+    try:
+        loaded = load_source_model(source)
+    except TfexportError:
+        raise
+    except Exception as exc:
+        raise export_failure(exc, source.flavor_conf, options.format, "load") from exc
     loaded.calibration_data = data  # int8-static calibrates on the validation rows
     say("export", options.format)
     try:

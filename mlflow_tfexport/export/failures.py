@@ -25,6 +25,11 @@ RUN_ADVICE: Mapping[str, str] = {
     Format.TORCHSCRIPT: "The traced module does not run on its bucket's inputs; use format='onnx'.",
     Format.NEURON: "The compiled module does not run on its bucket's inputs; use format='onnx'.",
 }
+#: The source model could not be loaded back from its saved files.
+LOAD_ADVICE = (
+    "The source version's saved model could not be loaded with the installed transformers and torch; export "
+    "where the versions it was logged with (its tfexport block, transformers_version and torch_version) are installed."
+)
 SOURCE_ADVICE = (
     "The source model itself fails on this input, so the export cannot be validated there; the forward needs "
     "inputs the served requests do not guarantee."
@@ -39,5 +44,5 @@ def export_failure(exc: BaseException, conf: Mapping[str, Any], fmt: str, stage:
     if isinstance(exc, ModelRunFailed):
         advice = SOURCE_ADVICE if exc.side == "source" else RUN_ADVICE.get(fmt, "")
         return ExportError(f"Validating the {fmt} export of {model} failed: running the {exc}. {advice}")
-    return ExportError(f"The {fmt} export of {model} failed at the {stage} stage: {cause(exc)}. "
-                       f"{EXPORT_ADVICE.get(fmt, '')}".rstrip())
+    advice = LOAD_ADVICE if stage == "load" else EXPORT_ADVICE.get(fmt, "")
+    return ExportError(f"The {fmt} export of {model} failed at the {stage} stage: {cause(exc)}. {advice}".rstrip())
