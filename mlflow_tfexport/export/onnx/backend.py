@@ -188,7 +188,10 @@ class OnnxBackend:
         post = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options,
                                          calibration(source, options, path),
                                          already_optimized=base.get(FlavorKey.OPTIMIZED))
-        return _artifact(options, post)
+        artifact = _artifact(options, post)
+        if base.get(FlavorKey.PAD_TO_MULTIPLE_OF):  # a fixed-length graph stays one
+            artifact.flavor_conf[FlavorKey.PAD_TO_MULTIPLE_OF] = base[FlavorKey.PAD_TO_MULTIPLE_OF]
+        return artifact
 
     def validation_shapes(self, options: ExportOptions) -> List[Shape]:
         return onnx_optimize.validation_shapes(options, [VALIDATION_SHAPE])
