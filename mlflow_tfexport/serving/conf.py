@@ -143,7 +143,13 @@ def _channels(key: str, value: Any) -> None:
         _int_in(key, value, 1, MAX_CHANNELS)
 
 
+def _padding(key: str, value: Any) -> None:
+    if value is not None:
+        _int_in(key, value, 1, MAX_TOKENS)
+
+
 _FIELD_CHECKS: Dict[str, Callable[[str, Any], None]] = {
+    FlavorKey.PAD_TO_MULTIPLE_OF: _padding,
     FlavorKey.TRACE_DEVICE: _one_of(_TRACE_DEVICES),
     FlavorKey.GENERATION: _optional_str,  # an unknown layout: the runtime says to upgrade
     FlavorKey.PROBLEM_TYPE: _optional_str,
