@@ -106,8 +106,9 @@ def render(results: List[CellResult]) -> str:
         "multi-token and one-token steps), and their pyfuncs' greedy generations equal the source's token for "
         "token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
         "(TorchScript-based) exporter, "
-        "`onnx (dynamo)` is `exporter=\"dynamo\"`. `torchscript` traces one 2x16 bucket and is validated at "
-        "real positions (padded ones skipped) at the bucket, with chunking and padding (5x10, 3x1). — : the "
+        "`onnx (dynamo)` is `exporter=\"dynamo\"`. `torchscript` traces one bucket (2x32; 1x64 for "
+        "text-generation) and is validated at real positions (padded ones skipped) at the bucket, with "
+        "chunking and padding. — : the "
         "architecture has no head for the task in transformers, or the task is not in the matrix.",
         "",
         f"**{passed}/{len(results)} cells export and validate** ({counts}); "

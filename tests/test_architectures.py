@@ -48,7 +48,9 @@ _LONGFORMER_FE = "Validation of the onnx export of LongformerModel (feature-extr
 _FUNNEL_TOKENS = "FunnelModel (feature-extraction) cannot be exported to onnx: Funnel pools the sequence into blocks"
 TS = "torchscript"
 _TS_T2T = "cannot be exported to torchscript yet"
-#: Cells also exported to TorchScript (one 2x16 bucket): those made to work or refused precisely on static shapes.
+#: The bucket of a TorchScript cell (default 2x32).
+TS_SHAPES: Mapping[str, str] = {TG: "1x64"}
+#: Cells also exported to TorchScript (one bucket): those made to work or refused precisely on static shapes.
 TS_CELLS: Tuple[Tuple[str, str], ...] = (
     ("BERT", FE), ("DeBERTa", FE), ("DeBERTa-v2", FE), ("BLOOM", TC), ("Longformer", FE),
     ("Longformer", TC), ("ConvBERT", FE), ("Funnel", FE), ("Funnel", TC),
@@ -247,7 +249,7 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str) -> None:
 
 def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: bool = True) -> CellResult:
     """Save, export (no registry) and validate one cell; errors become a failed result. ``exporter`` ``TS``
-    exports to TorchScript at one 2x16 bucket instead of ONNX."""
+    exports to TorchScript at one bucket (``TS_SHAPES``) instead of ONNX."""
     from mlflow_tfexport.export.api import export_to_directory
 
     arch = BY_NAME[arch_name]
@@ -256,8 +258,8 @@ def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: 
         try:
             source, model = save_source(arch, task, root)
             exported = os.path.join(root, "exported")
-            if exporter == TS:
-                _, report = export_to_directory(source, exported, TS, trace_shape="2x16")
+            if exporter == TS:  # a bucket that holds TEXTS (and, for generation, the default 20 new tokens)
+                _, report = export_to_directory(source, exported, TS, trace_shape=TS_SHAPES.get(task, "2x32"))
             else:
                 _, report = export_to_directory(source, exported, "onnx", exporter=exporter)
                 validate_at_max_length(model, source, exported, report.atol)

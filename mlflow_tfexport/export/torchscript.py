@@ -45,7 +45,7 @@ from mlflow_tfexport.export.options import (
     check_padding_invariant,
     check_sequence_lengths,
 )
-from mlflow_tfexport.export.wrapper import make_wrapper, source_inputs, untie_weights
+from mlflow_tfexport.export.wrapper import check_runs, make_wrapper, source_inputs, untie_weights
 from mlflow_tfexport.serving.runtimes.device import check_device_name
 from mlflow_tfexport.serving.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
 from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TaskSpec
@@ -178,6 +178,8 @@ class StaticBackend:
         for i, shape in enumerate(options.trace_shapes):
             feeds = trace_inputs(source, shape, seed=i)
             args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
+            if i == 0:
+                check_runs(source, wrapper, args)  # a forward that cannot run from these inputs: say why
             try:
                 with torch.no_grad(), warnings.catch_warnings(), traceable_masks():
                     warnings.simplefilter("ignore")  # TracerWarnings about Python control flow

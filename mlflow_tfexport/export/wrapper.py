@@ -139,11 +139,18 @@ def check_exportable(source: SourceModel, wrapper: Any, args: Tuple[Any, ...]) -
     """Refuse, with a precise ``ExportError``, a model a trace cannot represent: one whose code path
     depends on the sequence length, or one that cannot run its task from the text inputs alone (run
     eagerly once on the export inputs, instead of failing deep in a tracer)."""
-    torch = require("torch")
     arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(source.model).__name__
     why = length_dependent_path(source)
     if why:
         raise ExportError(f"{arch} cannot be exported with dynamic sequence length: {why}.")
+    check_runs(source, wrapper, args)
+
+
+def check_runs(source: SourceModel, wrapper: Any, args: Tuple[Any, ...]) -> None:
+    """Run the wrapper eagerly once on the export inputs: a model that cannot run its task from the request's
+    inputs alone (an encoder-decoder without decoder inputs) is refused precisely, before any tracing."""
+    torch = require("torch")
+    arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(source.model).__name__
     try:
         with torch.no_grad():
             wrapper(*args)
