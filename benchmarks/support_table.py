@@ -33,14 +33,22 @@ from test_architectures import (  # noqa: E402
     T2T,
     TC,
     TG,
+    TS,
     CellResult,
     run_cell,
 )
-from test_vision import VISION_ARCHITECTURES, VISION_CELLS, VisionCellResult, run_vision_cell  # noqa: E402
+from test_vision import (  # noqa: E402
+    ONNX,
+    TORCHSCRIPT,
+    VISION_ARCHITECTURES,
+    VISION_CELLS,
+    VisionCellResult,
+    run_vision_cell,
+)
 
 TASK_COLUMNS = (FE, TG, T2T, TC)
 VISION_TASKS = ("image-classification", "image-feature-extraction", "object-detection", FE)
-FORMAT_NAMES = {LEGACY: "onnx", DYNAMO: "onnx (dynamo)"}
+FORMAT_NAMES = {LEGACY: "onnx", DYNAMO: "onnx (dynamo)", TS: "torchscript"}
 
 
 def _version(package: str) -> str:
@@ -98,8 +106,10 @@ def render(results: List[CellResult]) -> str:
         "multi-token and one-token steps), and their pyfuncs' greedy generations equal the source's token for "
         "token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
         "(TorchScript-based) exporter, "
-        "`onnx (dynamo)` is `exporter=\"dynamo\"`. — : the architecture has no head for the task in "
-        "transformers, or the task is not in the matrix.",
+        "`onnx (dynamo)` is `exporter=\"dynamo\"`. `torchscript` traces one bucket (2x32; 1x64 for "
+        "text-generation) and is validated at real positions (padded ones skipped) at the bucket, with "
+        "chunking and padding. — : the "
+        "architecture has no head for the task in transformers, or the task is not in the matrix.",
         "",
         f"**{passed}/{len(results)} cells export and validate** ({counts}); "
         f"{len(results) - passed} fail with a precise `ExportError` by design, "
@@ -118,22 +128,30 @@ def render(results: List[CellResult]) -> str:
 
 def render_vision(results: List[VisionCellResult]) -> str:
     """The vision and multimodal matrix (``tests/test_vision.py``), as a second table."""
-    by_cell = {(r.arch, r.task): r for r in results}
+    by_cell: Dict[Tuple[str, str], List[VisionCellResult]] = {}
+    for r in results:
+        by_cell.setdefault((r.arch, r.task), []).append(r)
     notes: List[str] = []
     rows = ["| Architecture | config | " + " | ".join(VISION_TASKS) + " |", "|---|---|" + "---|" * len(VISION_TASKS)]
     for arch in VISION_ARCHITECTURES:
         cells = []
         for task in VISION_TASKS:
-            r = by_cell.get((arch.name, task))
-            if r is None:
+            found = by_cell.get((arch.name, task))
+            if not found:
                 cells.append("—")
-            elif r.passed:
-                cells.append("✓ onnx")
-            else:
-                notes.append(f"{arch.name}, {task}: {r.detail}")
-                cells.append(f"✗ [{len(notes)}]")
+                continue
+            parts = []
+            for r in found:
+                if r.passed:
+                    parts.append(f"✓ {r.format}")
+                else:
+                    notes.append(f"{arch.name}, {task}, {r.format}: {r.detail}")
+                    parts.append(f"✗ {r.format} [{len(notes)}]")
+            cells.append(", ".join(parts))
         rows.append(f"| {arch.name} | `{arch.config}` | " + " | ".join(cells) + " |")
     passed = sum(r.passed for r in results)
+    counts = ", ".join(f"{fmt} {sum(r.passed for r in results if r.format == fmt)}/"
+                       f"{sum(r.format == fmt for r in results)}" for fmt in (ONNX, TORCHSCRIPT))
     out = [
         "",
         "## Vision and multimodal",
@@ -141,10 +159,13 @@ def render_vision(results: List[VisionCellResult]) -> str:
         "Each cell saves a tiny random model with its image processor (image size 32 or 64), exports it to ONNX "
         "(dynamic batch; dynamic height and width for object detection), validates it against the eager model "
         "at another batch (and image) size, and compares the exported pyfunc's answers on real images with the "
-        "source's. The serving preprocessing (numpy/Pillow, from `preprocessor_config.json`) is tested equal to "
+        "source's; `torchscript` traces one bucket of batch 2 at the processor's image size (buckets are over "
+        "the batch size; detectors, whose answer depends on the padded canvas, are refused). The serving "
+        "preprocessing (numpy/Pillow, from `preprocessor_config.json`) is tested equal to "
         "the transformers image processors in `tests/test_vision.py`.",
         "",
-        f"**{passed}/{len(results)} cells export and validate**; {len(results) - passed} fail with a precise "
+        f"**{passed}/{len(results)} cells export and validate** ({counts}); {len(results) - passed} fail with a "
+        "precise "
         f"error by design, {sum(r.as_expected for r in results)}/{len(results)} behave as the matrix expects.",
         "",
         *rows,
@@ -184,6 +205,7 @@ def main(argv: List[str] | None = None) -> int:
     cells = list(CELLS)
     if args.all_dynamo:
         cells += [(a, t, DYNAMO) for a, t, e in CELLS if e == LEGACY and (a, t, DYNAMO) not in CELLS]
+    cells += [(a, t, TS) for a, t, e in CELLS if e == LEGACY]
     results = []
     for cell in cells:
         result = run_cell(*cell)
@@ -193,10 +215,11 @@ def main(argv: List[str] | None = None) -> int:
         results.append(result)
     vision = []
     for arch_name, task in VISION_CELLS:
-        v = run_vision_cell(arch_name, task)
-        print(f"{'✓' if v.passed else '✗'} {arch_name} {task} ({v.seconds:.1f}s): {v.detail}", file=sys.stderr,
-              flush=True)
-        vision.append(v)
+        for fmt in (ONNX, TORCHSCRIPT):
+            v = run_vision_cell(arch_name, task, fmt)
+            print(f"{'✓' if v.passed else '✗'} {arch_name} {task} {fmt} ({v.seconds:.1f}s): {v.detail}",
+                  file=sys.stderr, flush=True)
+            vision.append(v)
     text = render(results) + render_vision(vision)
     if args.output == "-":
         print(text, end="")

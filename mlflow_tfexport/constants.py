@@ -63,6 +63,8 @@ class FlavorKey:
     OPTIMIZED = "optimized"  # ONNX: what onnxruntime's transformer optimizer fused (as in tfexport.optimized)
     QUANTIZED = "quantized"  # ONNX: "int8" for dynamic int8 quantisation
     NEURON_TARGET = "neuron_target"
+    #: Every batch's sequence is padded to a multiple of this before the model runs (Longformer's window).
+    PAD_TO_MULTIPLE_OF = "pad_to_multiple_of"
     TRANSFORMERS_VERSION = "transformers_version"
     TORCH_VERSION = "torch_version"
     # Generation variants exported with past key values (see export/onnx_generation.py).

@@ -59,3 +59,9 @@ class RequestTimeoutError(TfexportError):
 
     def __init__(self, message: str) -> None:
         MlflowException.__init__(self, message, error_code=DEADLINE_EXCEEDED)
+
+
+def cause(exc: BaseException) -> str:
+    """``Type: first non-empty line`` of ``exc``, for messages that wrap it (some errors start with an empty line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

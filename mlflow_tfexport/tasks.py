@@ -31,6 +31,10 @@ HEIGHT = "height"
 WIDTH = "width"
 TEXT = "text"
 IMAGE = "image"
+#: Images with text candidates (CLIP zero-shot): a tokenizer and an image processor.
+IMAGE_TEXT = "image-text"
+#: The axis of the candidate labels (zero-shot image classification).
+LABELS = "labels"
 
 #: Inputs a text model may take, in the order a traced module receives them.
 TEXT_INPUTS: Tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
@@ -385,6 +389,20 @@ TASKS: Dict[str, TaskSpec] = {
             keeps_labels=True,
             agreement_metric=AgreementMetric.DETECTION,
         ),
+        TaskSpec(
+            # CLIPModel: images scored against candidate labels, as the transformers pipeline.
+            name="zero-shot-image-classification",
+            auto_model="AutoModel",
+            text_columns=(IMAGE,),
+            optional_columns=("candidate_labels",),
+            input_kind=IMAGE_TEXT,
+            outputs=(OutputSpec("logits_per_image", {0: BATCH, 1: LABELS}),),
+            params=(
+                ParamSpec("candidate_labels", "string", "", note="comma-separated, or a candidate_labels column"),
+                ParamSpec("hypothesis_template", "string", "This is a photo of {}."),
+            ),
+            postprocess=image_postprocess.zero_shot_image_classification,
+        ),
     )
 }
 
@@ -419,6 +437,8 @@ def for_input_kind(spec: TaskSpec, input_kind: str) -> TaskSpec:
 
 def input_axes(spec: TaskSpec, name: str) -> Dict[int, str]:
     """The dynamic axes of model input ``name`` for ``spec`` (batch always; sequence or image size)."""
+    if spec.input_kind == IMAGE_TEXT:  # candidate labels x tokens, images
+        return {0: BATCH} if name in IMAGE_INPUTS else {0: LABELS, 1: SEQUENCE}
     if spec.input_kind != IMAGE:
         return dict(INPUT_AXES)
     spatial = spec.dynamic_image_size

@@ -244,6 +244,9 @@ def test_every_task_has_a_round_trip_test() -> None:
         "image-feature-extraction": test_vision.test_vision_export_validates,
         "object-detection": test_vision.test_vision_export_validates,
     })
+    import test_zero_shot  # CLIP: log_model -> export("models:/...") -> the ONNX version's pyfunc
+
+    tested["zero-shot-image-classification"] = test_zero_shot.test_registry_round_trip
     assert set(tested) == set(TASKS)
 
 

@@ -131,6 +131,10 @@ def test_params_of_the_wrong_type_are_refused_by_the_runtime(saved: Dict[str, st
     assert len(runtime.predict(MASKED, params={"top_k": np.int64(2), "truncation": np.bool_(True)})) == 1
 
 
+#: String params that take free text (zero-shot labels and template; their pyfunc bounds and checks them).
+FREE_TEXT_PARAMS = ("candidate_labels", "hypothesis_template")
+
+
 def test_every_numeric_param_has_a_checked_range() -> None:
     for spec in TASKS.values():
         for param in spec.all_params:
@@ -141,7 +145,10 @@ def test_every_numeric_param_has_a_checked_range() -> None:
                     with pytest.raises(BadInputError, match=f"{param.name}=") as excinfo:
                         check_param(param, value, spec.name)
                     assert param.accepted() in excinfo.value.message
-            if param.dtype == "string":
+            if param.dtype == "string" and param.name in FREE_TEXT_PARAMS:  # checked by the task's pyfunc
+                with pytest.raises(BadInputError, match=f"{param.name}="):
+                    check_param(param, 3, spec.name)
+            elif param.dtype == "string":
                 assert param.default in param.choices, (spec.name, param.name)
                 with pytest.raises(BadInputError, match="one of"):
                     check_param(param, "surely-not-a-choice", spec.name)

@@ -264,3 +264,41 @@ def test_neuron_stand_in_variant_through_mlflow_models_serve(exported: Dict[str,
         served = response.json()["predictions"]
     assert [r["label"] for r in served] == list(expected["label"])
     assert [r["score"] for r in served] == pytest.approx(list(expected["score"]), abs=1e-4)
+
+
+class ImageCpuStandIn(CpuStandIn):
+    """The CPU stand-in for an image model: static-shape float pixels in, a TorchScript module out."""
+
+    def __call__(self, module: Any, example_inputs: Any, compiler_args: Any) -> Any:
+        import torch
+
+        (pixels,) = example_inputs
+        assert pixels.dtype == torch.float32 and pixels.dim() == 4  # one static NxCxHxW tensor
+        self.calls.append({"shape": tuple(pixels.shape), "args": list(compiler_args)})
+        return torch.jit.trace(module, example_inputs, check_trace=False)
+
+
+def test_neuron_stand_in_vision_variant_buckets_over_batch(tmp_path: Any, fake_torch_neuron: types.ModuleType) -> None:
+    """A ViT classifier through the Neuron backend (CPU stand-in compiler): one module per batch bucket at the
+    processor's image size, validated, and its pyfunc answers real images like the source's."""
+    from test_vision import IC, VISION_BY_NAME, build, sample_images
+
+    fn = ImageCpuStandIn()
+    previous = set_compiler(NeuronCompiler(target="inf1", version="cpu-stand-in (torch.jit.trace)", compile=fn))
+    try:
+        model, processor = build(VISION_BY_NAME["ViT"], IC)
+        mlflow_tfexport.save_model(model, str(tmp_path / "src"), image_processor=processor)
+        conf, report = exporting.export_to_directory(str(tmp_path / "src"), str(tmp_path / "nrn"), "neuron",
+                                                     trace_shape=["1x32", "4x32"])
+    finally:
+        set_compiler(previous)
+    assert report.passed and [c["shape"] for c in fn.calls] == [(1, 3, 32, 32), (4, 3, 32, 32)]
+    assert conf[FlavorKey.TRACE_SHAPES] == [[1, 32], [4, 32]] and FlavorKey.MAX_LENGTH not in conf
+    images = sample_images(7)
+    expected = mlflow.pyfunc.load_model(str(tmp_path / "src")).predict(images, params={"top_k": 2})
+    variant = mlflow.pyfunc.load_model(str(tmp_path / "nrn"))
+    got = variant.predict(images, params={"top_k": 2})
+    assert list(got["label"]) == list(expected["label"])
+    np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
+    calls = variant.get_raw_model().calls
+    assert calls[(4, 32)] == 2 and calls[(1, 32)] == 0  # 7 images: two chunks of the 4-image bucket

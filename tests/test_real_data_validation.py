@@ -313,10 +313,22 @@ def test_failure_advice_depends_on_the_failing_check() -> None:
         raise_for_failures(quantized, "it")
     assert "min_agreement=0.95 (CLI: --min-agreement 0.95)" in info.value.message
     assert "Raise atol" not in info.value.message
-    fp32 = ValidationReport(atol=1e-4)
-    fp32.checks.append(OutputCheck("x", (1,), (1,), 0.5, 1e-4, (1, 2), False, "max abs diff 0.5 > atol 0.0001"))
-    with pytest.raises(ValidationFailedError, match="Raise atol"):
+    fp32 = ValidationReport(atol=1e-4, extra={"format": "onnx"})
+    fp32.checks.append(OutputCheck("x", (1,), (1,), 5e-3, 1e-4, (1, 2), False, "max abs diff 0.005 > atol 0.0001"))
+    with pytest.raises(ValidationFailedError, match="Raise atol.*another opset/exporter"):
         raise_for_failures(fp32, "it")
+    static = ValidationReport(atol=1e-4, extra={"format": "torchscript"})
+    static.checks.append(OutputCheck("x", (1,), (1,), 5e-3, 1e-4, (1, 2), False, "max abs diff 0.005 > atol 0.0001"))
+    with pytest.raises(ValidationFailedError) as info:
+        raise_for_failures(static, "it")
+    assert "real positions only" in info.value.message and "opset" not in info.value.message
+    for fmt in ("onnx", "torchscript"):  # 0.6 is a wrong result: raising atol would hide it
+        large = ValidationReport(atol=1e-4, extra={"format": fmt})
+        large.checks.append(OutputCheck("x", (1,), (1,), 0.6, 1e-4, (1, 2), False, "max abs diff 0.6 > atol 0.0001"))
+        with pytest.raises(ValidationFailedError) as info:
+            raise_for_failures(large, "it")
+        assert "0.6 is a real mismatch" in info.value.message and "not a tolerance issue" in info.value.message
+        assert "Raise atol" not in info.value.message and "opset" not in info.value.message
     tensor_int8 = ValidationReport(atol=1e-4, extra={"quantized": "int8"})
     tensor_int8.checks.append(OutputCheck("x", (1,), (1,), 0.5, 1e-4, (1, 2), False, "agreement 0.8 < min 0.9"))
     with pytest.raises(ValidationFailedError) as info:

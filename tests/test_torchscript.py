@@ -219,7 +219,8 @@ def test_task_whose_outputs_cannot_be_traced_is_rejected(registry: Dict[str, Any
     monkeypatch.setitem(TASKS, "text-classification",
                         replace(spec, outputs=spec.outputs + (OutputSpec("hidden_states", {0: BATCH}),)))
     before = versions(NAME)
-    with pytest.raises(ExportError, match="could not be traced"):
+    # The eager run before tracing finds that the model has no such output.
+    with pytest.raises(ExportError, match="cannot run text-classification .*KeyError: 'hidden_states'"):
         mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x8", force=True)
     assert versions(NAME) == before
 
@@ -262,3 +263,108 @@ def test_deberta_padded_positions_are_not_compared(tmp_path: Any) -> None:
                                     validation_data=list(dict.fromkeys(CORPUS)))
     assert report.passed and report.agreement is not None and report.agreement.value >= 1 - 1e-5
     assert (5, 10) in report.shapes  # a padded batch, chunked into the 2x16 bucket
+
+
+# --------------------------------------------------------------------------- architectures at their limits
+
+
+def _save_arch(arch: str, task: str, path: Any) -> Any:
+    from test_architectures import BY_NAME, build
+
+    model, tok = build(BY_NAME[arch], task)
+    mlflow_tfexport.save_model(model, str(path), tokenizer=tok, task=task)
+    return model
+
+
+def test_deberta_v2_question_answering_compares_real_positions_only(tmp_path: Any) -> None:
+    """DeBERTa-v2's logits at padded positions depend on the padding length; its real positions equal the source's,
+    along both the batch axis (dummy rows) and the sequence axis (bucket padding)."""
+    from mlflow_tfexport.export.api import export_to_directory
+
+    _save_arch("DeBERTa-v2", "question-answering", tmp_path / "src")
+    _, report = export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x32")
+    assert report.passed and report.max_abs_diff < 1e-5
+    assert (5, 21) in report.shapes and "real tokens only" in report.extra["compared_positions"]
+
+
+def test_convbert_real_difference_is_still_caught(tmp_path: Any) -> None:
+    """ConvBERT's convolution over the sequence sees the bucket's padding: its real tokens differ (~1e-3), and the
+    message says so with advice for a static-shape variant (no opset or exporter there)."""
+    from mlflow_tfexport.errors import ValidationFailedError
+    from mlflow_tfexport.export.api import export_to_directory
+
+    _save_arch("ConvBERT", "feature-extraction", tmp_path / "src")
+    with pytest.raises(ValidationFailedError) as info:
+        export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x32")
+    message = info.value.message
+    assert "torchscript export of ConvBertModel (feature-extraction)" in message
+    assert "real positions only" in message and "opset" not in message and "exporter" not in message
+    assert 1e-4 < info.value.report.max_abs_diff < 0.1  # type: ignore[union-attr]
+    assert not os.path.exists(tmp_path / "ts")
+
+
+def test_bloom_traces_with_its_plain_gelu_and_round_trips(tmp_path: Any) -> None:
+    """BLOOM's GELU is a custom autograd Function that torch.jit.save cannot serialise; the traced copy uses its
+    plain-math twin (the same forward), and the variant answers like the source."""
+    from test_architectures import TEXTS
+
+    from mlflow_tfexport.export.api import export_to_directory
+
+    _save_arch("BLOOM", "text-classification", tmp_path / "src")
+    _, report = export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x16")
+    assert report.passed
+    expected = mlflow.pyfunc.load_model(str(tmp_path / "src")).predict(TEXTS)
+    got = mlflow.pyfunc.load_model(str(tmp_path / "ts")).predict(TEXTS)
+    assert list(got["label"]) == list(expected["label"])
+    np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
+
+
+def test_bloom_without_the_twin_is_refused_precisely(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_tfexport.export import inference_ops
+    from mlflow_tfexport.export.api import export_to_directory
+
+    monkeypatch.setattr(inference_ops, "PLAIN_TWINS", {})
+    _save_arch("BLOOM", "text-classification", tmp_path / "src")
+    with pytest.raises(ExportError) as info:
+        export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x16")
+    message = info.value.message
+    assert message.startswith("BloomForSequenceClassification (text-classification) was traced for torchscript")
+    assert "GeLUFunction" in message and "format='onnx'" in message
+
+
+def test_unexpected_failures_name_architecture_format_and_advice(tmp_path: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure from deep inside (here: an error with an empty first line) becomes an ExportError that names the
+    architecture, the format, the cause's first real line and the advice of that format."""
+    from mlflow_tfexport.export import torchscript
+    from mlflow_tfexport.export.api import export_to_directory
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("\nsomething deep went wrong\nmore")
+
+    _save_arch("BERT", "feature-extraction", tmp_path / "src")
+    monkeypatch.setattr(torchscript, "untie_weights", broken)
+    with pytest.raises(ExportError) as info:
+        export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x16")
+    assert info.value.message == (
+        "The torchscript export of BertModel (feature-extraction) failed at the export stage: RuntimeError: "
+        "something deep went wrong. torch.jit.trace could not record this model's forward; use format='onnx'.")
+
+
+def test_model_run_failures_name_the_side_the_format_and_the_advice() -> None:
+    """onnxruntime failing on the exported graph, or the source model failing on a validation input, becomes an
+    ExportError naming architecture, task, format, the input shape and what applies."""
+    from mlflow_tfexport.export.failures import export_failure
+    from mlflow_tfexport.validation.compare import ModelRunFailed
+
+    conf = {"architecture": "LongformerModel", "task": "feature-extraction"}
+    raw = RuntimeError("\n[ONNXRuntimeError] : 1 : FAIL : Reshape node\nInput shape:{3,23,1}")
+    err = export_failure(ModelRunFailed("exported", (3, 23), raw), conf, "onnx", "validate")
+    assert err.message.startswith("Validating the onnx export of LongformerModel (feature-extraction) failed: running "
+                                  "the exported model at input 3x23: RuntimeError: [ONNXRuntimeError]")
+    assert "onnxruntime cannot run it at this shape" in err.message and "format='torchscript'" in err.message
+    funnel = {"architecture": "FunnelForSequenceClassification", "task": "text-classification"}
+    err = export_failure(ModelRunFailed("source", (3, 1), IndexError("index 4 is out of bounds")), funnel,
+                         "torchscript", "validate")
+    assert "running the source model at input 3x1: IndexError: index 4 is out of bounds" in err.message
+    assert "The source model itself fails on this input" in err.message and "opset" not in err.message

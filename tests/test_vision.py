@@ -42,7 +42,7 @@ _MOBILEVIT = dict(image_size=32, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8
                   num_attention_heads=2, patch_size=2)
 _RESNET = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
 _DETR_SIZE = {"shortest_edge": 32, "longest_edge": 48}
-_MULTIMODAL = "takes text and images together (input_ids and pixel_values)"
+_STATIC_DETECTION = "cannot be exported to torchscript: a detector's output depends on the size of the canvas"
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class VisionArch:
     processor: str  # transformers image processor class
     processor_kwargs: Mapping[str, Any]
     unsupported: Mapping[str, str] = field(default_factory=dict)  # task -> start of the error it must raise
+    #: task -> the error a static-shape export (TorchScript) must raise, where the ONNX export works.
+    static_unsupported: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def tasks(self) -> Tuple[str, ...]:
@@ -84,20 +86,23 @@ VISION_ARCHITECTURES: Tuple[VisionArch, ...] = (
           {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}),
     _arch("Data2VecVision", "Data2VecVisionConfig", _VIT, "Data2VecVision", "BeitImageProcessor", _SQUARE),
     VisionArch("YOLOS", "YolosConfig", {**_VIT, "image_size": [32, 32], "num_detection_tokens": 5},
-               {OD: "YolosForObjectDetection"}, "YolosImageProcessor", {"size": _DETR_SIZE}),
+               {OD: "YolosForObjectDetection"}, "YolosImageProcessor", {"size": _DETR_SIZE},
+               static_unsupported={OD: _STATIC_DETECTION}),
     VisionArch("DETR", "DetrConfig",
                dict(use_timm_backbone=False, use_pretrained_backbone=False, d_model=32, encoder_layers=1,
                     decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
                     decoder_ffn_dim=37, num_queries=5),
-               {OD: "DetrForObjectDetection"}, "DetrImageProcessor", {"size": _DETR_SIZE}),
+               {OD: "DetrForObjectDetection"}, "DetrImageProcessor", {"size": _DETR_SIZE},
+               static_unsupported={OD: _STATIC_DETECTION}),
     # Multimodal and others from the export docs' list.
     VisionArch("CLIP (vision tower)", "CLIPVisionConfig", _VIT, {IFE: "CLIPVisionModel"}, "CLIPImageProcessor",
                {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}),
     VisionArch("CLIP (joint model)", "CLIPConfig", {}, {FE: "CLIPModel"}, "CLIPImageProcessor",
                {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}},
-               unsupported={FE: _MULTIMODAL}),
+               unsupported={FE: "scores images against texts: pass tokenizer= and image_processor="}),
     VisionArch("LayoutLMv3", "LayoutLMv3Config", {}, {FE: "LayoutLMv3Model"}, "LayoutLMv3ImageProcessor",
-               {"size": {"height": 32, "width": 32}, "apply_ocr": False}, unsupported={FE: _MULTIMODAL}),
+               {"size": {"height": 32, "width": 32}, "apply_ocr": False},
+               unsupported={FE: "takes text, word boxes and the page image together"}),
     VisionArch("Perceiver", "PerceiverConfig",
                dict(num_latents=8, d_latents=32, d_model=32, num_blocks=1, num_self_attends_per_block=1,
                     num_self_attention_heads=2, num_cross_attention_heads=1, image_size=32, qk_channels=32,
@@ -105,9 +110,20 @@ VISION_ARCHITECTURES: Tuple[VisionArch, ...] = (
                {IC: "PerceiverForImageClassificationLearned"}, "PerceiverImageProcessor",
                {"size": {"height": 32, "width": 32}, "crop_size": {"height": 32, "width": 32}},
                unsupported={IC: "PerceiverImageProcessor is not reproduced by the serving preprocessing"}),
+    VisionArch("Perceiver (no centre crop)", "PerceiverConfig",
+               dict(num_latents=8, d_latents=32, d_model=32, num_blocks=1, num_self_attends_per_block=1,
+                    num_self_attention_heads=2, num_cross_attention_heads=1, image_size=32, qk_channels=32,
+                    v_channels=32),
+               {IC: "PerceiverForImageClassificationLearned"}, "PerceiverImageProcessor",
+               {"size": {"height": 32, "width": 32}, "do_center_crop": False}),
 )
 VISION_BY_NAME: Dict[str, VisionArch] = {a.name: a for a in VISION_ARCHITECTURES}
 VISION_CELLS: List[Tuple[str, str]] = [(a.name, task) for a in VISION_ARCHITECTURES for task in a.tasks]
+ONNX, TORCHSCRIPT = "onnx", "torchscript"
+#: The cells also exported to TorchScript: every architecture the serving preprocessing reproduces.
+VISION_TS_CELLS: List[Tuple[str, str]] = [(a, t) for a, t in VISION_CELLS if t not in VISION_BY_NAME[a].unsupported]
+#: The buckets of a vision TorchScript export: batch 2 (a 3-image request is chunked, its last chunk padded).
+VISION_TRACE_BATCH = 2
 
 
 def build(arch: VisionArch, task: str, seed: int = 0) -> Tuple[Any, Any]:
@@ -151,6 +167,7 @@ class VisionCellResult:
     seconds: float
     expected_error: Optional[str] = None
     exporter: str = "legacy"
+    format: str = "onnx"
 
     @property
     def as_expected(self) -> bool:
@@ -179,10 +196,12 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str, images: L
                 assert all(abs(g["box"][k] - s["box"][k]) <= 1 for k in g["box"]), (g, s)
 
 
-def run_vision_cell(arch_name: str, task: str) -> VisionCellResult:
-    """Save, export (no registry), validate and compare the pyfuncs of one cell; errors become a failed result."""
+def run_vision_cell(arch_name: str, task: str, fmt: str = ONNX) -> VisionCellResult:
+    """Save, export (no registry), validate and compare the pyfuncs of one cell; errors become a failed result.
+    TorchScript cells trace one bucket of batch ``VISION_TRACE_BATCH`` at the model's image height."""
     import mlflow_tfexport
     from mlflow_tfexport.export.api import export_to_directory
+    from mlflow_tfexport.serving.conf import read_flavor_conf
 
     arch = VISION_BY_NAME[arch_name]
     started = time.perf_counter()
@@ -191,14 +210,18 @@ def run_vision_cell(arch_name: str, task: str) -> VisionCellResult:
             model, processor = build(arch, task)
             source = os.path.join(root, "source")
             mlflow_tfexport.save_model(model, source, image_processor=processor, task=task)
-            exported = os.path.join(root, "onnx")
-            _, report = export_to_directory(source, exported, "onnx")
+            exported = os.path.join(root, fmt)
+            if fmt == ONNX:
+                _, report = export_to_directory(source, exported, fmt)
+            else:
+                height = read_flavor_conf(source)["image_size"][0]
+                _, report = export_to_directory(source, exported, fmt, trace_shape=f"{VISION_TRACE_BATCH}x{height}")
             compare_predictions(source, exported, task, sample_images())
             passed, detail = True, f"max abs diff {report.max_abs_diff:.1e} (atol {report.atol:g})"
         except Exception as exc:  # noqa: BLE001 - a cell records whatever went wrong
             passed, detail = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return VisionCellResult(arch_name, task, passed, detail, time.perf_counter() - started,
-                            arch.unsupported.get(task))
+    expected = arch.unsupported.get(task) or (arch.static_unsupported.get(task) if fmt != ONNX else None)
+    return VisionCellResult(arch_name, task, passed, detail, time.perf_counter() - started, expected, format=fmt)
 
 
 # --------------------------------------------------------------------------- tests
@@ -217,6 +240,30 @@ def test_vision_export_validates(cell: Tuple[str, str]) -> None:
         assert result.passed, result.detail
 
 
+@pytest.mark.parametrize("cell", VISION_TS_CELLS, ids=lambda c: f"{c[0]}-{c[1]}".replace(" ", "_"))
+def test_vision_torchscript_export_validates(cell: Tuple[str, str]) -> None:
+    """TorchScript buckets over the batch size (the image size is the processor's): validated against the eager
+    model, and the variant's pyfunc answers real images like the source's; detectors are refused precisely."""
+    result = run_vision_cell(*cell, fmt=TORCHSCRIPT)
+    if result.expected_error is not None:
+        assert not result.passed and result.expected_error in result.detail, result.detail
+        assert result.detail.startswith("ExportError") and "format='onnx'" in result.detail, result.detail
+    else:
+        assert result.passed, result.detail
+
+
+def test_vision_torchscript_trace_shape_must_be_the_image_height(tmp_path: Any) -> None:
+    import mlflow_tfexport
+    from mlflow_tfexport.errors import ExportError
+    from mlflow_tfexport.export.api import export_to_directory
+
+    model, processor = build(VISION_BY_NAME["ViT"], IC)
+    mlflow_tfexport.save_model(model, str(tmp_path / "src"), image_processor=processor)
+    with pytest.raises(ExportError, match=r"fixed by its image processor at 32x32.*trace_shape='2x32'"):
+        export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), TORCHSCRIPT, trace_shape="2x128")
+    assert not os.path.exists(tmp_path / "ts")
+
+
 PROCESSORS = {
     "ViT": ("ViTImageProcessor", {"size": {"height": 32, "width": 32}}),
     "ViT (default 224)": ("ViTImageProcessor", {}),
@@ -233,6 +280,8 @@ PROCESSORS = {
     "DETR (pad + mask)": ("DetrImageProcessor", {"size": {"shortest_edge": 40, "longest_edge": 64}}),
     "DETR (default 800/1333)": ("DetrImageProcessor", {}),
     "YOLOS": ("YolosImageProcessor", {"size": {"shortest_edge": 40, "longest_edge": 64}}),
+    "Perceiver (no centre crop)": ("PerceiverImageProcessor", {"size": {"height": 32, "width": 32},
+                                                               "do_center_crop": False}),
 }
 
 

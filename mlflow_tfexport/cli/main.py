@@ -368,7 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.verbose:
             traceback.print_exc()
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        print(f"error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {next((line for line in message.splitlines() if line.strip()), type(exc).__name__)}",
+              file=sys.stderr)
         return 1
 
 

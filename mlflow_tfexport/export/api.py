@@ -30,7 +30,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from mlflow_tfexport.constants import LOGGED_MODEL_NAME, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
-from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.errors import ExportError, TfexportError
+from mlflow_tfexport.export.failures import export_failure
 from mlflow_tfexport.export.formats import get_backend
 from mlflow_tfexport.export.options import (
     ExportedArtifact,
@@ -88,6 +89,11 @@ def _noop(stage: str, detail: str) -> None:
     return None
 
 
+def _model_words(conf: Dict[str, Any]) -> str:
+    """``BertForSequenceClassification (text-classification)``: the architecture and task, for messages."""
+    return f"{conf.get(FlavorKey.ARCHITECTURE) or 'the model'} ({conf.get(FlavorKey.TASK)})"
+
+
 def load_source_model(source: ResolvedSource) -> SourceModel:
     """The eager source model (torch, transformers) with its task spec and flavor block."""
     model = load_transformers_model(source.local_path, source.flavor_conf)
@@ -121,11 +127,21 @@ def stage_export(
     mismatch: the report says so, and the caller decides.
     """
     started = time.perf_counter()
-    loaded = load_source_model(source)
+    try:
+        loaded = load_source_model(source)
+    except TfexportError:
+        raise
+    except Exception as exc:
+        raise export_failure(exc, source.flavor_conf, options.format, "load") from exc
     loaded.calibration_data = data  # int8-static calibrates on the validation rows
     say("export", options.format)
-    with _BACKEND_LOCK:  # torch.onnx.export / tracing keep process-global state: one export at a time
-        artifact = backend.export(loaded, options, staging)
+    try:
+        with _BACKEND_LOCK:  # torch.onnx.export / tracing keep process-global state: one export at a time
+            artifact = backend.export(loaded, options, staging)
+    except TfexportError:
+        raise
+    except Exception as exc:
+        raise export_failure(exc, source.flavor_conf, options.format, "export") from exc
     assets = {key: source.flavor_conf[key] for key in (FlavorKey.TOKENIZER_DIR, FlavorKey.IMAGE_PROCESSOR_DIR)
               if source.flavor_conf.get(key)}  # the tokenizer, or an image model's image processor
     for folder in assets.values():
@@ -134,8 +150,13 @@ def stage_export(
                          entries={**assets, **artifact.flavor_conf})
     export_seconds = time.perf_counter() - started
     say("validate", f"atol {tolerance:g}; " + (data.describe() if data is not None else SYNTHETIC_ONLY))
-    report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options,
-                            data=data, synthetic_reason=synthetic_reason)
+    try:
+        report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options,
+                                data=data, synthetic_reason=synthetic_reason)
+    except TfexportError:
+        raise
+    except Exception as exc:
+        raise export_failure(exc, source.flavor_conf, options.format, "validate") from exc
     return StagedExport(conf, artifact, report, export_seconds)
 
 
@@ -204,7 +225,8 @@ def export_to_directory(
     with tempfile.TemporaryDirectory(prefix=temp_prefix()) as staging:
         staged = stage_export(source, backend, options, tolerance, staging, data=data,
                               synthetic_reason=synthetic_reason)
-        raise_for_failures(staged.report, f"the {format} export of {source_dir}")
+        what = f"the {format} export of {_model_words(source.flavor_conf)} from {source_dir}"
+        raise_for_failures(staged.report, what)
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
             f.write(staged.report.to_json())
         variant.save_model(
@@ -415,7 +437,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
     if report.agreement is not None and not report.agreement.problem:
         mlflow.log_metric(report.agreement.metric, report.agreement.value)
     mlflow.log_text(report.to_json(), VALIDATION_FILE)
-    raise_for_failures(report, f"the {fmt} export of {source.canonical_uri}")
+    raise_for_failures(report, f"the {fmt} export of {_model_words(conf)} from {source.canonical_uri}")
     with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
         f.write(report.to_json())
     job.say("log", LOGGED_MODEL_NAME)

@@ -23,7 +23,7 @@ from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, UnknownFormatError
 from mlflow_tfexport.formats import FORMATS, FormatSpec, export_formats
 from mlflow_tfexport.serving.runtimes.static import shape_name
-from mlflow_tfexport.tasks import IMAGE, TaskSpec
+from mlflow_tfexport.tasks import IMAGE, SEQUENCE, TaskSpec
 
 Shape = Tuple[int, int]  # (batch, sequence)
 TraceShapeArg = Union[None, str, Tuple[int, int], Sequence[Union[str, Tuple[int, int]]]]
@@ -368,6 +368,56 @@ def make_options(
     return options
 
 
+#: Why a detector cannot be traced at static shapes: its answer depends on the padded canvas.
+STATIC_DETECTION_REASON = (
+    "a detector's output depends on the size of the canvas its image is padded to (a DETR backbone's "
+    "convolutions see the padding: 8e-3 on the logits of a tiny DETR between an image alone and the same image "
+    "padded into a larger bucket; YOLOS interpolates its position embeddings to the canvas and attends to the "
+    "padding), and a detection request keeps each image's aspect ratio, so no fixed set of image sizes serves "
+    "every request equal to the source"
+)
+
+
+def check_image_trace_shapes(options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> None:
+    """Image models: buckets over the batch size only. The image size is fixed by the image processor, so a
+    trace shape is ``BxH`` with ``H`` the model's image height; detectors (aspect-preserving sizes) are refused."""
+    arch = source_conf.get(FlavorKey.ARCHITECTURE)
+    if spec.dynamic_image_size:
+        raise ExportError(
+            f"{arch} ({spec.name}) cannot be exported to {options.format}: {STATIC_DETECTION_REASON}. "
+            "Use format='onnx', which keeps height and width dynamic (and serves without torch)."
+        )
+    height, width = (int(v) for v in source_conf[FlavorKey.IMAGE_SIZE])
+    wrong = [shape_name(s) for s in options.trace_shapes if s[1] != height]
+    if wrong:
+        example = ",".join(f"{b}x{height}" for b in sorted({b for b, _ in options.trace_shapes}))
+        raise ExportError(
+            f"trace_shape {', '.join(wrong)} does not fit {arch} ({spec.name}): an image model's buckets are over the "
+            f"batch size only, its image size is fixed by its image processor at {height}x{width}, so a trace "
+            f"shape is BATCHx{height} (batch x image height). Use e.g. trace_shape='{example}'."
+        )
+
+
+#: Model types whose outputs at real tokens change with how far a batch is padded, and why.
+PADDING_SENSITIVE: Dict[str, str] = {
+    "funnel": "Funnel pools the sequence into blocks and upsamples it back, so its token outputs change with how "
+    "far a batch is padded (by 0.94 at real tokens of a tiny Funnel between a batch and the same batch padded to 64 "
+    "tokens: benchmarks/padding_sensitivity.py), and an export either fixes the length (ONNX: every request is "
+    "padded to it) or pads to a bucket (TorchScript)",
+}
+
+
+def check_padding_invariant(source_conf: Mapping[str, Any], spec: TaskSpec, fmt: str) -> None:
+    """Refuse a task with per-token outputs of a model whose token outputs depend on the padding length."""
+    why = PADDING_SENSITIVE.get(str(source_conf.get(FlavorKey.MODEL_TYPE)))
+    if why and any(SEQUENCE in o.axes.values() for o in spec.outputs):
+        raise ExportError(
+            f"{source_conf.get(FlavorKey.ARCHITECTURE)} ({spec.name}) cannot be exported to {fmt}: {why}. Its "
+            "sequence-level task (text-classification, pooled at the first token) exports to format='onnx'; serve "
+            f"{spec.name} from the source (transformers) version."
+        )
+
+
 def check_sequence_lengths(options: ExportOptions, source_conf: Mapping[str, Any]) -> None:
     """Every trace shape's sequence fits the source model's maximum length."""
     limit = int(source_conf[FlavorKey.MAX_LENGTH])
@@ -407,7 +457,8 @@ class SourceModel:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
+        config = self.model.config
+        return int(getattr(getattr(config, "text_config", None), "vocab_size", None) or config.vocab_size)
 
     @property
     def max_length(self) -> int:

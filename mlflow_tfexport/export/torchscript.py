@@ -34,18 +34,21 @@ import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
-from mlflow_tfexport.errors import ExportError, TfexportError
+from mlflow_tfexport.errors import ExportError, TfexportError, cause
+from mlflow_tfexport.export.inference_ops import swap_autograd_functions
 from mlflow_tfexport.export.options import (
     ExportedArtifact,
     ExportOptions,
     Shape,
     SourceModel,
+    check_image_trace_shapes,
+    check_padding_invariant,
     check_sequence_lengths,
 )
-from mlflow_tfexport.export.wrapper import make_wrapper, source_inputs, untie_weights
+from mlflow_tfexport.export.wrapper import check_runs, make_wrapper, source_inputs, untie_weights
 from mlflow_tfexport.serving.runtimes.device import check_device_name
 from mlflow_tfexport.serving.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
-from mlflow_tfexport.tasks import BATCH, SEQUENCE, TaskSpec
+from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TaskSpec
 
 
 def check_traceable(spec: TaskSpec, fmt: str) -> None:
@@ -127,7 +130,11 @@ class StaticBackend:
         """Trace shapes within the model's maximum length, a traceable task, then the target (device or
         Neuron compiler). The shapes' form and bounds, and options of other formats, were checked by
         ``make_options``."""
-        check_sequence_lengths(options, source_conf)
+        if spec.input_kind == IMAGE:
+            check_image_trace_shapes(options, source_conf, spec)
+        else:
+            check_sequence_lengths(options, source_conf)
+            check_padding_invariant(source_conf, spec, self.name)
         check_traceable(spec, self.name)
         return self.check_target(options)
 
@@ -165,13 +172,16 @@ class StaticBackend:
         device = torch.device(self.trace_device(options))
         model = copy.deepcopy(source.model)  # untie on a copy: the reference model stays as logged
         untie_weights(model)
+        swap_autograd_functions(model)  # custom autograd Functions cannot be saved; their plain-math twins can
         model.eval().to(device)
-        wrapper = make_wrapper(model, names, list(source.spec.output_names))
+        wrapper = make_wrapper(model, names, source.output_names)
         folder = os.path.join(staging_dir, self.folder)
         os.makedirs(folder)
         for i, shape in enumerate(options.trace_shapes):
             feeds = trace_inputs(source, shape, seed=i)
             args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
+            if i == 0:
+                check_runs(source, wrapper, args)  # a forward that cannot run from these inputs: say why
             try:
                 with torch.no_grad(), warnings.catch_warnings(), traceable_masks():
                     warnings.simplefilter("ignore")  # TracerWarnings about Python control flow
@@ -183,17 +193,16 @@ class StaticBackend:
                 raise ExportError(
                     f"Tracing {source.flavor_conf.get(FlavorKey.ARCHITECTURE)} ({source.spec.name}) for "
                     f"{self.name} at {shape_name(shape)} failed: the outputs "
-                    f"{list(source.spec.output_names)} could not be traced: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                    f"{source.output_names} could not be traced: {cause(exc)}. The model's forward does something "
+                    "torch.jit.trace cannot record; use format='onnx'."
                 ) from exc
-            self._check_outputs(out, source.spec, shape)
-            torch.jit.save(traced, os.path.join(folder, bucket_file(shape)))
+            self._check_outputs(out, source.output_names, shape)
+            self._save(traced, os.path.join(folder, bucket_file(shape)), source, shape)
             del traced
         largest = max(s for _, s in options.trace_shapes)
-        conf: Dict[str, Any] = {
-            FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes],
-            FlavorKey.MAX_LENGTH: min(largest, source.max_length),
-        }
+        conf: Dict[str, Any] = {FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes]}
+        if source.spec.input_kind != IMAGE:  # an image model's size is fixed by its processor
+            conf[FlavorKey.MAX_LENGTH] = min(largest, source.max_length)
         tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
         if self.name == Format.TORCHSCRIPT:
             conf[FlavorKey.TRACE_DEVICE] = tags[Tag.TRACE_DEVICE] = device.type
@@ -204,13 +213,28 @@ class StaticBackend:
     ) -> ExportedArtifact:
         return ExportedArtifact(model_file=self.folder, flavor_conf=conf, tags=tags)
 
-    def _check_outputs(self, out: Any, spec: TaskSpec, shape: Shape) -> None:
+    def _save(self, traced: Any, path: str, source: SourceModel, shape: Shape) -> None:
+        """``torch.jit.save``; a trace holding Python ops (a custom autograd Function) is refused precisely."""
+        torch = require("torch")
+        try:
+            torch.jit.save(traced, path)
+        except Exception as exc:
+            ops = sorted({str(n.pyname()) for n in traced.inlined_graph.nodes() if n.kind() == "prim::PythonOp"})
+            arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE)
+            raise ExportError(
+                f"{arch} ({source.spec.name}) was traced for {self.name} at {shape_name(shape)} but cannot be saved: "
+                + (f"its forward calls the Python autograd Function(s) {', '.join(ops)}, which TorchScript cannot "
+                   "serialise (no plain-math twin is known for them)" if ops else cause(exc))
+                + ". Use format='onnx'."
+            ) from exc
+
+    def _check_outputs(self, out: Any, names: List[str], shape: Shape) -> None:
         values = out if isinstance(out, (tuple, list)) else (out,)
         kinds = [type(v).__name__ for v in values]
-        if len(values) != len(spec.outputs) or not all(hasattr(v, "shape") for v in values):
+        if len(values) != len(names) or not all(hasattr(v, "shape") for v in values):
             raise ExportError(
                 f"The traced {self.name} module at {shape_name(shape)} returned {kinds}, expected "
-                f"{len(spec.outputs)} tensor(s) {list(spec.output_names)}: the task's outputs cannot be traced."
+                f"{len(names)} tensor(s) {names}: the task's outputs cannot be traced."
             )
 
     def validation_shapes(self, options: ExportOptions) -> List[Shape]:

@@ -12,20 +12,26 @@ import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
-from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.options import SourceModel
-from mlflow_tfexport.tasks import IMAGE, dummy_inputs, image_inputs
+from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, IMAGE_TEXT, dummy_inputs, image_inputs
 
 
 def untie_weights(model: Any) -> None:
     """Give the LM head its own copy of tied embedding weights (what ``torchscript=True`` did)."""
     torch = require("torch")
-    get_out = getattr(model, "get_output_embeddings", None)
-    get_in = getattr(model, "get_input_embeddings", None)
-    out = get_out() if get_out else None
-    inp = get_in() if get_in else None
+    out, inp = _embeddings(model, "get_output_embeddings"), _embeddings(model, "get_input_embeddings")
     if out is not None and inp is not None and out.weight is inp.weight:
         out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+
+
+def _embeddings(model: Any, getter: str) -> Any:
+    """``model.<getter>()``, or None for a model without embeddings (vision backbones raise NotImplementedError)."""
+    get = getattr(model, getter, None)
+    try:
+        return get() if get else None
+    except NotImplementedError:
+        return None
 
 
 def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
@@ -54,6 +60,14 @@ def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[
             given = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
             return self.run({name: given[name] for name in input_names})
 
+    class ImageTextExportWrapper(ExportWrapper):
+        def forward(self, input_ids: Any, attention_mask: Any = None,  # type: ignore[override]
+                    pixel_values: Any = None) -> Tuple[Any, ...]:
+            given = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+            return self.run({name: given[name] for name in input_names})
+
+    if "pixel_values" in input_names and "input_ids" in input_names:  # texts and images (CLIP zero-shot)
+        return ImageTextExportWrapper().eval()
     image = bool(input_names) and input_names[0] == "pixel_values"
     return (ImageExportWrapper() if image else ExportWrapper()).eval()
 
@@ -65,6 +79,15 @@ def source_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int =
     conf = source.flavor_conf
     if source.spec.input_kind == IMAGE:
         return source_image_inputs(source, batch, sequence, seed=seed)
+    if source.spec.input_kind == IMAGE_TEXT:  # ``batch + 1`` candidate texts (padded rows), ``batch`` images
+        names = tuple(source.input_names)
+        text = dummy_inputs(tuple(n for n in names if n not in IMAGE_INPUTS), batch + 1,
+                            min(sequence, source.max_length), vocab_size=source.vocab_size,
+                            pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=seed)
+        height, width = (int(v) for v in conf[FlavorKey.IMAGE_SIZE])
+        pixels = image_inputs(("pixel_values",), batch, height, width,
+                              num_channels=int(conf.get(FlavorKey.NUM_CHANNELS) or 3), seed=seed)
+        return {**text, **pixels}
     eos = conf.get(FlavorKey.EOS_TOKEN_ID) if getattr(source.model.config, "is_encoder_decoder", False) else None
     return dummy_inputs(
         tuple(source.input_names), batch, min(sequence, source.max_length),
@@ -84,6 +107,16 @@ def source_image_inputs(source: SourceModel, batch: int, sequence: int, *, seed:
         height, width = (int(v) for v in conf[FlavorKey.IMAGE_SIZE])
     return image_inputs(tuple(source.input_names), batch, height, width,
                         num_channels=int(conf.get(FlavorKey.NUM_CHANNELS) or 3), seed=seed)
+
+
+def fixed_length_reason(config: Any) -> Optional[str]:
+    """Why a dynamic-axes export of this model is right only at the length it was traced at, or None:
+    such a model is exported at its maximum length and every request is padded to it (masked)."""
+    if getattr(config, "attention_window", None) is not None and getattr(config, "attention_type", None) is None:
+        return "it pads to a multiple of its attention window and chunks its attention by it, with sizes a trace fixes"
+    if getattr(config, "model_type", None) == "funnel":
+        return "it pools the sequence into blocks, with sizes a trace fixes"
+    return None
 
 
 def length_dependent_path(source: SourceModel) -> Optional[str]:
@@ -106,16 +139,23 @@ def check_exportable(source: SourceModel, wrapper: Any, args: Tuple[Any, ...]) -
     """Refuse, with a precise ``ExportError``, a model a trace cannot represent: one whose code path
     depends on the sequence length, or one that cannot run its task from the text inputs alone (run
     eagerly once on the export inputs, instead of failing deep in a tracer)."""
-    torch = require("torch")
     arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(source.model).__name__
     why = length_dependent_path(source)
     if why:
         raise ExportError(f"{arch} cannot be exported with dynamic sequence length: {why}.")
+    check_runs(source, wrapper, args)
+
+
+def check_runs(source: SourceModel, wrapper: Any, args: Tuple[Any, ...]) -> None:
+    """Run the wrapper eagerly once on the export inputs: a model that cannot run its task from the request's
+    inputs alone (an encoder-decoder without decoder inputs) is refused precisely, before any tracing."""
+    torch = require("torch")
+    arch = source.flavor_conf.get(FlavorKey.ARCHITECTURE) or type(source.model).__name__
     try:
         with torch.no_grad():
             wrapper(*args)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = cause(exc)
         if getattr(source.model.config, "is_encoder_decoder", False):
             raise ExportError(
                 f"{arch}'s forward needs decoder inputs (decoder_input_ids) that a {source.spec.name} request "

@@ -35,7 +35,9 @@ from mlflow_tfexport.flavor.image import (
     check_image_processor,
     check_model_inputs,
     image_model_facts,
+    image_text_facts,
     is_image_model,
+    is_image_text_model,
     save_image_processor,
 )
 from mlflow_tfexport.flavor.signatures import InputSchemaArg, named_example, task_signature
@@ -44,7 +46,16 @@ from mlflow_tfexport.serving.conf import artifact_path, read_flavor_conf
 from mlflow_tfexport.serving.images import ImagePreprocessor
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
-from mlflow_tfexport.tasks import IMAGE, TEXT, TEXT_INPUTS, TaskSpec, for_input_kind, get_task, infer_task
+from mlflow_tfexport.tasks import (
+    IMAGE,
+    IMAGE_TEXT,
+    TEXT,
+    TEXT_INPUTS,
+    TaskSpec,
+    for_input_kind,
+    get_task,
+    infer_task,
+)
 
 _PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 # Architectures whose position ids start after the padding index (max positions - 2 usable).
@@ -70,6 +81,14 @@ def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_proce
             f"Expected a transformers PreTrainedModel or Pipeline, received {type(model).__name__}. "
             "Pass e.g. AutoModelForSequenceClassification.from_pretrained(...)."
         )
+    if is_image_text_model(model):  # CLIP: images scored against texts, with both preprocessors
+        check_image_processor(image_processor, model)
+        if tokenizer is None:
+            raise TfexportError(
+                f"{type(model).__name__} scores images against texts: pass tokenizer= and image_processor= "
+                "(e.g. AutoTokenizer and AutoImageProcessor.from_pretrained(...)), or a Pipeline."
+            )
+        return model, (tokenizer, image_processor), task
     check_model_inputs(model)
     if is_image_model(model):
         check_image_processor(image_processor, model)
@@ -89,7 +108,7 @@ def _split_pipeline(model: Any, tokenizer: Any, task: Optional[str], image_proce
 
 def resolve_task(model: Any, task: Optional[str]) -> TaskSpec:
     """The task spec for ``model``: inferred from its class, or checked against it when given."""
-    kind = IMAGE if is_image_model(model) else TEXT
+    kind = IMAGE_TEXT if is_image_text_model(model) else IMAGE if is_image_model(model) else TEXT
     return for_input_kind(_resolve_task(model, task, kind), kind)
 
 
@@ -122,7 +141,8 @@ def model_input_names(model: Any, tokenizer: Any) -> list:
 
 
 def max_length(model: Any, tokenizer: Any) -> int:
-    config = model.config
+    """The longest input: the model's positions (``model``: a model or a config) and the tokenizer's maximum."""
+    config = getattr(model, "config", model)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit and config.model_type in _OFFSET_POSITIONS:
         limit -= 2
@@ -216,14 +236,26 @@ def save_model(
     if os.path.exists(path) and os.listdir(path):
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)
-    if spec.input_kind == IMAGE:
+    if spec.input_kind == IMAGE_TEXT:
+        tokenizer, image_processor = preprocessor
+        text_config = getattr(model.config, "text_config", model.config)
+        pre = save_image_processor(image_processor, path)
+        facts = image_text_facts(model, model_facts(model, tokenizer, spec), pre, spec,
+                                 max_length(text_config, tokenizer))
+        asset_key, asset_dir = FlavorKey.TOKENIZER_DIR, TOKENIZER_DIR
+        save_tokenizer(tokenizer, path)
+        check_no_pickle(os.path.join(path, IMAGE_PROCESSOR_DIR))
+    elif spec.input_kind == IMAGE:
         facts = image_model_facts(model, preprocessor, spec, save_image_processor(preprocessor, path))
         asset_key, asset_dir = FlavorKey.IMAGE_PROCESSOR_DIR, IMAGE_PROCESSOR_DIR
     else:
         facts = model_facts(model, preprocessor, spec)
         asset_key, asset_dir = FlavorKey.TOKENIZER_DIR, TOKENIZER_DIR
         save_tokenizer(preprocessor, path)
-    conf = source_block(facts, fmt=Format.TRANSFORMERS, model_file=MODEL_DIR, assets={asset_key: asset_dir})
+    assets = {asset_key: asset_dir}
+    if spec.input_kind == IMAGE_TEXT:
+        assets[FlavorKey.IMAGE_PROCESSOR_DIR] = IMAGE_PROCESSOR_DIR
+    conf = source_block(facts, fmt=Format.TRANSFORMERS, model_file=MODEL_DIR, assets=assets)
     model.save_pretrained(os.path.join(path, MODEL_DIR))
     check_no_pickle(os.path.join(path, MODEL_DIR))
     check_no_pickle(os.path.join(path, asset_dir))

@@ -23,6 +23,41 @@ def is_image_model(model: Any) -> bool:
     return "pixel_values" in params and "input_ids" not in params
 
 
+def is_image_text_model(model: Any) -> bool:
+    """A dual encoder scoring images against texts (CLIP and its kin): both inputs and both towers."""
+    params = inspect.signature(model.forward).parameters
+    return ("pixel_values" in params and "input_ids" in params and "bbox" not in params
+            and hasattr(model, "get_text_features") and hasattr(model, "get_image_features"))
+
+
+def image_text_facts(model: Any, text_facts: Dict[str, Any], pre: ImagePreprocessor, spec: TaskSpec,
+                     max_length: int) -> Dict[str, Any]:
+    """The flavor block entries of a dual encoder: the tokenizer's facts, the text tower's maximum length, the
+    image processor's facts, and both kinds of inputs."""
+    torch = require("torch")
+    text_inputs = [n for n in text_facts[FlavorKey.INPUT_NAMES] if n != "token_type_ids"]
+    vision = getattr(model.config, "vision_config", model.config)
+    image_size = _image_size(model, pre)
+    pixels = torch.zeros(1, int(getattr(vision, "num_channels", 3)), *image_size)
+    with torch.no_grad():
+        out = model(input_ids=torch.ones(2, 4, dtype=torch.long), pixel_values=pixels, return_dict=True)
+    if getattr(out, spec.outputs[0].name, None) is None:
+        raise TfexportError(
+            f"{type(model).__name__} returns no {spec.outputs[0].name!r}; task {spec.name!r} needs the scores of "
+            "every image against every text (CLIPModel and its kin)."
+        )
+    return {
+        **text_facts,
+        FlavorKey.INPUT_NAMES: text_inputs + ["pixel_values"],
+        FlavorKey.OUTPUT_NAMES: list(spec.output_names),
+        FlavorKey.MAX_LENGTH: max_length,
+        FlavorKey.IMAGE_SIZE: image_size,
+        FlavorKey.NUM_CHANNELS: int(getattr(vision, "num_channels", 3)),
+        FlavorKey.IMAGE_PREPROCESSING: pre.facts(),
+        FlavorKey.IMAGE_PROCESSOR_DIR: IMAGE_PROCESSOR_DIR,
+    }
+
+
 def check_image_processor(image_processor: Any, model: Any) -> None:
     transformers = require("transformers")
     base = getattr(transformers, "BaseImageProcessor", None) or transformers.ImageProcessingMixin
@@ -57,6 +92,12 @@ def check_model_inputs(model: Any) -> None:
     """Refuse, precisely, a model whose forward takes neither token ids nor pixels alone."""
     params = inspect.signature(model.forward).parameters
     name = type(model).__name__
+    if "pixel_values" in params and "input_ids" in params and "bbox" in params:
+        raise TfexportError(
+            f"{name} takes text, word boxes and the page image together (input_ids, bbox and pixel_values, from OCR "
+            "of a document); tfexport serves text-only or image-only models and has no request format for words "
+            "with boxes. Log it with mlflow.transformers (task 'document-question-answering' or its own)."
+        )
     if "pixel_values" in params and "input_ids" in params:
         raise TfexportError(
             f"{name} takes text and images together (input_ids and pixel_values); tfexport serves text-only or "

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey, Generation
 from mlflow_tfexport.errors import FlavorConfError, NotATfexportModelError, UnknownFormatError
 from mlflow_tfexport.formats import FORMATS
-from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, MAX_BATCH_SIZE, MAX_TOKENS, TEXT_INPUTS, get_task
+from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, IMAGE_TEXT, MAX_BATCH_SIZE, MAX_TOKENS, TEXT_INPUTS, get_task
 
 #: Fields naming a file or folder of the model directory.
 ARTIFACT_KEYS = (FlavorKey.MODEL_FILE, FlavorKey.TOKENIZER_DIR, FlavorKey.IMAGE_PROCESSOR_DIR, FlavorKey.ENCODER_FILE)
@@ -143,7 +143,13 @@ def _channels(key: str, value: Any) -> None:
         _int_in(key, value, 1, MAX_CHANNELS)
 
 
+def _padding(key: str, value: Any) -> None:
+    if value is not None:
+        _int_in(key, value, 1, MAX_TOKENS)
+
+
 _FIELD_CHECKS: Dict[str, Callable[[str, Any], None]] = {
+    FlavorKey.PAD_TO_MULTIPLE_OF: _padding,
     FlavorKey.TRACE_DEVICE: _one_of(_TRACE_DEVICES),
     FlavorKey.GENERATION: _optional_str,  # an unknown layout: the runtime says to upgrade
     FlavorKey.PROBLEM_TYPE: _optional_str,
@@ -175,12 +181,14 @@ def check_flavor_conf(conf: Any) -> Dict[str, Any]:
     required = [FlavorKey.MODEL_FILE, FlavorKey.INPUT_NAMES]
     required += [FlavorKey.IMAGE_PROCESSOR_DIR] if spec.input_kind == IMAGE else \
         [FlavorKey.TOKENIZER_DIR, FlavorKey.MAX_LENGTH, FlavorKey.PAD_TOKEN_ID]
+    if spec.input_kind == IMAGE_TEXT:
+        required.append(FlavorKey.IMAGE_PROCESSOR_DIR)
     if conf.get(FlavorKey.GENERATION) == Generation.ENCODER_DECODER:
         required += [FlavorKey.ENCODER_FILE, FlavorKey.DECODER_START_TOKEN_ID]
     for key in required:
         if conf.get(key) is None:
             raise _fail(key, None, f"a value (a {spec.name} model of format {fmt!r} needs it)")
-    inputs = IMAGE_INPUTS if spec.input_kind == IMAGE else TEXT_INPUTS
+    inputs = {IMAGE: IMAGE_INPUTS, IMAGE_TEXT: TEXT_INPUTS + IMAGE_INPUTS}.get(spec.input_kind, TEXT_INPUTS)
     _names(FlavorKey.INPUT_NAMES, conf[FlavorKey.INPUT_NAMES], inputs)
     if conf.get(FlavorKey.OUTPUT_NAMES) is not None:
         _names(FlavorKey.OUTPUT_NAMES, conf[FlavorKey.OUTPUT_NAMES])

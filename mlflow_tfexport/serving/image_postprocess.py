@@ -74,3 +74,11 @@ def object_detection(out: Dict[str, np.ndarray], sizes: Sequence[Tuple[int, int]
             for q in keep
         ])
     return rows
+
+
+def zero_shot_image_classification(out: Dict[str, np.ndarray], labels: Sequence[str]) -> List[List[Dict[str, Any]]]:
+    """Per image, every candidate label with its softmax score over the candidates, best first (as the
+    transformers ``zero-shot-image-classification`` pipeline)."""
+    scores = softmax(out["logits_per_image"].astype(np.float64))
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    return [[{"score": float(scores[r, c]), "label": str(labels[c])} for c in order[r]] for r in range(len(scores))]

@@ -36,6 +36,7 @@ IMAGE_COLUMN = "image"
 #: Image processors whose resize differs from the generic size rules, by class-name prefix.
 _RULES = (("ConvNext", "convnext"), ("Levit", "levit"), ("Yolos", "yolos"))
 #: Image processors whose steps the numpy preprocessing does not reproduce, and why.
+#: Each applies only while the processor's ``do_center_crop`` is on; the message says how to turn it off.
 _UNSUPPORTED = (("Perceiver", "it centre-crops before resizing, by a ratio of crop_size to size"),)
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -123,8 +124,12 @@ class ImagePreprocessor:
         self.config = dict(config)
         kind = str(config.get("image_processor_type") or "")
         for prefix, why in _UNSUPPORTED:
-            if kind.startswith(prefix):
-                raise TfexportError(f"{kind} is not reproduced by the serving preprocessing: {why}.")
+            if kind.startswith(prefix) and config.get("do_center_crop", True):
+                raise TfexportError(
+                    f"{kind} is not reproduced by the serving preprocessing: {why}. Fix: set "
+                    "image_processor.do_center_crop = False before logging (then it only resizes, which serving "
+                    "reproduces) and send images cropped as you need them, or log the model with mlflow.transformers."
+                )
         self.rule = next((rule for prefix, rule in _RULES if kind.startswith(prefix)), "default")
         self.do_resize = bool(config.get("do_resize", True))
         self.size = _size(config.get("size"))

@@ -14,7 +14,11 @@ from mlflow_tfexport.serving.conf import read_flavor_conf
 from mlflow_tfexport.serving.image import ImagePyfunc
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.text import TfexportPyfunc
-from mlflow_tfexport.tasks import IMAGE, get_task
+from mlflow_tfexport.serving.zero_shot import ZeroShotImagePyfunc
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT, get_task
+
+#: The pyfunc of each input kind (text: ``TfexportPyfunc``).
+PYFUNCS: Dict[str, Any] = {IMAGE: ImagePyfunc, IMAGE_TEXT: ZeroShotImagePyfunc}
 
 
 def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> Any:
@@ -23,5 +27,5 @@ def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> An
     config = dict(model_config or {})
     spec = get_task(conf[FlavorKey.TASK])
     runner = load_runner(path, conf, config)
-    pyfunc_class = ImagePyfunc if spec.input_kind == IMAGE else TfexportPyfunc
+    pyfunc_class = PYFUNCS.get(spec.input_kind, TfexportPyfunc)
     return pyfunc_class(path, conf, runner, config)

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.errors import ExportError, TfexportError, cause
 from mlflow_tfexport.tasks import BATCH, SEQUENCE
 from mlflow_tfexport.validation.report import OutputCheck, ValidationReport
 
@@ -91,6 +91,26 @@ def feed_shape(feeds: Feeds) -> Tuple[int, int]:
     return int(pixels.shape[0]), int(pixels.shape[2])
 
 
+class ModelRunFailed(Exception):
+    """Running one side of the comparison (``"source"`` or ``"exported"``) failed at an input shape; the export
+    stage turns it into an ``ExportError`` naming the architecture, the format and what applies."""
+
+    def __init__(self, side: str, shape: Tuple[int, int], exc: BaseException) -> None:
+        super().__init__(f"{side} model at input {shape[0]}x{shape[1]}: {cause(exc)}")
+        self.side = side
+        self.shape = shape
+        self.error = exc
+
+
+def _run(fn: RunFn, feeds: Feeds, side: str) -> Dict[str, np.ndarray]:
+    try:
+        return fn(feeds)
+    except TfexportError:
+        raise
+    except Exception as exc:
+        raise ModelRunFailed(side, feed_shape(feeds), exc) from exc
+
+
 def validate(
     reference: RunFn,
     exported: RunFn,
@@ -108,8 +128,8 @@ def validate(
     if real_positions is not None:
         report.extra["compared_positions"] = "real tokens only (padded positions of a static-shape variant skipped)"
     for feeds in inputs:
-        first = reference(feeds)
-        second = reference(feeds)
+        first = _run(reference, feeds, "source")
+        second = _run(reference, feeds, "source")
         for name in output_names:
             if not np.array_equal(first[name], second[name]):
                 raise ExportError(
@@ -117,6 +137,6 @@ def validate(
                     "runs on the same input. Put the model in eval mode (model.eval()) before logging it."
                 )
         mask = feeds.get("attention_mask") if real_positions is not None else None
-        report.checks.extend(compare(first, exported(feeds), output_names, atol, feed_shape(feeds),
+        report.checks.extend(compare(first, _run(exported, feeds, "exported"), output_names, atol, feed_shape(feeds),
                                      mask=mask, axes=real_positions))
     return report

@@ -26,8 +26,17 @@ from mlflow_tfexport.errors import ValidationFailedError
 UI_CELL_GAP = "&emsp;"
 #: What the report says (and ``tfexport.data_origin`` records) when no real rows validated the variant.
 SYNTHETIC_ONLY = "synthetic only"
-#: The advice of a failing tensor check of an fp32 variant.
+#: The advice of a failing tensor check of an fp32 ONNX variant.
 ATOL_ADVICE = "Raise atol if the difference is acceptable for this model, or try another opset/exporter."
+#: The advice of a failing tensor check of an fp32 static-shape variant (no opset or exporter there).
+STATIC_ADVICE = (
+    "A static-shape variant is compared at real positions only, so this difference is on real tokens: the model's "
+    "answer there changes with how far its input is padded (a bucket pads further than the batch's longest row), "
+    "or the trace recorded a shape-dependent step. Raise atol if the difference is acceptable for this model, "
+    "use buckets closer to your request lengths, or format='onnx' (dynamic axes, no padding to a bucket)."
+)
+#: A max abs diff above this is a wrong result, not rounding: raising atol would hide it.
+REAL_MISMATCH = 0.1
 #: The advice of a failing tensor-level check of a quantised variant: atol does not apply there.
 QUANTIZED_ADVICE = (
     "Lower min_agreement (CLI: --min-agreement) if this agreement is acceptable for this model, or try another "
@@ -196,6 +205,24 @@ class ValidationReport:
         return "\n".join(rows)
 
 
+def tensor_advice(report: ValidationReport, failing: Sequence[OutputCheck]) -> str:
+    """What applies to failing tensor checks: the quantised, the real-mismatch, the static or the ONNX advice."""
+    if report.extra.get("quantized"):
+        return QUANTIZED_ADVICE
+    worst = max((c.max_abs_diff for c in failing if c.max_abs_diff is not None), default=0.0)
+    fmt = report.extra.get("format")
+    if worst > REAL_MISMATCH:
+        static = fmt in (Format.TORCHSCRIPT, Format.NEURON)
+        return (
+            f"A max abs diff of {worst:.3g} is a real mismatch between the {fmt or 'exported'} model and the source, "
+            "not a tolerance issue: do not raise atol. The exported model computes something else at these shapes "
+            "(typically a step of the forward that depends on the input length and was fixed at the export's "
+            + ("trace shape); try format='onnx'." if static else "shape); export at the lengths you serve, or use "
+               "format='torchscript' with buckets at those lengths.")
+        )
+    return STATIC_ADVICE if fmt in (Format.TORCHSCRIPT, Format.NEURON) else ATOL_ADVICE
+
+
 def failure_parts(report: ValidationReport) -> Tuple[str, str]:
     """(what failed: every failing output and the check on real data; the advice that applies to each)."""
     failing = report.failures()
@@ -204,7 +231,7 @@ def failure_parts(report: ValidationReport) -> Tuple[str, str]:
     if failing or not report.checks:
         listing = "; ".join(f"{c.name} at {c.input_shape[0]}x{c.input_shape[1]}: {c.problem}" for c in failing)
         parts.append(f"{len(failing)} output(s): {listing}" if failing else "no tensor check ran")
-        advice.append(QUANTIZED_ADVICE if report.extra.get("quantized") else ATOL_ADVICE)
+        advice.append(tensor_advice(report, failing))
     agreement = report.agreement
     if agreement is not None and not agreement.passed:
         parts.append(agreement.failure())

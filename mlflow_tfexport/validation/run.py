@@ -83,9 +83,11 @@ def run_validation(
             report = validate_quantized(reference.run, exported.run, feeds, source.spec.outputs,
                                         source.spec.agreement, atol, options.min_agreement, options.quantize)
         else:
-            static = get_format(conf[FlavorKey.FORMAT]).static_shapes
+            # Static shapes and fixed-length graphs pad every request: their padded positions mean nothing.
+            static = get_format(conf[FlavorKey.FORMAT]).static_shapes or bool(conf.get(FlavorKey.PAD_TO_MULTIPLE_OF))
             axes = {o.name: o.axes for o in source.spec.outputs} if static else None
             report = validate(reference.run, exported.run, feeds, source.output_names, atol, real_positions=axes)
+    report.extra.update({"format": conf[FlavorKey.FORMAT], "architecture": conf.get(FlavorKey.ARCHITECTURE)})
     if data is None:
         report.synthetic_reason = synthetic_reason or "no validation data"
         report.tags.update({Tag.DATA_ROWS: "0", Tag.DATA_ORIGIN: SYNTHETIC_ONLY})

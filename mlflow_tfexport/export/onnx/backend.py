@@ -23,14 +23,21 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
-from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.onnx import calibration as calib
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.onnx.generation import export_generation
-from mlflow_tfexport.export.options import STATIC_QUANTIZE, ExportedArtifact, ExportOptions, Shape, SourceModel
-from mlflow_tfexport.export.wrapper import check_exportable, make_wrapper, source_inputs
+from mlflow_tfexport.export.options import (
+    STATIC_QUANTIZE,
+    ExportedArtifact,
+    ExportOptions,
+    Shape,
+    SourceModel,
+    check_padding_invariant,
+)
+from mlflow_tfexport.export.wrapper import check_exportable, fixed_length_reason, make_wrapper, source_inputs
 from mlflow_tfexport.serving.conf import read_flavor_conf
-from mlflow_tfexport.tasks import TaskSpec, input_axes
+from mlflow_tfexport.tasks import IMAGE, TaskSpec, input_axes
 
 EXPORT_SHAPE: Shape = (2, 16)
 VALIDATION_SHAPE: Shape = (3, 23)
@@ -96,6 +103,8 @@ class OnnxBackend:
                 + (" or exporter='dynamo' for opsets above 20." if exporter == "legacy" and isinstance(opset, int)
                    and opset > high else ".")
             )
+        if spec.input_kind != IMAGE:
+            check_padding_invariant(source_conf, spec, self.name)
         if with_past(spec, exporter):
             _check_generation(exporter, options, spec)
         return onnx_optimize.complete_quantize(replace(options, opset=opset, exporter=exporter), spec)
@@ -110,6 +119,8 @@ class OnnxBackend:
         names = source.input_names
         outputs = source.output_names
         batch, seq = EXPORT_SHAPE
+        fixed = fixed_length_reason(source.model.config) is not None  # Longformer, Funnel: right at one length
+        seq = source.max_length if fixed else seq
         feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
         onnx_optimize.prepare_model(source.model, options)
@@ -141,14 +152,20 @@ class OnnxBackend:
             raise ExportError(
                 f"torch.onnx.export failed for {source.flavor_conf.get(FlavorKey.ARCHITECTURE)} "
                 f"({source.spec.name}, opset {options.opset}, {options.exporter} exporter): "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                f"{cause(exc)}. "
+                + ("Try the default exporter (exporter='legacy')" if options.exporter == "dynamo"
+                   else "Try another opset (opset=) or exporter='dynamo'")
+                + ", or format='torchscript'."
             ) from exc
         if large and options.exporter != "dynamo":
             save_with_external_data(path)
         onnx.checker.check_model(path)
         post = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options,
                                          calibration(source, options, path))
-        return _artifact(options, post)
+        artifact = _artifact(options, post)
+        if fixed:  # every request is padded (masked) to the length the graph was traced at
+            artifact.flavor_conf[FlavorKey.PAD_TO_MULTIPLE_OF] = source.max_length
+        return artifact
 
     def export_from_graph(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         """Quantise (and fuse, with ``optimize=True``, unless it is fused already) the fp32 graph of the ONNX
@@ -171,7 +188,10 @@ class OnnxBackend:
         post = onnx_optimize.postprocess(path, source.model, source.flavor_conf, options,
                                          calibration(source, options, path),
                                          already_optimized=base.get(FlavorKey.OPTIMIZED))
-        return _artifact(options, post)
+        artifact = _artifact(options, post)
+        if base.get(FlavorKey.PAD_TO_MULTIPLE_OF):  # a fixed-length graph stays one
+            artifact.flavor_conf[FlavorKey.PAD_TO_MULTIPLE_OF] = base[FlavorKey.PAD_TO_MULTIPLE_OF]
+        return artifact
 
     def validation_shapes(self, options: ExportOptions) -> List[Shape]:
         return onnx_optimize.validation_shapes(options, [VALIDATION_SHAPE])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Mapping
 
+from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import UnknownFormatError
 from mlflow_tfexport.formats import FORMATS
 from mlflow_tfexport.serving.runtimes.base import Runner
@@ -27,6 +28,8 @@ def load_runner(
         )
     module = importlib.import_module(FORMATS[fmt].runtime)
     runner: Runner = module.load(model_dir, flavor_conf, dict(model_config or {}))
+    if flavor_conf.get(FlavorKey.PAD_TO_MULTIPLE_OF):  # imported by name, as the runtimes: it reads the task table
+        runner = importlib.import_module(f"{__name__}.padding").with_sequence_padding(runner, flavor_conf)
     return runner
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving.conf import artifact_path
-from mlflow_tfexport.tasks import BATCH, SEQUENCE, OutputSpec, get_task
+from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TEXT_INPUTS, OutputSpec, get_task
 
 Shape = Tuple[int, int]  # (batch, sequence)
 #: Runs one bucket's module on arrays of exactly that bucket's shape, in input order.
@@ -128,10 +128,18 @@ class StaticRunner:
         return self.pad_token_id if name == "input_ids" else 0
 
     def _chunk(self, feeds: Mapping[str, np.ndarray], start: int, stop: int, bucket: Shape) -> List[np.ndarray]:
-        """Rows ``start:stop`` padded to ``bucket``: sequence with pad values, batch with copies of row 0."""
+        """Rows ``start:stop`` padded to ``bucket``: sequence with pad values, batch with copies of row 0.
+        Image inputs (``pixel_values``: their size is the bucket's) are padded along the batch only."""
         b, s = bucket
         arrays = []
         for name in self.input_names:
+            if name not in TEXT_INPUTS:
+                pixels = np.asarray(feeds[name][start:stop])
+                padded = np.empty((b,) + pixels.shape[1:], dtype=pixels.dtype)
+                padded[: len(pixels)] = pixels
+                padded[len(pixels):] = pixels[0]
+                arrays.append(padded)
+                continue
             part = np.asarray(feeds[name][start:stop], dtype=np.int64)
             rows, length = part.shape
             out = np.full((b, s), self._pad_value(name), dtype=np.int64)
@@ -145,7 +153,16 @@ class StaticRunner:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BadInputError(f"Missing model inputs {missing}; this model takes {list(self.input_names)}.")
-        rows, sequence = (int(d) for d in np.shape(feeds[self.input_names[0]]))
+        first = np.shape(feeds[self.input_names[0]])
+        if self.input_names[0] not in TEXT_INPUTS:  # images (N, C, H, W): buckets over the batch size only
+            rows, sequence = int(first[0]), int(first[2])
+            if sequence not in {s for _, s in self.buckets}:
+                raise BadInputError(
+                    f"Images of height {sequence} received; this variant was traced at image height(s) "
+                    f"{sorted({s for _, s in self.buckets})} (its image processor's size)."
+                )
+        else:
+            rows, sequence = (int(d) for d in first)
         if rows == 0:
             return self._empty(sequence)
         bucket = pick_bucket(self.buckets, rows, sequence)
@@ -196,11 +213,13 @@ def static_runner(
 ) -> R:
     """A ``StaticRunner`` (or subclass ``cls``) configured from a variant's flavor block."""
     spec = get_task(flavor_conf[FlavorKey.TASK])
+    # An image model records the outputs it has (a backbone may lack pooler_output).
+    recorded = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == IMAGE else None
     return cls(
         read_buckets(flavor_conf),
         run_bucket,
         input_names=flavor_conf[FlavorKey.INPUT_NAMES],
-        outputs=spec.outputs,
+        outputs=[o for o in spec.outputs if o.name in recorded] if recorded else spec.outputs,
         pad_token_id=int(flavor_conf.get(FlavorKey.PAD_TOKEN_ID) or 0),
         describe=describe,
     )
