@@ -145,7 +145,12 @@ def test_every_numeric_param_has_a_checked_range() -> None:
                     with pytest.raises(BadInputError, match=f"{param.name}=") as excinfo:
                         check_param(param, value, spec.name)
                     assert param.accepted() in excinfo.value.message
-            if param.dtype == "string" and param.name in FREE_TEXT_PARAMS:  # checked by the task's pyfunc
+            if param.shape is not None:  # a list param (stop strings): a list of its type, nothing else
+                assert check_param(param, ["a", "b"], spec.name) == ["a", "b"]
+                for value in ("not-a-list", [3], [["nested"]]):
+                    with pytest.raises(BadInputError, match=f"{param.name}="):
+                        check_param(param, value, spec.name)
+            elif param.dtype == "string" and param.name in FREE_TEXT_PARAMS:  # checked by the task's pyfunc
                 with pytest.raises(BadInputError, match=f"{param.name}="):
                     check_param(param, 3, spec.name)
             elif param.dtype == "string":

@@ -54,10 +54,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
     os.chdir(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("mlserver")  # artifacts under root (the template's default experiment points elsewhere)
+    # Artifacts under root (the template's default experiment points elsewhere). An experiment id passed to
+    # start_run, not mlflow.set_experiment: that one sets MLFLOW_EXPERIMENT_ID for the rest of the session.
+    experiment_id = mlflow.create_experiment("mlserver")
     try:
         model, tok = tiny("text-classification")
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=experiment_id):
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME, input_schema=True,
                                       input_example=TEXTS[:2])
         uris = {

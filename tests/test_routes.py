@@ -56,10 +56,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
     os.chdir(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("routes")  # artifacts under root (the template's default experiment points elsewhere)
+    # Artifacts under root (the template's default experiment points elsewhere). An experiment id passed to
+    # start_run, not mlflow.set_experiment: that one sets MLFLOW_EXPERIMENT_ID for the rest of the session.
+    experiment_id = mlflow.create_experiment("routes")
     try:
         model, tok = tiny("text-classification")
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=experiment_id):
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME, input_schema=["text"],
                                       input_example=EXAMPLE)
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="plain", input_example=EXAMPLE)
@@ -71,7 +73,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
                 .model_version.version
             ),
         }
-        yield {"uri": uri, "root": str(root), "uris": {v: f"models:/{NAME}/{n}" for v, n in versions.items()}}
+        yield {"uri": uri, "root": str(root), "experiment_id": experiment_id, "uris": {v: f"models:/{NAME}/{n}" for v, n in versions.items()}}
     finally:
         os.chdir(previous)
 
@@ -239,12 +241,12 @@ def test_evaluate_classifier_with_the_documented_calls(registry: Dict[str, Any],
     labels = model.predict(pd.DataFrame({"text": TEXTS}))["label"].tolist()
     targets = [labels[0], labels[1], "NOT-A-LABEL"]  # two right, one wrong: accuracy 2/3
     data = pd.DataFrame({"text": TEXTS, "target": targets})
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=registry["experiment_id"]):
         # 1. A function that returns the label column of the pyfunc's answer.
         result = mlflow.models.evaluate(lambda df: model.predict(df[["text"]])["label"], data, targets="target",
                                         model_type="classifier", evaluators=["default"])
     assert result.metrics["accuracy_score"] == pytest.approx(2 / 3)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=registry["experiment_id"]):
         # 2. A static dataset whose predictions column is the pyfunc's labels.
         scored = data.assign(prediction=labels)
         result = mlflow.models.evaluate(data=scored, targets="target", predictions="prediction",
