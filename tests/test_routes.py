@@ -73,7 +73,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
                 .model_version.version
             ),
         }
-        yield {"uri": uri, "root": str(root), "experiment_id": experiment_id, "uris": {v: f"models:/{NAME}/{n}" for v, n in versions.items()}}
+        yield {"uri": uri, "root": str(root), "experiment_id": experiment_id,
+               "uris": {v: f"models:/{NAME}/{n}" for v, n in versions.items()}}
     finally:
         os.chdir(previous)
 
