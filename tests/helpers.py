@@ -6,8 +6,12 @@ tiny random models in ``tiny.py``.
 
 from __future__ import annotations
 
-from typing import List, Optional
+import contextlib
+import os
+import shutil
+from typing import Any, Iterator, List, Optional
 
+import mlflow
 from mlflow import MlflowClient
 
 from mlflow_tfexport.registry import versions_of
@@ -33,3 +37,19 @@ def version_numbers(name: str, client: Optional[MlflowClient] = None) -> List[st
 def versions(name: str, client: Optional[MlflowClient] = None) -> int:
     """How many versions registered model ``name`` has."""
     return len(version_numbers(name, client))
+
+
+@contextlib.contextmanager
+def sqlite_registry(root: Any, template: str) -> Iterator[str]:
+    """A real SQLite registry in ``root`` (a copy of the session's empty database ``template``) as the tracking and
+    registry URI, with ``root`` as the working folder until the block ends. Yields the URI."""
+    shutil.copy(template, os.path.join(str(root), "mlflow.db"))
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous = os.getcwd()
+    os.chdir(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        os.chdir(previous)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from typing import Any, Dict, Iterator, List
@@ -32,6 +31,7 @@ import mlserver_mlflow  # noqa: E402,F401  (a missing package is an error under 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import requests  # noqa: E402
+from helpers import sqlite_registry  # noqa: E402
 from servers import free_port, running, tail  # noqa: E402
 from tiny import tiny  # noqa: E402
 
@@ -48,16 +48,10 @@ VARIANTS = ("transformers", "onnx", "torchscript")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[Dict[str, Any]]:
     root = tmp_path_factory.mktemp("mlserver")
-    shutil.copy(_empty_mlflow_db, root / "mlflow.db")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous = os.getcwd()
-    os.chdir(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    # Artifacts under root (the template's default experiment points elsewhere). An experiment id passed to
-    # start_run, not mlflow.set_experiment: that one sets MLFLOW_EXPERIMENT_ID for the rest of the session.
-    experiment_id = mlflow.create_experiment("mlserver")
-    try:
+    with sqlite_registry(root, _empty_mlflow_db):
+        # Artifacts under root (the template's default experiment points elsewhere). An experiment id passed to
+        # start_run, not mlflow.set_experiment: that one sets MLFLOW_EXPERIMENT_ID for the rest of the session.
+        experiment_id = mlflow.create_experiment("mlserver")
         model, tok = tiny("text-classification")
         with mlflow.start_run(experiment_id=experiment_id):
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME, input_schema=True,
@@ -90,8 +84,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
                      timeout=300):
             expected = {v: mlflow.pyfunc.load_model(u) for v, u in uris.items()}
             yield {"base": base, "expected": expected, "log": log}
-    finally:
-        os.chdir(previous)
 
 
 def _infer(server: Dict[str, Any], variant: str, body: Dict[str, Any]) -> Dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 from typing import Any, Dict, Iterator
@@ -31,6 +30,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import sqlite_registry
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, convert_input_example_to_serving_input, validate_serving_input
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
@@ -50,16 +50,10 @@ VARIANTS = ("transformers", "onnx", "torchscript")
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[Dict[str, Any]]:
     root = tmp_path_factory.mktemp("routes")
-    shutil.copy(_empty_mlflow_db, root / "mlflow.db")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous = os.getcwd()
-    os.chdir(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    # Artifacts under root (the template's default experiment points elsewhere). An experiment id passed to
-    # start_run, not mlflow.set_experiment: that one sets MLFLOW_EXPERIMENT_ID for the rest of the session.
-    experiment_id = mlflow.create_experiment("routes")
-    try:
+    with sqlite_registry(root, _empty_mlflow_db) as uri:
+        # Artifacts under root (the template's default experiment points elsewhere). An experiment id passed to
+        # start_run, not mlflow.set_experiment: that one sets MLFLOW_EXPERIMENT_ID for the rest of the session.
+        experiment_id = mlflow.create_experiment("routes")
         model, tok = tiny("text-classification")
         with mlflow.start_run(experiment_id=experiment_id):
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME, input_schema=["text"],
@@ -75,8 +69,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
         }
         yield {"uri": uri, "root": str(root), "experiment_id": experiment_id,
                "uris": {v: f"models:/{NAME}/{n}" for v, n in versions.items()}}
-    finally:
-        os.chdir(previous)
 
 
 @pytest.fixture(scope="module")

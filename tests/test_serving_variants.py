@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +28,7 @@ from typing import Any, Dict, Iterator, List
 import mlflow
 import pytest
 import requests
+from helpers import sqlite_registry
 from mlflow import MlflowClient
 from servers import ScoringServer, models_serve
 from tiny import tiny
@@ -53,13 +53,7 @@ VARIANTS = ("transformers", "onnx", "torchscript")
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[Dict[str, Any]]:
     root = tmp_path_factory.mktemp("variants")
-    shutil.copy(_empty_mlflow_db, root / "mlflow.db")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous = os.getcwd()
-    os.chdir(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with sqlite_registry(root, _empty_mlflow_db) as uri:
         model, tok = tiny("text-classification")
         with mlflow.start_run():
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME)
@@ -72,8 +66,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
             ),
         }
         yield {"uri": uri, "root": str(root), "versions": versions}
-    finally:
-        os.chdir(previous)
 
 
 def _expected(version: str) -> List[Dict[str, Any]]:
