@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Any, Iterator, List, Optional
+import threading
+import time
+from typing import Any, Callable, Iterator, List, Optional
 
 import mlflow
+import pytest
 from mlflow import MlflowClient
 
 from mlflow_tfexport.registry import versions_of
+from mlflow_tfexport.worker import serve
 
 #: Short English sentences of different lengths, for predictions compared between variants.
 TEXTS = [
@@ -53,3 +57,37 @@ def sqlite_registry(root: Any, template: str) -> Iterator[str]:
         yield uri
     finally:
         os.chdir(previous)
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float, poll_s: float = 0.2) -> Any:
+    """``predicate()``'s first truthy value, polled every ``poll_s``; the test fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def worker_in_thread(**kwargs: Any) -> Iterator[Any]:
+    """``mlflow_tfexport.worker.serve(port=0, **kwargs)`` (what ``mlflow-tfexport worker`` runs) on a thread.
+    Yields its HTTP server once it listens; shuts it down after the block and checks that the thread ended."""
+    servers: List[Any] = []
+    ready = threading.Event()
+
+    def on_ready(server: Any) -> None:
+        servers.append(server)
+        ready.set()
+
+    thread = threading.Thread(target=serve, kwargs=dict(port=0, ready=on_ready, **kwargs), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "the worker did not start listening within 30 s"
+        yield servers[0]
+    finally:
+        if servers:
+            servers[0].shutdown()
+        thread.join(30)
+    assert not thread.is_alive()

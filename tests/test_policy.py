@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 import yaml
+from helpers import wait_for, worker_in_thread
 from mlflow import MlflowClient
 
 from mlflow_tfexport import history, policy
@@ -310,35 +311,16 @@ def test_cli_policy_history_rollback(client: MlflowClient, folder: Any, capsys: 
 
 
 def test_the_webhook_worker_checks_aliases_moved_while_it_was_down(client: MlflowClient, folder: Any) -> None:
-    import threading
-    import time
 
-    from mlflow_tfexport.worker import serve
 
     good, failed = variant(client, folder), variant(client, folder, validation="failed")
     promote(NAME, good, "production")
     client.set_registered_model_alias(NAME, "production", failed)  # while no worker ran
-    servers: list = []
-    ready = threading.Event()
-
-    def on_ready(server: Any) -> None:
-        servers.append(server)
-        ready.set()
-
-    thread = threading.Thread(target=serve, kwargs=dict(secret="s", port=0, ready=on_ready), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30)
-        deadline = time.monotonic() + 30
+    with worker_in_thread(secret="s"):
         def recorded() -> list:
             return [e for e in history.entries(client.get_registered_model(NAME).tags) if e.via == "start"]
 
-        while not recorded() and time.monotonic() < deadline:  # the entry is written last
-            time.sleep(0.2)
+        entries = wait_for(recorded, "the start-up check's history entry", timeout=30)  # the entry is written last
         assert _alias(client) == good
         assert Tag.REFUSED_PREFIX + "production" in client.get_model_version(NAME, failed).tags
-        assert [e.decision for e in recorded()] == ["refused"]
-    finally:
-        if servers:
-            servers[0].shutdown()
-        thread.join(30)
+        assert [e.decision for e in entries] == ["refused"]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 import requests
+from helpers import wait_for
 from mlflow import MlflowClient
 from test_worker import SECRET, _log_source, mlflow_server, remote  # noqa: F401  (fixtures)
 
@@ -70,13 +71,7 @@ def _alias(client: MlflowClient, name: str, alias: str = "production") -> Option
 
 
 def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = BACK_WITHIN_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(predicate, what, timeout)
 
 
 def _entries(client: MlflowClient, name: str) -> List[history.Entry]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import mlflow
 import pytest
 import requests
-from helpers import version_numbers
+from helpers import version_numbers, wait_for, worker_in_thread
 from mlflow import MlflowClient
 from servers import free_port, stop, tail
 
@@ -279,13 +279,7 @@ def _deliver(url: str, body: bytes, delivery_id: Optional[str] = None, **kw: Any
 
 
 def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(predicate, what, timeout, poll_s=0.25)
 
 
 def _tags(name: str, version: str = "1", client: Optional[MlflowClient] = None) -> Dict[str, str]:
@@ -471,30 +465,14 @@ def _self_signed(tmp_path: Any) -> Tuple[str, str]:
 def test_serve_over_https(tracking_uri: str, tmp_path: Any) -> None:
     """``serve`` (what ``mlflow-tfexport worker`` runs) with --certfile/--keyfile answers https."""
     cert, key = _self_signed(tmp_path)
-    servers: List[Any] = []
-    ready = threading.Event()
-
-    def on_ready(server: Any) -> None:
-        servers.append(server)
-        ready.set()
-
-    thread = threading.Thread(
-        target=wk.serve, kwargs=dict(secret=SECRET, port=0, certfile=cert, keyfile=key, ready=on_ready), daemon=True
-    )
-    thread.start()
-    assert ready.wait(30)
-    url = f"https://127.0.0.1:{servers[0].server_address[1]}"
-    try:
+    with worker_in_thread(secret=SECRET, certfile=cert, keyfile=key) as server:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
         assert requests.get(f"{url}/health", verify=cert, timeout=10).json()["status"] == "ok"
         r = requests.post(f"{url}/webhook", data=_payload(), verify=cert, timeout=10)
         assert r.status_code == 401
         r = requests.post(f"{url}/webhook", data=_payload(version="7"), verify=cert, timeout=10,
                           headers=signed_headers(SECRET, _payload(version="7"), delivery_id="d-1"))
         assert r.status_code == 404 and "does not exist" in r.json()["error"]
-    finally:
-        servers[0].shutdown()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 # ----------------------------------------------------------------------------------- a real mlflow server

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
+from helpers import worker_in_thread
 from mlflow import MlflowClient
 
 from mlflow_tfexport.constants import Tag
@@ -25,7 +26,6 @@ from mlflow_tfexport.worker import (
     SignatureVerifier,
     WebhookReceiver,
     make_server,
-    serve,
     sign,
     signed_headers,
 )
@@ -353,30 +353,14 @@ def test_a_stalled_tls_handshake_holds_up_no_one(tracking_uri: str, tmp_path: An
     from test_worker import _self_signed
 
     cert, key = _self_signed(tmp_path)
-    servers: List[Any] = []
-    ready = threading.Event()
-
-    def on_ready(server: Any) -> None:
-        servers.append(server)
-        ready.set()
-
-    thread = threading.Thread(
-        target=serve,
-        kwargs=dict(secret=SECRET, port=0, certfile=cert, keyfile=key, timeout_s=2, ready=on_ready),
-        daemon=True,
-    )
-    thread.start()
-    assert ready.wait(30)
-    port = servers[0].server_address[1]
-    silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # connects, never says hello
-    try:
-        time.sleep(0.2)
-        r = requests.get(f"https://127.0.0.1:{port}/health", verify=cert, timeout=1.5)
-        assert r.status_code == 200
-        silent.settimeout(5)
-        assert silent.recv(1024) == b""  # dropped after its 2 s timeout
-    finally:
-        silent.close()
-        servers[0].shutdown()
-        thread.join(30)
-    assert not thread.is_alive()
+    with worker_in_thread(secret=SECRET, certfile=cert, keyfile=key, timeout_s=2) as server:
+        port = server.server_address[1]
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # connects, never says hello
+        try:
+            time.sleep(0.2)
+            r = requests.get(f"https://127.0.0.1:{port}/health", verify=cert, timeout=1.5)
+            assert r.status_code == 200
+            silent.settimeout(5)
+            assert silent.recv(1024) == b""  # dropped after its 2 s timeout
+        finally:
+            silent.close()

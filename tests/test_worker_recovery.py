@@ -15,9 +15,10 @@ import textwrap
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict
 
 import pytest
+from helpers import wait_for, worker_in_thread
 from mlflow import MlflowClient
 
 from mlflow_tfexport.constants import Tag
@@ -28,7 +29,6 @@ from mlflow_tfexport.worker import (
     find_interrupted,
     is_interrupted,
     requeue_interrupted,
-    serve,
 )
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals (SIGKILL)")
@@ -54,14 +54,8 @@ def _tags(name: str, version: str = "1") -> Dict[str, str]:
     return dict(MlflowClient().get_model_version(name, version).tags or {})
 
 
-def _wait_for(predicate: Any, what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    return wait_for(predicate, what, timeout)
 
 
 def _source(name: str, request: str, tmp_path: Any) -> None:
@@ -91,26 +85,12 @@ def _kill_mid_export(tracking_uri: str, name: str, request: str) -> int:
 def test_serve_answers_a_request_whose_worker_was_killed(tracking_uri: str, tmp_path: Any) -> None:
     _source("crashed", "onnx", tmp_path)
     _kill_mid_export(tracking_uri, "crashed", "onnx")
-    servers: List[Any] = []
-    ready = threading.Event()
-
-    def on_ready(server: Any) -> None:
-        servers.append(server)
-        ready.set()
-
-    thread = threading.Thread(target=serve, kwargs=dict(secret="s", port=0, ready=on_ready), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30)
+    with worker_in_thread(secret="s"):
         # No delivery comes: the worker finds the interrupted request itself and answers it (the real
         # export fails here, the source being no model: what matters is that the status is final).
         tags = _wait_for(lambda: (t := _tags("crashed")).get(Tag.REQUEST_HANDLED) == "onnx" and t, "an answer")
         assert not tags[Tag.REQUEST_STATUS].startswith("running"), tags
         assert tags[Tag.EXPORT_PID] == str(os.getpid())  # the new worker ran it
-    finally:
-        if servers:
-            servers[0].shutdown()
-        thread.join(30)
 
 
 def _fake_export(uri: str, **kwargs: Any) -> Any:
