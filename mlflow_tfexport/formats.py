@@ -22,7 +22,8 @@ from mlflow_tfexport.errors import UnknownFormatError
 BASE_MODEL_CONFIG: Mapping[str, Any] = {"batch_size": 32}
 #: Batching of concurrent requests (``serving/batching.py``): on for the formats below that list it, for
 #: text tasks that do not generate; at most 64 rows and 8192 tokens (rows x padded length) per shared run.
-BATCHING_MODEL_CONFIG: Mapping[str, Any] = {"batching": True, "max_batch_rows": 64, "max_batch_tokens": 8192}
+BATCHING_MODEL_CONFIG: Mapping[str, Any] = {"batching": True, "max_batch_rows": 64, "max_batch_tokens": 8192,
+                                             "concurrent_runs": 1}
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.onnx",
             backend=f"{_PKG}.export.onnx.backend",
             serving_packages=("onnxruntime", "tokenizers", "numpy"),
-            # One intra-op thread: served, concurrent requests share runs (batching) and several
-            # --workers share the cores; measured by benchmarks/serve_load.py --sweep. 0 is onnxruntime's own
-            # default (one per core); "all" is onnxruntime's default level.
+            # One intra-op thread per run and one run per core (concurrent_runs 0): served, concurrent
+            # requests share runs (batching) on every core; measured by benchmarks/serve_load.py --sweep.
+            # intra_op_num_threads 0 is onnxruntime's own default (one per core); "all" is its default level.
             model_config={"providers": [], "intra_op_num_threads": 1, "inter_op_num_threads": 0,
-                          "graph_optimization_level": "all", **BATCHING_MODEL_CONFIG},
+                          "graph_optimization_level": "all", **BATCHING_MODEL_CONFIG, "concurrent_runs": 0},
             options=("opset", "atol", "exporter", "optimize", "quantize", "min_agreement", "quantize_per_channel",
                      "quantize_op_types", "quantize_reduce_range"),
         ),

@@ -209,7 +209,7 @@ def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answer
 
     results: Dict[str, Any] = {}
     runs, calls = batcher.runs, batcher.merged_calls
-    batcher._run = held
+    batcher._run, max_runs, batcher.max_runs = held, batcher.max_runs, 1  # one run at a time: all others queue
     try:
         lead = next(call for name, call in cases if not isinstance(expected[name], Exception))
         first = threading.Thread(target=lambda: results.__setitem__("first", lead()))
@@ -227,24 +227,71 @@ def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answer
         for t in [first, *waiting]:
             t.join()
     finally:
-        batcher._run = real_run
+        batcher._run, batcher.max_runs = real_run, max_runs
     assert batcher.merged_calls - calls > batcher.runs - runs, sizes  # some runs were shared
     for name, _ in cases:
         _same(results[name], expected[name])
 
 
+def test_concurrent_runs_each_start_at_once_and_the_next_calls_share_a_run() -> None:
+    """concurrent_runs=2: two calls run at the same time (neither waits for the other); calls arriving
+    while both run wait, then share the run of whichever ends first; every caller gets its own rows."""
+    release, both = threading.Event(), threading.Barrier(3, timeout=60)
+    seen: List[int] = []
+
+    def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        seen.append(len(feeds["input_ids"]))
+        if len(seen) <= 2:  # the first two runs wait for each other: they must be going together
+            both.wait()
+            assert release.wait(60)
+        return {"logits": feeds["input_ids"].sum(axis=1, keepdims=True)}  # padding (0) adds nothing
+
+    batcher = Batcher(run, outputs=(), pad_token_id=0, max_batch_rows=64, max_batch_tokens=4096, max_runs=2)
+    results: Dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.run({"input_ids": np.full((1, 3 + i), i + 1, dtype=np.int64)})["logits"]
+
+    first = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in first:
+        t.start()
+    both.wait()  # both runs are going at once
+    later = [threading.Thread(target=call, args=(i,)) for i in range(2, 6)]
+    for t in later:
+        t.start()
+    for _ in range(3000):
+        with batcher._lock:
+            if len(batcher._queue) == 4:
+                break
+        threading.Event().wait(0.01)
+    assert len(batcher._queue) == 4, "calls beyond two runs must wait"
+    release.set()
+    for t in first + later:
+        t.join()
+    assert seen[:2] == [1, 1] and sum(seen) == 6 and max(seen[2:]) > 1, seen  # the waiting four shared runs
+    for i in range(6):
+        np.testing.assert_array_equal(results[i], [[(i + 1) * (3 + i)]])
+    assert batcher._running == 0
+
+
 def test_settings_in_the_mlmodel_and_model_config(models: Dict[str, str], pyfuncs: Dict[str, Any]) -> None:
+    cores = len(os.sched_getaffinity(0))
     for name in ("cls-source", "cls-onnx", "cls-torchscript", "feature-extraction"):
         config = _mlmodel_config(models[name])
         assert config["batching"] is True and config["max_batch_rows"] == 64
         assert config["max_batch_tokens"] == 8192
-        _batcher(pyfuncs[name])
+        # ONNX: one single-threaded run per core; torch: one run, which uses every core
+        assert config["concurrent_runs"] == (0 if name == "cls-onnx" else 1)
+        assert _batcher(pyfuncs[name]).max_runs == (cores if name == "cls-onnx" else 1)
     assert _mlmodel_config(models["text-generation"])["batching"] is False  # generation is not batched
     assert pyfuncs["text-generation"]._model_impl.batcher is None
     assert mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"batching": False})._model_impl.batcher is None
-    small = mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"max_batch_rows": 4, "max_batch_tokens": 99})
+    small = mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"max_batch_rows": 4, "max_batch_tokens": 99,
+                                                                       "concurrent_runs": 3})
     assert (_batcher(small).max_batch_rows, _batcher(small).max_batch_tokens) == (4, 99)
-    for bad in ({"batching": "sometimes"}, {"max_batch_rows": 0}, {"max_batch_tokens": -5}):
+    assert _batcher(small).max_runs == 3
+    for bad in ({"batching": "sometimes"}, {"max_batch_rows": 0}, {"max_batch_tokens": -5},
+                {"concurrent_runs": -1}, {"concurrent_runs": "two"}):
         with pytest.raises(TfexportError, match=str(next(iter(bad)))):
             mlflow.pyfunc.load_model(models["cls-onnx"], model_config=bad)
 

@@ -5,13 +5,19 @@ request tokenizes its own rows, with its own params, in its own thread (a bad
 row is refused there, before anything is merged); only the model run is shared.
 ``Batcher.run`` takes one call's feeds (int64 ``[rows, sequence]`` arrays):
 
-- nothing running: the call runs at once, alone (no added wait at low load);
-- a batch running: the call waits in a bounded queue. When the running batch
-  ends, its leader hands the queue over: the first waiting call becomes the
-  next leader and runs every waiting call that fits with it (same merge key,
-  at most ``max_batch_rows`` rows and ``max_batch_tokens`` = rows x padded
+- fewer than ``concurrent_runs`` runs going: the call runs at once, alone (no
+  added wait at low load);
+- that many runs going: the call waits in a bounded queue. When a run ends,
+  its leader hands the queue over: the first waiting call becomes the next
+  leader and runs every waiting call that fits with it (same merge key, at
+  most ``max_batch_rows`` rows and ``max_batch_tokens`` = rows x padded
   length) as one batch; each caller gets exactly its own rows back (its own
   rows, cut back to its own padded length on every sequence axis).
+
+``concurrent_runs`` is 0 (one run per CPU core) for ONNX variants, whose
+sessions run one intra-op thread each, so every core computes while the
+queue fills; 1 for the torch variants, whose one run already uses every
+core (``formats.py``).
 
 What can be merged: the model's output for a row depends only on that row's
 feeds (attention-masked padding, as inside one request), so the merge key is
@@ -32,6 +38,7 @@ batching). Serving path: numpy only, Python 3.10.
 from __future__ import annotations
 
 import numbers
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,8 +56,11 @@ from mlflow_tfexport.tasks import BATCH, SEQUENCE, TEXT, OutputSpec, TaskSpec
 BATCHING = "batching"
 MAX_BATCH_ROWS = "max_batch_rows"
 MAX_BATCH_TOKENS = "max_batch_tokens"
+CONCURRENT_RUNS = "concurrent_runs"
 #: The largest value either budget may take.
 MAX_BUDGET = 1 << 24
+#: The most model runs at once that ``concurrent_runs`` may ask for.
+MAX_RUNS = 1024
 #: Calls waiting at most; more run alone, beside the batches.
 MAX_QUEUED_CALLS = 256
 
@@ -89,6 +99,7 @@ class Batcher:
         max_batch_rows: int,
         max_batch_tokens: int,
         max_queued: int = MAX_QUEUED_CALLS,
+        max_runs: int = 1,
     ) -> None:
         self._run = run
         self._axes = {o.name: dict(o.axes) for o in outputs}
@@ -98,7 +109,8 @@ class Batcher:
         self.max_queued = int(max_queued)
         self._lock = threading.Lock()
         self._queue: Deque[_Call] = deque()
-        self._running = False
+        self.max_runs = int(max_runs)
+        self._running = 0  # runs going now, at most max_runs
         #: Counters (read them under no lock: they are for tests and benchmarks): model runs and calls served.
         self.runs = 0
         self.merged_calls = 0
@@ -112,8 +124,8 @@ class Batcher:
             return self._run(feeds)
         call = _Call(feeds, merge_key(feeds), int(shape[0]), int(shape[1]))
         with self._lock:
-            if not self._running:
-                self._running = True
+            if self._running < self.max_runs:
+                self._running += 1
                 batch: Optional[List[_Call]] = [call]
             elif len(self._queue) < self.max_queued:
                 self._queue.append(call)
@@ -145,7 +157,7 @@ class Batcher:
             with self._lock:
                 following = self._take()
                 if not following:
-                    self._running = False
+                    self._running -= 1
             for call in batch[1:]:
                 call.done.set()
             if following:
@@ -243,6 +255,28 @@ def _budget(key: str, value: Any) -> int:
     return int(value)
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def concurrent_runs(value: Any) -> int:
+    """``concurrent_runs`` checked: model runs at once, 0 meaning one per CPU core (``cpu_cores``)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_RUNS:
+        raise TfexportError(
+            f"model_config {CONCURRENT_RUNS}={value!r} is out of range: expected an integer from 0 (one run per "
+            f"CPU core) to {MAX_RUNS}. Fix the python_function model_config in the MLmodel, set "
+            f"MLFLOW_PYFUNC_INFERENCE_CONFIG, or pass model_config={{{CONCURRENT_RUNS!r}: ...}} to "
+            "mlflow.pyfunc.load_model."
+        )
+    return int(value) or cpu_cores()
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
@@ -270,7 +304,8 @@ def make_batcher(runner: Runner, spec: TaskSpec, conf: Mapping[str, Any],
     on = _flag(_setting(model_config, defaults, BATCHING))
     rows = _budget(MAX_BATCH_ROWS, _setting(model_config, defaults, MAX_BATCH_ROWS))
     tokens = _budget(MAX_BATCH_TOKENS, _setting(model_config, defaults, MAX_BATCH_TOKENS))
+    runs = concurrent_runs(_setting(model_config, defaults, CONCURRENT_RUNS))
     if not on or not batchable(spec) or conf.get(FlavorKey.PAD_TOKEN_ID) is None:
         return None
-    return Batcher(lambda feeds: runner.run(feeds), outputs=spec.outputs,
+    return Batcher(lambda feeds: runner.run(feeds), outputs=spec.outputs, max_runs=runs,
                    pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]), max_batch_rows=rows, max_batch_tokens=tokens)
