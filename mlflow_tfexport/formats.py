@@ -71,7 +71,9 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.torchscript",
             backend=f"{_PKG}.export.torchscript",
             serving_packages=("torch", "tokenizers", "numpy"),
-            model_config={"device": "auto", **BATCHING_MODEL_CONFIG},
+            # Batching off: shared runs land on static buckets (padded rows), and on CPU independent
+            # concurrent runs served more (benchmarks/serve_load.py: 75 vs 50-64 req/s at 8 clients).
+            model_config={"device": "auto", **BATCHING_MODEL_CONFIG, "batching": False},
             options=(*_STATIC_OPTIONS, "device"),
             static_shapes=True,
         ),

@@ -102,7 +102,9 @@ def models(tmp_path_factory: pytest.TempPathFactory, module_registry: str, tiny_
 
 @pytest.fixture(scope="module")
 def pyfuncs(models: Dict[str, str]) -> Dict[str, Any]:
-    return {name: mlflow.pyfunc.load_model(path) for name, path in models.items()}
+    """Every model as logged; the TorchScript variant (not batched by default) with batching turned on."""
+    return {name: mlflow.pyfunc.load_model(path, model_config={"batching": True} if "torchscript" in name else None)
+            for name, path in models.items()}
 
 
 def _cases(pyfuncs: Dict[str, Any], tokenizer_mask: str) -> List[Tuple[str, Any, Callable[[], Any]]]:
@@ -278,11 +280,12 @@ def test_settings_in_the_mlmodel_and_model_config(models: Dict[str, str], pyfunc
     cores = len(os.sched_getaffinity(0))
     for name in ("cls-source", "cls-onnx", "cls-torchscript", "feature-extraction"):
         config = _mlmodel_config(models[name])
-        assert config["batching"] is True and config["max_batch_rows"] == 64
+        assert config["batching"] is (name != "cls-torchscript") and config["max_batch_rows"] == 64
         assert config["max_batch_tokens"] == 8192
         # ONNX: one single-threaded run per core; torch: one run, which uses every core
         assert config["concurrent_runs"] == (0 if name == "cls-onnx" else 1)
         assert _batcher(pyfuncs[name]).max_runs == (cores if name == "cls-onnx" else 1)
+    assert mlflow.pyfunc.load_model(models["cls-torchscript"])._model_impl.batcher is None  # static buckets
     assert _mlmodel_config(models["text-generation"])["batching"] is False  # generation is not batched
     assert pyfuncs["text-generation"]._model_impl.batcher is None
     assert mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"batching": False})._model_impl.batcher is None

@@ -27,7 +27,7 @@ from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.errors import BadInputError, ExportError
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.runtimes.eager import EagerRunner
-from mlflow_tfexport.serving.runtimes.static import StaticRunner, pick_bucket
+from mlflow_tfexport.serving.runtimes.static import CPU_RUN_COST_ROWS, StaticRunner, pick_bucket
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, TASKS, OutputSpec, dummy_inputs
 
 NAME = "ts-sentiment"
@@ -132,8 +132,14 @@ def test_pick_bucket() -> None:
     assert pick_bucket(buckets, 3, 20) == (4, 32)
     assert pick_bucket(buckets, 9, 32) == (4, 32)  # chunks of 4
     assert pick_bucket(buckets, 2, 33) == (1, 128)
+    assert pick_bucket(buckets, 2, 20) == (4, 32)  # accelerators (the default): fewest chunks
     with pytest.raises(BadInputError):
         pick_bucket(buckets, 1, 129)
+    # On CPU a run costs about one row: padded rows count, so a few rows run as small chunks
+    cpu = [(1, 32), (8, 32)]
+    picked = {rows: pick_bucket(cpu, rows, 20, CPU_RUN_COST_ROWS) for rows in (1, 2, 3, 4, 5, 6, 8, 9, 17)}
+    assert picked == {1: (1, 32), 2: (1, 32), 3: (1, 32), 4: (1, 32), 5: (8, 32), 6: (8, 32), 8: (8, 32),
+                      9: (8, 32), 17: (8, 32)}
 
 
 def test_static_runner_strips_padding_by_output_axes() -> None:

@@ -14,6 +14,7 @@ from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.serving.runtimes.device import resolve_device
 from mlflow_tfexport.serving.runtimes.static import (
+    CPU_RUN_COST_ROWS,
     BucketFn,
     Shape,
     StaticRunner,
@@ -71,6 +72,8 @@ def make_runner(
     facts = {"torch": str(torch.__version__), "device": str(device), **(extra or {})}
     runner = static_runner(flavor_conf, bucket_fn(modules, torch, device), facts, TorchScriptRunner)
     runner.modules = {shape_name(s): m for s, m in modules.items()}
+    if str(device) == "cpu":
+        runner.run_cost_rows = CPU_RUN_COST_ROWS
     return runner
 
 
