@@ -72,7 +72,7 @@ FORMATS: Dict[str, FormatSpec] = {
             backend=f"{_PKG}.export.torchscript",
             serving_packages=("torch", "tokenizers", "numpy"),
             # Batching off: shared runs land on static buckets (padded rows), and on CPU independent
-            # concurrent runs served more (benchmarks/serve_load.py: 75 vs 50-64 req/s at 8 clients).
+            # concurrent runs served more (64-75 vs 50-64 req/s at 8 clients, README "Batching").
             model_config={"device": "auto", **BATCHING_MODEL_CONFIG, "batching": False},
             options=(*_STATIC_OPTIONS, "device"),
             static_shapes=True,
