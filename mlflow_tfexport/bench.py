@@ -24,6 +24,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import TOKENIZER_FILE, FlavorKey, Tag
 from mlflow_tfexport.errors import NotATfexportModelError, TfexportError
+from mlflow_tfexport.serving.batching import cpu_cores
 from mlflow_tfexport.serving.conf import read_flavor_conf
 
 WORDS = (
@@ -75,8 +76,7 @@ def cpu_model() -> str:
 
 def machine_description() -> str:
     """e.g. ``Intel(R) Xeon(R) Processor, 2 cores, Linux x86_64, onnxruntime CPUExecutionProvider``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
-    parts = [cpu_model(), f"{cores} cores", f"{platform.system()} {platform.machine()}"]
+    parts = [cpu_model(), f"{cpu_cores()} cores", f"{platform.system()} {platform.machine()}"]
     try:
         import onnxruntime
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional
@@ -91,3 +92,17 @@ def worker_in_thread(**kwargs: Any) -> Iterator[Any]:
             servers[0].shutdown()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def run_interleaved(threads: List[threading.Thread]) -> None:
+    """Start ``threads`` and wait for them, switching between threads every 10 microseconds meanwhile, so
+    that calls overlap (a shared setting or buffer is caught in the act); the interval is restored after."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import threading
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -25,6 +24,7 @@ import pandas as pd
 import pytest
 import requests
 import yaml
+from helpers import run_interleaved
 from mlflow.exceptions import MlflowException
 from servers import models_serve
 
@@ -171,16 +171,7 @@ def test_concurrent_mixed_requests_each_get_their_solo_answer(pyfuncs: Dict[str,
                 with lock:
                     failures.append(f"{name}: {exc}")
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often: calls overlap
-    try:
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_interleaved([threading.Thread(target=client, args=(i,)) for i in range(THREADS)])
     assert not failures, f"{len(failures)} wrong answers, e.g. {failures[:5]}"
     merged = {k: (b.merged_calls - before[k][1]) - (b.runs - before[k][0]) for k, b in batchers.items()}
     assert sum(merged.values()) > 0, "no two calls ever shared a run"  # calls saved by sharing runs

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
@@ -25,6 +24,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
+from helpers import run_interleaved
 from mlflow.exceptions import MlflowException
 from servers import ScoringServer, models_serve
 
@@ -70,16 +70,7 @@ def _run_clients(cases: List[Tuple[str, Callable[[], Any]]], check: Callable[[st
             with lock:
                 counts[name] += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often: in-process, a shared setting is caught in the act
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_interleaved([threading.Thread(target=client, args=(i,)) for i in range(clients)])
     assert not failures, f"{len(failures)} wrong answers of {sum(counts.values())}, e.g. {failures[:5]}"
     return counts
 

@@ -243,13 +243,14 @@ def _setting(config: Mapping[str, Any], defaults: Mapping[str, Any], key: str) -
     return defaults.get(key) if value is None else value
 
 
-def _budget(key: str, value: Any) -> int:
+def _integer(key: str, value: Any, low: int, high: int, meaning: str = "") -> int:
+    """An integer setting from ``low`` to ``high`` (digits in a string too), else ``TfexportError`` naming it."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_BUDGET:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         raise TfexportError(
-            f"model_config {key}={value!r} is out of range: expected an integer from 1 to {MAX_BUDGET}. Fix the "
-            f"python_function model_config in the MLmodel, set MLFLOW_PYFUNC_INFERENCE_CONFIG, or pass "
+            f"model_config {key}={value!r} is out of range: expected an integer from {low}{meaning} to {high}. "
+            f"Fix the python_function model_config in the MLmodel, set MLFLOW_PYFUNC_INFERENCE_CONFIG, or pass "
             f"model_config={{{key!r}: ...}} to mlflow.pyfunc.load_model."
         )
     return int(value)
@@ -265,16 +266,7 @@ def cpu_cores() -> int:
 
 def concurrent_runs(value: Any) -> int:
     """``concurrent_runs`` checked: model runs at once, 0 meaning one per CPU core (``cpu_cores``)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_RUNS:
-        raise TfexportError(
-            f"model_config {CONCURRENT_RUNS}={value!r} is out of range: expected an integer from 0 (one run per "
-            f"CPU core) to {MAX_RUNS}. Fix the python_function model_config in the MLmodel, set "
-            f"MLFLOW_PYFUNC_INFERENCE_CONFIG, or pass model_config={{{CONCURRENT_RUNS!r}: ...}} to "
-            "mlflow.pyfunc.load_model."
-        )
-    return int(value) or cpu_cores()
+    return _integer(CONCURRENT_RUNS, value, 0, MAX_RUNS, " (one run per CPU core)") or cpu_cores()
 
 
 def _flag(value: Any) -> bool:
@@ -302,8 +294,8 @@ def make_batcher(runner: Runner, spec: TaskSpec, conf: Mapping[str, Any],
     defaults = {**BATCHING_MODEL_CONFIG, "batching": False,
                 **default_model_config(str(conf.get(FlavorKey.FORMAT)))}
     on = _flag(_setting(model_config, defaults, BATCHING))
-    rows = _budget(MAX_BATCH_ROWS, _setting(model_config, defaults, MAX_BATCH_ROWS))
-    tokens = _budget(MAX_BATCH_TOKENS, _setting(model_config, defaults, MAX_BATCH_TOKENS))
+    rows = _integer(MAX_BATCH_ROWS, _setting(model_config, defaults, MAX_BATCH_ROWS), 1, MAX_BUDGET)
+    tokens = _integer(MAX_BATCH_TOKENS, _setting(model_config, defaults, MAX_BATCH_TOKENS), 1, MAX_BUDGET)
     runs = concurrent_runs(_setting(model_config, defaults, CONCURRENT_RUNS))
     if not on or not batchable(spec) or conf.get(FlavorKey.PAD_TOKEN_ID) is None:
         return None
