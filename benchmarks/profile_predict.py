@@ -45,6 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mlflow_tfexport.export.api import export_to_directory
     from mlflow_tfexport.serving.inputs import parse_text_input
     from mlflow_tfexport.serving.postprocess import Context
+    from mlflow_tfexport.serving.rules import postprocess_of
 
     with tempfile.TemporaryDirectory(prefix="tfexport-profile-") as root:
         torch.manual_seed(0)
@@ -73,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t4 = clock()
             ctx = Context(encoder=impl.encoder, id2label=impl.id2label, problem_type=None, mask_token_id=None,
                           texts=got, pairs=None, params=p)
-            parts: List[object] = [impl.spec.postprocess(outputs, batch, ctx)]
+            parts: List[object] = [postprocess_of(impl.spec)(outputs, batch, ctx)]
             t5 = clock()
             impl._format(parts)
             t6 = clock()
