@@ -307,3 +307,16 @@ def test_serving_an_onnx_variant_without_onnxruntime_names_the_onnx_extra(missin
     missing_package("onnxruntime")
     with pytest.raises(MissingDependencyError, match=r"mlflow-tfexport\[onnx\]"):
         load_runner(str(tmp_path), {"format": "onnx", "model_file": "model.onnx", "task": "text-classification"})
+
+
+def test_every_package_init_says_what_its_folder_is_for() -> None:
+    """A package's ``__init__`` docstring opens with one line on the folder's job (not a placeholder)."""
+    missing = []
+    for module, path in MODULES.items():
+        if not path.endswith("__init__.py"):
+            continue
+        doc = ast.get_docstring(parse(path)) or ""
+        first = doc.strip().splitlines()[0] if doc.strip() else ""
+        if len(first) < 20 or "TODO" in first:
+            missing.append(f"{module}: {first!r}")
+    assert missing == []
