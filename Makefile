@@ -3,13 +3,14 @@
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help install-dev lint typecheck test demo clean
+.PHONY: help install-dev lint typecheck test test-fast demo clean
 
 help:
 	@echo "make install-dev  install the package (editable) with the test and lint tools"
 	@echo "make lint         ruff check"
 	@echo "make typecheck    mypy"
-	@echo "make test         ruff check, mypy, then the whole test suite (slow tests included)"
+	@echo "make test         ruff check, mypy, then the whole test suite (slow tests included): what CI runs"
+	@echo "make test-fast    the inner loop: ruff, then the tests that export nothing and start no process"
 	@echo "make demo         fine-tune MiniLM-L6, log and register it, print predictions"
 
 # torch is pinned: an unpinned install pulls a newer, multi-GB CUDA build.
@@ -24,6 +25,11 @@ typecheck:
 
 test: lint typecheck
 	$(PYTHON) -m pytest -q
+
+# The inner loop: in-process tests only. A test in this tier that exports a model or starts a process fails
+# and names the marker it lacks (tests/conftest.py), so the tier stays fast as tests are added.
+test-fast: lint
+	TFEXPORT_TEST_TIER=fast $(PYTHON) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
 
 demo:
 	$(PYTHON) examples/train_and_log.py

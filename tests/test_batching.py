@@ -147,6 +147,7 @@ def _cases(pyfuncs: Dict[str, Any], tokenizer_mask: str) -> List[Tuple[str, Any,
     return cases
 
 
+@pytest.mark.integration
 def test_concurrent_mixed_requests_each_get_their_solo_answer(pyfuncs: Dict[str, Any], tiny_model: Any) -> None:
     mask = tiny_model("fill-mask", "bert")[1].mask_token
     cases = _cases(pyfuncs, mask)
@@ -179,6 +180,7 @@ def test_concurrent_mixed_requests_each_get_their_solo_answer(pyfuncs: Dict[str,
 
 @pytest.mark.parametrize("model", ["cls-source", "cls-onnx", "cls-torchscript", "token-classification",
                                    "question-answering", "fill-mask", "feature-extraction"])
+@pytest.mark.integration
 def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answers(
         pyfuncs: Dict[str, Any], tiny_model: Any, model: str) -> None:
     """Leader/follower, made deterministic: the first call runs alone and is held there; every case of the
@@ -267,6 +269,7 @@ def test_concurrent_runs_each_start_at_once_and_the_next_calls_share_a_run() -> 
     assert batcher._running == 0
 
 
+@pytest.mark.integration
 def test_settings_in_the_mlmodel_and_model_config(models: Dict[str, str], pyfuncs: Dict[str, Any]) -> None:
     cores = len(os.sched_getaffinity(0))
     for name in ("cls-source", "cls-onnx", "cls-torchscript", "feature-extraction"):
@@ -290,6 +293,7 @@ def test_settings_in_the_mlmodel_and_model_config(models: Dict[str, str], pyfunc
             mlflow.pyfunc.load_model(models["cls-onnx"], model_config=bad)
 
 
+@pytest.mark.integration
 def test_the_budget_keeps_calls_apart(pyfuncs: Dict[str, Any]) -> None:
     """Waiting calls are taken while they fit in max_batch_rows and max_batch_tokens (rows x padded length)."""
     batcher = Batcher(lambda feeds: feeds, outputs=(), pad_token_id=0, max_batch_rows=4, max_batch_tokens=40)

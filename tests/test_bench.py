@@ -13,6 +13,9 @@ from mlflow_tfexport import bench
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 
+#: Every test here exports a model or starts a process: not in the fast tier (make test-fast).
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def onnx_version(tracking_uri: str, tiny_model: Any) -> str:

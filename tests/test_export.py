@@ -40,6 +40,7 @@ def source(tracking_uri: str, tiny_model: Any) -> str:
     return _log(tiny_model)
 
 
+@pytest.mark.integration
 def test_export_registers_a_tagged_validated_version(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1", format="onnx", opset=17)
     assert result.created and str(result.model_version.version) == "2"
@@ -77,6 +78,7 @@ def test_export_registers_a_tagged_validated_version(source: str) -> None:
     assert src.tags == {Tag.FORMAT: "transformers", Tag.TASK: "text-classification"}
 
 
+@pytest.mark.integration
 def test_onnx_variant_predicts_like_the_source(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1")
     src = mlflow.pyfunc.load_model(f"models:/{source}/1").predict(TEXTS)
@@ -85,6 +87,7 @@ def test_onnx_variant_predicts_like_the_source(source: str) -> None:
     np.testing.assert_allclose(src["score"], onx["score"], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_export_is_idempotent_unless_forced(source: str) -> None:
     first = mlflow_tfexport.export(f"models:/{source}/1")
     again = mlflow_tfexport.export(f"models:/{source}/1")
@@ -98,6 +101,7 @@ def test_export_is_idempotent_unless_forced(source: str) -> None:
     assert other.created and str(other.model_version.version) == "4"
 
 
+@pytest.mark.integration
 def test_export_into_another_registered_model(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1", registered_model_name="sentiment-onnx")
     assert result.model_uri == "models:/sentiment-onnx/1"
@@ -136,6 +140,7 @@ def test_missing_model_is_a_clear_error(source: str, uri: str) -> None:
     assert _registry_state(source) == before
 
 
+@pytest.mark.integration
 def test_a_model_of_another_flavor_is_rejected(source: str) -> None:
     class Echo(mlflow.pyfunc.PythonModel):
         def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
@@ -148,6 +153,7 @@ def test_a_model_of_another_flavor_is_rejected(source: str) -> None:
     assert [v for v, _ in _registry_state("echo")] == ["1"]
 
 
+@pytest.mark.integration
 def test_exporting_a_variant_again_is_refused(source: str) -> None:
     mlflow_tfexport.export(f"models:/{source}/1")
     with pytest.raises(ExportError, match="already an exported variant"):
@@ -161,6 +167,7 @@ def test_a_task_the_architecture_cannot_do_is_rejected_at_log_time(tracking_uri:
     assert MlflowClient().search_registered_models() == []
 
 
+@pytest.mark.integration
 def test_validation_failure_lists_every_failing_output(tracking_uri: str, tiny_model: Any) -> None:
     name = _log(tiny_model, "question-answering", name="qa")
     before = _registry_state(name)
@@ -180,6 +187,7 @@ def _fail(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("injected failure")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stage", ["load", "export", "validate", "log", "register"])
 def test_a_failure_at_any_stage_registers_nothing(source: str, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow_tfexport.export.onnx import backend as onnx_backend
@@ -203,6 +211,7 @@ def test_a_failure_at_any_stage_registers_nothing(source: str, stage: str, monke
     assert str(mlflow_tfexport.export(f"models:/{source}/1").model_version.version) == "2"
 
 
+@pytest.mark.integration
 def test_onnx_variant_serves_without_torch_or_transformers(source: str, tracking_uri: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1")
     local = mlflow.artifacts.download_artifacts(result.model_uri)
@@ -225,6 +234,7 @@ def test_onnx_variant_serves_without_torch_or_transformers(source: str, tracking
     assert payload["labels"] == list(mlflow.pyfunc.load_model(f"models:/{source}/1").predict(TEXTS)["label"])
 
 
+@pytest.mark.integration
 def test_onnx_runtime_options_via_model_config(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1")
     model = mlflow.pyfunc.load_model(
@@ -241,6 +251,7 @@ def test_onnx_runtime_options_via_model_config(source: str) -> None:
         mlflow.pyfunc.load_model(result.model_uri, model_config={"graph_optimization_level": "max"})
 
 
+@pytest.mark.integration
 def test_large_models_use_external_data(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow_tfexport.export.onnx import backend as onnx_backend
 
@@ -252,12 +263,14 @@ def test_large_models_use_external_data(source: str, monkeypatch: pytest.MonkeyP
     assert len(mlflow.pyfunc.load_model(result.model_uri).predict(TEXTS)) == 3
 
 
+@pytest.mark.integration
 def test_dynamo_exporter_is_available(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1", exporter="dynamo", opset=18)
     assert result.model_version.tags[Tag.EXPORTER] == "dynamo"
     assert result.report is not None and result.report.passed
 
 
+@pytest.mark.integration
 def test_cli_export_list_and_promote(source: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", f"models:/{source}/1", "--format", "onnx", "--opset", "17", "--atol", "1e-4"]) == 0
     out, err = capsys.readouterr()
@@ -276,6 +289,7 @@ def test_cli_export_list_and_promote(source: str, capsys: pytest.CaptureFixture[
     assert table[3].split()[-1] == "production"
 
 
+@pytest.mark.integration
 def test_cli_failures_exit_non_zero_with_one_line(source: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", f"models:/{source}/1", "--opset", "99"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -287,6 +301,7 @@ def test_cli_failures_exit_non_zero_with_one_line(source: str, capsys: pytest.Ca
     assert [v for v, _ in _registry_state(source)] == ["1"]
 
 
+@pytest.mark.integration
 def test_promote_refuses_a_failed_variant(source: str) -> None:
     from mlflow_tfexport.registry import promote
 

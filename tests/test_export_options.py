@@ -92,6 +92,7 @@ def test_compiler_args_with_onnx_are_refused(source: str, no_work: None) -> None
 # --- values ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_opset_as_a_string_of_digits_is_that_number(source: str) -> None:
     result = mlflow_tfexport.export(source, format="onnx", opset="17")
     assert result.model_version.tags[Tag.OPSET] == "17"

@@ -66,6 +66,7 @@ def _killed_exporter(tracking_uri: str, temp_root: str) -> Dict[str, Any]:
     return {"run_id": run_id, "workdir": workdir, "pid": proc.pid}
 
 
+@pytest.mark.integration
 def test_a_killed_export_is_marked_failed_and_its_temp_dir_removed(tracking_uri: str, tmp_path: Any) -> None:
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
@@ -122,6 +123,7 @@ def test_the_temp_prefix_names_this_process() -> None:
     assert temp_dir_owner("tfexport-vision-abc") is None
 
 
+@pytest.mark.integration
 def test_how_dead_is_told() -> None:
     me = ProcessOwner.current()
     assert me.state() == ALIVE

@@ -12,6 +12,9 @@ import pytest
 
 import mlflow_tfexport
 
+#: Every test here exports a model or starts a process: not in the fast tier (make test-fast).
+pytestmark = pytest.mark.integration
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(mlflow_tfexport.__file__))
 
 

@@ -214,6 +214,7 @@ def test_a_text_without_any_token_is_refused(models: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the scoring server's timeout
 
 
+@pytest.mark.integration
 def test_predict_stops_between_chunks_once_the_server_timeout_has_passed(
     saved: Dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,29 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+#: The ground floor: the tables and names every other part reads. They import nothing above them.
+GROUND_FLOOR = {f"{PKG}.{name}" for name in ("constants", "errors", "_lazy", "tasks", "formats")}
+
+
+def test_the_ground_floor_imports_only_the_ground_floor() -> None:
+    """The task table names its behaviour (``postprocess="fill_mask"``); serving resolves the name
+    (``serving.rules``). No arrow runs from the tables up into serving, export or the registry."""
+    upward = sorted(f"{module} -> {target}" for module in GROUND_FLOOR for target in GRAPH.get(module, ())
+                    if target not in GROUND_FLOOR)
+    assert upward == []
+
+
+def test_every_rule_the_task_table_names_is_known_to_serving() -> None:
+    from mlflow_tfexport.serving import rules
+
+    for spec in TASKS.values():
+        assert (spec.postprocess is None) != (spec.generate is None), spec.name
+        if spec.postprocess is not None:
+            assert callable(rules.postprocess_of(spec))
+        else:
+            assert callable(rules.decoder_of(spec).stream)
+
+
 #: Function-level imports of the package's own modules, each with the reason it cannot be at module level.
 LAZY_IMPORTS_ALLOWED: Dict[Tuple[str, str], str] = {}
 
@@ -284,3 +307,16 @@ def test_serving_an_onnx_variant_without_onnxruntime_names_the_onnx_extra(missin
     missing_package("onnxruntime")
     with pytest.raises(MissingDependencyError, match=r"mlflow-tfexport\[onnx\]"):
         load_runner(str(tmp_path), {"format": "onnx", "model_file": "model.onnx", "task": "text-classification"})
+
+
+def test_every_package_init_says_what_its_folder_is_for() -> None:
+    """A package's ``__init__`` docstring opens with one line on the folder's job (not a placeholder)."""
+    missing = []
+    for module, path in MODULES.items():
+        if not path.endswith("__init__.py"):
+            continue
+        doc = ast.get_docstring(parse(path)) or ""
+        first = doc.strip().splitlines()[0] if doc.strip() else ""
+        if len(first) < 20 or "TODO" in first:
+            missing.append(f"{module}: {first!r}")
+    assert missing == []

@@ -94,6 +94,7 @@ def exported(registry: Dict[str, Any]) -> Dict[str, Any]:
     return {"result": result, "calls": fn.calls}
 
 
+@pytest.mark.integration
 def test_neuron_export_with_cpu_stand_in_compiler(exported: Dict[str, Any]) -> None:
     result = exported["result"]
     assert result.created
@@ -110,6 +111,7 @@ def test_neuron_export_with_cpu_stand_in_compiler(exported: Dict[str, Any]) -> N
     assert {"1x8", "1x32", "3x21"} <= set(tags[Tag.VALIDATED_SHAPE].split(","))
 
 
+@pytest.mark.integration
 def test_neuron_stand_in_variant_describes_the_inf1_serving_stack(exported: Dict[str, Any], tmp_path: Any) -> None:
     version = exported["result"].model_version.version
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(tmp_path))
@@ -128,6 +130,7 @@ def test_neuron_stand_in_variant_describes_the_inf1_serving_stack(exported: Dict
     assert "python=3.10" in conda["dependencies"]
 
 
+@pytest.mark.integration
 def test_neuron_stand_in_variant_serves_like_the_source(exported: Dict[str, Any],
                                                         fake_torch_neuron: types.ModuleType) -> None:
     version = exported["result"].model_version.version
@@ -139,6 +142,7 @@ def test_neuron_stand_in_variant_serves_like_the_source(exported: Dict[str, Any]
     np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
 
 
+@pytest.mark.integration
 def test_neuron_runtime_imports_sdk_before_jit_load(exported: Dict[str, Any], tmp_path: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
@@ -245,6 +249,7 @@ def test_inf2_serving_requirements() -> None:
     assert [r.split("=")[0] for r in reqs] == ["mlflow", "torch-neuronx", "neuronx-cc", "tokenizers", "numpy"]
 
 
+@pytest.mark.integration
 def test_neuron_stand_in_variant_through_mlflow_models_serve(exported: Dict[str, Any], tmp_path: Any) -> None:
     """`mlflow models serve` of the Neuron variant, up to the compile seam: the server process finds a
     no-op stand-in ``torch_neuron`` package (the one import the Inf1 SDK provides at serve time)."""
@@ -278,6 +283,7 @@ class ImageCpuStandIn(CpuStandIn):
         return torch.jit.trace(module, example_inputs, check_trace=False)
 
 
+@pytest.mark.integration
 def test_neuron_stand_in_vision_variant_buckets_over_batch(tmp_path: Any, fake_torch_neuron: types.ModuleType) -> None:
     """A ViT classifier through the Neuron backend (CPU stand-in compiler): one module per batch bucket at the
     processor's image size, validated, and its pyfunc answers real images like the source's."""

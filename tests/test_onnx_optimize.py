@@ -32,6 +32,7 @@ def _versions(name: str) -> List[str]:
     return sorted(str(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
 
 
+@pytest.mark.integration
 def test_optimized_export_fuses_validates_and_predicts_like_the_source(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1", format="onnx", optimize=True)
     tags = result.model_version.tags
@@ -52,6 +53,7 @@ def test_optimized_export_fuses_validates_and_predicts_like_the_source(source: s
     np.testing.assert_allclose(src["score"], opt["score"], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_int8_export_records_label_agreement(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1", format="onnx", quantize="int8")
     tags = result.model_version.tags
@@ -70,12 +72,14 @@ def test_int8_export_records_label_agreement(source: str) -> None:
     assert list(out.columns) == ["label", "score"] and len(out) == 3
 
 
+@pytest.mark.integration
 def test_optimized_and_quantized_together(source: str) -> None:
     result = mlflow_tfexport.export(f"models:/{source}/1", format="onnx", optimize=True, quantize="int8")
     tags = result.model_version.tags
     assert tags[Tag.OPTIMIZED].startswith("ort-transformers:") and tags[Tag.QUANTIZED] == "int8"
 
 
+@pytest.mark.integration
 def test_failing_agreement_registers_nothing(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quantized, "label_agreement", lambda spec, task, ref, got, mask: (1, 2))
     before = _versions(source)
@@ -84,6 +88,7 @@ def test_failing_agreement_registers_nothing(source: str, monkeypatch: pytest.Mo
     assert _versions(source) == before
 
 
+@pytest.mark.integration
 def test_agreement_threshold_is_an_option(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # 0.75 on random tokens: below the synthetic floor (0.8), above a min_agreement of 0.7.
     monkeypatch.setattr(quantized, "label_agreement", lambda spec, task, ref, got, mask: (3, 4))
@@ -109,6 +114,7 @@ def test_bad_options_are_rejected(source: str, kwargs: Any, match: str) -> None:
     assert _versions(source) == before
 
 
+@pytest.mark.integration
 def test_cli_optimize_and_quantize(source: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", f"models:/{source}/1", "--optimize", "--quantize", "int8"]) == 0
     assert "label agreement" in capsys.readouterr().out

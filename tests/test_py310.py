@@ -96,6 +96,7 @@ def python310() -> Optional[str]:
 PYTHON310 = python310()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(PYTHON310 is None, reason="no python3.10 interpreter on this machine")
 def test_serving_modules_compile_with_a_real_python310(tmp_path: object) -> None:
     files = [os.path.join(PACKAGE, p) for p in SERVING]

@@ -82,6 +82,7 @@ def _probs(staged: api.StagedExport, staging: str, texts: List[str]) -> np.ndarr
     "mode, per_channel",
     [("int8", True), ("int8-per-tensor", False), ("int8-static", True), ("int8-blockwise", False)],
 )
+@pytest.mark.integration
 def test_each_mode_records_its_options_and_predicts_close_to_fp32(
     source_dir: str, tmp_path: Any, mode: str, per_channel: bool
 ) -> None:
@@ -109,6 +110,7 @@ def test_each_mode_records_its_options_and_predicts_close_to_fp32(
     np.testing.assert_allclose(_probs(staged, staging, TEXTS), _probs(fp32, fp32_dir, TEXTS), atol=0.05)
 
 
+@pytest.mark.integration
 def test_per_channel_weights_have_a_scale_per_output_channel(source_dir: str, tmp_path: Any) -> None:
     scales: Dict[str, List[np.ndarray]] = {}
     for mode in ("int8", "int8-per-tensor"):
@@ -123,6 +125,7 @@ def test_per_channel_weights_have_a_scale_per_output_channel(source_dir: str, tm
     assert any(s.shape == (hidden,) for s in per_channel)
 
 
+@pytest.mark.integration
 def test_op_types_and_reduce_range_are_applied_and_recorded(source_dir: str, tmp_path: Any) -> None:
     staging = str(tmp_path / "mm")
     os.makedirs(staging)
@@ -138,11 +141,13 @@ def test_op_types_and_reduce_range_are_applied_and_recorded(source_dir: str, tmp
     assert all(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer if "embeddings" in i.name)
 
 
+@pytest.mark.integration
 def test_an_op_type_the_graph_lacks_is_refused(source_dir: str, tmp_path: Any) -> None:
     with pytest.raises(ExportError, match=r"quantised no node.*Attention.*optimize=True"):
         stage(source_dir, str(tmp_path), quantize="int8", quantize_op_types=["Attention"])
 
 
+@pytest.mark.integration
 def test_static_int8_calibrates_on_the_given_rows(
     source_dir: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,6 +258,7 @@ def registered(tracking_uri: str, tiny_model: Any) -> Tuple[str, str]:
     return "models:/sentiment/1", result.model_uri
 
 
+@pytest.mark.integration
 def test_quantising_an_onnx_version_reuses_its_graph(registered: Tuple[str, str], tmp_path: Any) -> None:
     source_uri, onnx_uri = registered
     options = make_options("onnx", quantize="int8")
@@ -286,6 +292,7 @@ def test_quantising_an_onnx_version_reuses_its_graph(registered: Tuple[str, str]
         ({"format": "torchscript", "trace_shape": "1x8"}, r"a torchscript export comes from the source"),
     ],
 )
+@pytest.mark.integration
 def test_what_cannot_apply_to_an_onnx_graph_is_refused(
     registered: Tuple[str, str], tmp_path: Any, kwargs: Dict[str, Any], match: str
 ) -> None:
@@ -294,6 +301,7 @@ def test_what_cannot_apply_to_an_onnx_graph_is_refused(
         resolve_export_source(MlflowClient(), onnx_uri, make_options(**kwargs), str(tmp_path / "s"))
 
 
+@pytest.mark.integration
 def test_a_source_uri_is_resolved_as_before(registered: Tuple[str, str], tmp_path: Any) -> None:
     source_uri, _ = registered
     options = make_options("onnx", quantize="int8")
@@ -301,6 +309,7 @@ def test_a_source_uri_is_resolved_as_before(registered: Tuple[str, str], tmp_pat
     assert source.canonical_uri == source_uri and same is options
 
 
+@pytest.mark.integration
 def test_export_quantises_an_onnx_version(registered: Tuple[str, str]) -> None:
     _, onnx_uri = registered
     result = mlflow_tfexport.export(onnx_uri, format="onnx", quantize="int8", quantize_op_types="MatMul,Attention")
@@ -313,6 +322,7 @@ def test_export_quantises_an_onnx_version(registered: Tuple[str, str]) -> None:
         mlflow_tfexport.export(result.model_uri, format="onnx", quantize="int8")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("optimize", [False, True])
 def test_static_int8_quantises_activations_and_leaves_no_files_behind(
     source_dir: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, optimize: bool

@@ -78,6 +78,7 @@ def _flip_labels(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
 # --------------------------------------------------------------------------- export on real data
 
 
+@pytest.mark.integration
 def test_export_with_a_csv_file_records_tags_description_and_dataset_input(registry: Dict[str, Any]) -> None:
     result = registry["result"]
     data = load_validation_data(REVIEWS, get_task("text-classification"))
@@ -103,6 +104,7 @@ def test_export_with_a_csv_file_records_tags_description_and_dataset_input(regis
     assert run.data.metrics["label_agreement"] == 1.0
 
 
+@pytest.mark.integration
 def test_onnx_is_also_checked_at_the_maximum_length(registry: Dict[str, Any]) -> None:
     result = registry["result"]
     assert (2, 64) in result.report.shapes  # tiny BERT: max_length 64
@@ -111,6 +113,7 @@ def test_onnx_is_also_checked_at_the_maximum_length(registry: Dict[str, Any]) ->
     assert "logits at input 2x64" in result.report.to_text()
 
 
+@pytest.mark.integration
 def test_the_data_is_part_of_the_export_key(registry: Dict[str, Any]) -> None:
     as_list = mlflow_tfexport.export(f"models:/{NAME}/1", validation_data=TEXTS)
     assert as_list.created and as_list.model_version.tags[Tag.DATA_ORIGIN] == "list"
@@ -122,6 +125,7 @@ def test_the_data_is_part_of_the_export_key(registry: Dict[str, Any]) -> None:
     assert as_list.model_version.version != registry["result"].model_version.version
 
 
+@pytest.mark.integration
 def test_synthetic_only_without_data_or_input_example(registry: Dict[str, Any]) -> None:
     result = mlflow_tfexport.export(f"models:/{NAME}/1", opset=18)
     tags = result.model_version.tags
@@ -134,6 +138,7 @@ def test_synthetic_only_without_data_or_input_example(registry: Dict[str, Any]) 
     assert not mlflow.get_run(result.run_id).inputs.dataset_inputs
 
 
+@pytest.mark.integration
 def test_the_source_input_example_is_used_without_data(registry: Dict[str, Any]) -> None:
     model, tok = tiny("text-classification")
     with mlflow.start_run():
@@ -147,6 +152,7 @@ def test_the_source_input_example_is_used_without_data(registry: Dict[str, Any])
     assert logged.dataset.name == "input example"
 
 
+@pytest.mark.integration
 def test_a_broken_variant_is_refused_naming_metric_value_and_threshold(
     registry: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,6 +171,7 @@ def test_a_broken_variant_is_refused_naming_metric_value_and_threshold(
     assert failed and failed[0].info.status == "FAILED" and failed[0].inputs.dataset_inputs
 
 
+@pytest.mark.integration
 def test_a_quantised_variant_below_min_agreement_names_the_options_that_apply(
     registry: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,6 +186,7 @@ def test_a_quantised_variant_below_min_agreement_names_the_options_that_apply(
     assert _versions() == before
 
 
+@pytest.mark.integration
 def test_export_to_directory_validates_on_data(tmp_path: Any, tiny_model: Any) -> None:
     model, tok = tiny_model("text-classification")
     mlflow_tfexport.save_model(model, str(tmp_path / "src"), tokenizer=tok)
@@ -192,6 +200,7 @@ def test_export_to_directory_validates_on_data(tmp_path: Any, tiny_model: Any) -
 # --------------------------------------------------------------------------- validate --tag, promote
 
 
+@pytest.mark.integration
 def test_cli_export_validate_tag_and_promote_refusal(
     registry: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -222,6 +231,7 @@ def test_cli_export_validate_tag_and_promote_refusal(
     assert MlflowClient().get_registered_model(NAME).aliases == {}
 
 
+@pytest.mark.integration
 def test_validate_refuses_what_is_not_an_exported_variant(
     registry: Dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

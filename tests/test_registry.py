@@ -61,6 +61,7 @@ def test_lookups_find_exactly_the_name(tracking_uri: str, name: str) -> None:
     assert [r["version"] for r in variant_rows(name)] == [mine, other]
 
 
+@pytest.mark.integration
 def test_export_twice_under_a_name_with_a_quote_is_idempotent(tracking_uri: str, tiny_model: Any,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     model, tok = tiny_model("text-classification")

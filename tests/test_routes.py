@@ -122,6 +122,7 @@ def test_signature_and_input_schema_together_are_refused(tmp_path: Any) -> None:
         mlflow_tfexport.save_model(model, str(tmp_path / "m"), tokenizer=tok, signature=signature, input_schema=True)
 
 
+@pytest.mark.integration
 def test_variants_carry_the_source_schema_and_input_example(registry: Dict[str, Any]) -> None:
     source = registry["uris"]["transformers"]
     source_model = Model.load(source)
@@ -139,6 +140,7 @@ def test_variants_carry_the_source_schema_and_input_example(registry: Dict[str, 
         }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_validate_serving_input_works_for_every_variant(registry: Dict[str, Any], pyfuncs: Dict[str, Any],
                                                         variant: str) -> None:
@@ -154,6 +156,7 @@ def test_validate_serving_input_works_for_every_variant(registry: Dict[str, Any]
     pd.testing.assert_frame_equal(pd.DataFrame(validate_serving_input(uri, hand)), expected)
 
 
+@pytest.mark.integration
 def test_a_model_without_input_schema_still_takes_bare_lists(registry: Dict[str, Any]) -> None:
     uri = "models:/plain/1"
     model = Model.load(uri)
@@ -165,6 +168,7 @@ def test_a_model_without_input_schema_still_takes_bare_lists(registry: Dict[str,
     assert answer["label"].tolist() == mlflow.pyfunc.load_model(uri).predict(EXAMPLE)["label"].tolist()
 
 
+@pytest.mark.integration
 def test_what_mlflow_enforces_before_our_checks(pyfuncs: Dict[str, Any]) -> None:
     model = pyfuncs["onnx"]
     # Python objects in a string column pass MLflow's check unchanged and reach ours.
@@ -188,6 +192,7 @@ def test_what_mlflow_enforces_before_our_checks(pyfuncs: Dict[str, Any]) -> None
     ({"dataframe_split": {"columns": ["text"], "data": [["ok"], [7]]}}, r"Column 'text', row 1: .*received int 7"),
     ({"dataframe_records": [{"text": 1.5}]}, r"Column 'text', row 0: .*received float 1.5"),
 ])
+@pytest.mark.integration
 def test_json_requests_with_non_text_get_our_message(pyfuncs: Dict[str, Any], body: Dict[str, Any],
                                                      match: str) -> None:
     model = pyfuncs["transformers"]
@@ -196,6 +201,7 @@ def test_json_requests_with_non_text_get_our_message(pyfuncs: Dict[str, Any], bo
         model.predict(data)
 
 
+@pytest.mark.integration
 def test_inputs_payloads_are_cast_to_strings_by_mlflow(pyfuncs: Dict[str, Any]) -> None:
     """The coerced case (README): MLflow's parser casts ``inputs``/``instances`` values to the schema's type."""
     model = pyfuncs["transformers"]
@@ -205,6 +211,7 @@ def test_inputs_payloads_are_cast_to_strings_by_mlflow(pyfuncs: Dict[str, Any]) 
     assert len(model.predict(data)) == 4  # answered as the texts "True", "1", "None"
 
 
+@pytest.mark.integration
 def test_named_requests_answer_like_the_plain_model(pyfuncs: Dict[str, Any]) -> None:
     plain = mlflow.pyfunc.load_model("models:/plain/1").predict(TEXTS)
     for variant, model in pyfuncs.items():
@@ -216,6 +223,7 @@ def test_named_requests_answer_like_the_plain_model(pyfuncs: Dict[str, Any]) -> 
         assert records["label"].tolist() == plain["label"].tolist(), variant
 
 
+@pytest.mark.integration
 def test_empty_batches_with_a_named_schema(pyfuncs: Dict[str, Any]) -> None:
     model = pyfuncs["onnx"]
     schema = model.metadata.get_input_schema()
@@ -229,6 +237,7 @@ def test_empty_batches_with_a_named_schema(pyfuncs: Dict[str, Any]) -> None:
         model.predict(infer_and_parse_data({"dataframe_records": []}, schema))
 
 
+@pytest.mark.integration
 def test_evaluate_classifier_with_the_documented_calls(registry: Dict[str, Any], pyfuncs: Dict[str, Any]) -> None:
     model = pyfuncs["onnx"]
     labels = model.predict(pd.DataFrame({"text": TEXTS}))["label"].tolist()
@@ -307,6 +316,7 @@ def torch_public_version() -> str:
     return importlib.metadata.version("torch").split("+")[0]
 
 
+@pytest.mark.integration
 def test_the_versions_tag_uses_the_same_pins_as_the_requirements(registry: Dict[str, Any]) -> None:
     from mlflow import MlflowClient
 

@@ -52,6 +52,7 @@ def registry(module_registry: str) -> Dict[str, Any]:
             "feature_model": fmodel}
 
 
+@pytest.mark.integration
 def test_export_registers_tagged_version(registry: Dict[str, Any]) -> None:
     result = registry["result"]
     assert result.created and str(result.model_version.version) == "2"
@@ -67,6 +68,7 @@ def test_export_registers_tagged_version(registry: Dict[str, Any]) -> None:
     assert "1x8" in result.model_version.description and "✓" in result.model_version.description
 
 
+@pytest.mark.integration
 def test_variant_files_and_flavor_block(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
     conf = mlflow_tfexport.serving.conf.read_flavor_conf(local)
@@ -80,6 +82,7 @@ def test_variant_files_and_flavor_block(registry: Dict[str, Any], tmp_path: Any)
     assert report["passed"] is True
 
 
+@pytest.mark.integration
 def test_round_trip_predictions_equal_eager_source(registry: Dict[str, Any]) -> None:
     source = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
     variant = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
@@ -91,6 +94,7 @@ def test_round_trip_predictions_equal_eager_source(registry: Dict[str, Any]) -> 
     assert set(native.model) == {"1x8", "1x32"}
 
 
+@pytest.mark.integration
 def test_longer_than_largest_bucket_is_truncated_or_rejected(registry: Dict[str, Any]) -> None:
     variant = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
     assert len(variant.predict([LONG_TEXT])) == 1  # truncated to 32 tokens
@@ -98,6 +102,7 @@ def test_longer_than_largest_bucket_is_truncated_or_rejected(registry: Dict[str,
         variant.predict([LONG_TEXT], params={"truncation": False})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [NAME, FEATURES])
 def test_bucketing_matches_eager_for_every_batch_and_length(registry: Dict[str, Any], tmp_path: Any,
                                                             name: str) -> None:
@@ -162,6 +167,7 @@ def test_static_runner_strips_padding_by_output_axes() -> None:
     np.testing.assert_array_equal(got["per_row"][:, 0], ids[:, 0])
 
 
+@pytest.mark.integration
 def test_serving_runtime_does_not_import_transformers(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
     code = textwrap.dedent(
@@ -194,6 +200,7 @@ def test_serving_runtime_does_not_import_transformers(registry: Dict[str, Any], 
         ("8", "BATCHxSEQUENCE"),
     ],
 )
+@pytest.mark.integration
 def test_bad_trace_shapes_register_nothing(registry: Dict[str, Any], trace_shape: Any, match: str) -> None:
     before = versions(NAME)
     with pytest.raises(ExportError, match=match):
@@ -201,6 +208,7 @@ def test_bad_trace_shapes_register_nothing(registry: Dict[str, Any], trace_shape
     assert versions(NAME) == before
 
 
+@pytest.mark.integration
 def test_neuron_options_on_torchscript_are_rejected(registry: Dict[str, Any]) -> None:
     before = versions(NAME)
     with pytest.raises(ExportError, match="format='neuron' only"):
@@ -208,6 +216,7 @@ def test_neuron_options_on_torchscript_are_rejected(registry: Dict[str, Any]) ->
     assert versions(NAME) == before
 
 
+@pytest.mark.integration
 def test_task_with_untraceable_output_axes_is_rejected(registry: Dict[str, Any],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     spec = TASKS["text-classification"]
@@ -219,6 +228,7 @@ def test_task_with_untraceable_output_axes_is_rejected(registry: Dict[str, Any],
     assert versions(NAME) == before
 
 
+@pytest.mark.integration
 def test_task_whose_outputs_cannot_be_traced_is_rejected(registry: Dict[str, Any],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     spec = TASKS["text-classification"]
@@ -231,17 +241,20 @@ def test_task_whose_outputs_cannot_be_traced_is_rejected(registry: Dict[str, Any
     assert versions(NAME) == before
 
 
+@pytest.mark.integration
 def test_reexport_is_idempotent(registry: Dict[str, Any]) -> None:
     again = mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript", trace_shape="1x32,1x8")
     assert not again.created and str(again.model_version.version) == "2"
 
 
+@pytest.mark.integration
 def test_mlmodel_is_plain_yaml(registry: Dict[str, Any], tmp_path: Any) -> None:
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
     mlmodel = yaml.safe_load(read(os.path.join(local, "MLmodel")))
     assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tfexport.serving.pyfunc"
 
 
+@pytest.mark.integration
 def test_export_validated_on_real_rows_at_the_largest_bucket(registry: Dict[str, Any]) -> None:
     """The served embeddings of the variant and the source agree on real rows, both truncated where the variant
     truncates (its largest bucket); padded positions are left out of the tensor checks."""
@@ -256,6 +269,7 @@ def test_export_validated_on_real_rows_at_the_largest_bucket(registry: Dict[str,
     assert result.report is not None and "real tokens only" in result.report.extra["compared_positions"]
 
 
+@pytest.mark.integration
 def test_deberta_padded_positions_are_not_compared(tmp_path: Any) -> None:
     """DeBERTa's values at padded positions depend on how much padding there is (0.01 apart between the eager
     batch and the bucket); its real tokens are identical, and only they are compared for a static variant."""
@@ -282,6 +296,7 @@ def _save_arch(arch: str, task: str, path: Any) -> Any:
     return model
 
 
+@pytest.mark.integration
 def test_deberta_v2_question_answering_compares_real_positions_only(tmp_path: Any) -> None:
     """DeBERTa-v2's logits at padded positions depend on the padding length; its real positions equal the source's,
     along both the batch axis (dummy rows) and the sequence axis (bucket padding)."""
@@ -293,6 +308,7 @@ def test_deberta_v2_question_answering_compares_real_positions_only(tmp_path: An
     assert (5, 21) in report.shapes and "real tokens only" in report.extra["compared_positions"]
 
 
+@pytest.mark.integration
 def test_convbert_real_difference_is_still_caught(tmp_path: Any) -> None:
     """ConvBERT's convolution over the sequence sees the bucket's padding: its real tokens differ (~1e-3), and the
     message says so with advice for a static-shape variant (no opset or exporter there)."""
@@ -309,6 +325,7 @@ def test_convbert_real_difference_is_still_caught(tmp_path: Any) -> None:
     assert not os.path.exists(tmp_path / "ts")
 
 
+@pytest.mark.integration
 def test_bloom_traces_with_its_plain_gelu_and_round_trips(tmp_path: Any) -> None:
     """BLOOM's GELU is a custom autograd Function that torch.jit.save cannot serialise; the traced copy uses its
     plain-math twin (the same forward), and the variant answers like the source."""
@@ -341,6 +358,7 @@ def _bloom_gelu_saves_in_eval_mode() -> bool:
     return True
 
 
+@pytest.mark.integration
 def test_bloom_without_the_twin_is_refused_precisely(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow_tfexport.export import inference_ops
     from mlflow_tfexport.export.api import export_to_directory

@@ -82,6 +82,7 @@ def _kill_mid_export(tracking_uri: str, name: str, request: str) -> int:
     return proc.pid
 
 
+@pytest.mark.integration
 def test_serve_answers_a_request_whose_worker_was_killed(tracking_uri: str, tmp_path: Any) -> None:
     _source("crashed", "onnx", tmp_path)
     _kill_mid_export(tracking_uri, "crashed", "onnx")
@@ -97,6 +98,7 @@ def _fake_export(uri: str, **kwargs: Any) -> Any:
     return SimpleNamespace(model_uri=f"models:/{uri.split('/')[1]}/7")
 
 
+@pytest.mark.integration
 def test_requeue_takes_only_jobs_whose_worker_is_gone(tracking_uri: str, tmp_path: Any) -> None:
     client = MlflowClient()
     _source("dead", "onnx", tmp_path)

@@ -17,7 +17,8 @@ from test_vision import png_bytes, sample_images
 from tiny import bert_tokenizer
 
 LABELS = ["cat", "dog", "fish"]
-pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+#: Every test here exports a model: not in the fast tier (make test-fast).
+pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"), pytest.mark.integration]
 
 
 def tiny_clip() -> Any:

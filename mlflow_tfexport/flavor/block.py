@@ -126,7 +126,7 @@ def write_model(
         model_config=default_model_config(block[FlavorKey.FORMAT],
                                           batching=batchable(get_task(block[FlavorKey.TASK]))),
         # Generation tasks stream (``PyFuncModel.predict_stream`` calls the pyfunc's ``predict_stream``).
-        **({"streamable": True} if get_task(block[FlavorKey.TASK]).stream is not None else {}),
+        **({"streamable": True} if get_task(block[FlavorKey.TASK]).generate is not None else {}),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE))

@@ -17,6 +17,7 @@ from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 from mlflow_tfexport.serving.frames import frame
 from mlflow_tfexport.serving.images import PREPROCESSOR_FILE, ImagePreprocessor, parse_image_input
+from mlflow_tfexport.serving.rules import postprocess_of
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.tasks import OutputKind
 
@@ -35,8 +36,7 @@ class ImagePyfunc(PyfuncBase):
         p = self._params(params)
         images = parse_image_input(model_input)
         batch_size = self._batch_size(p)
-        post = self.spec.postprocess
-        assert post is not None  # every image task has one (tasks.py)
+        post = postprocess_of(self.spec)
         rows: List[Any] = []
         for start in range(0, len(images), batch_size):
             check_deadline(deadline, start, len(images), "images")

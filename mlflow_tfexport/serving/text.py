@@ -21,6 +21,7 @@ from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 from mlflow_tfexport.serving.frames import Columns, concat_columns, frame, frame_from_columns, rows_of
 from mlflow_tfexport.serving.inputs import parse_text_input
 from mlflow_tfexport.serving.postprocess import Context
+from mlflow_tfexport.serving.rules import decoder_of, postprocess_of
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.serving.tokenization import TOKENIZER_CONFIG_FILE, TextEncoder, split_rows
 from mlflow_tfexport.tasks import OutputKind, TaskSpec
@@ -50,9 +51,8 @@ class TfexportPyfunc(PyfuncBase):
         p = self._params(params)
         texts, pairs = parse_text_input(model_input, self.spec)
         if self.spec.generate is not None:
-            return self.spec.generate(self.runner, self.encoder, self.conf, texts, p, deadline=deadline)
-        post = self.spec.postprocess
-        assert post is not None  # a task either generates or post-processes (tasks.py)
+            return decoder_of(self.spec).generate(self.runner, self.encoder, self.conf, texts, p, deadline=deadline)
+        post = postprocess_of(self.spec)
         parts: List[Any] = []  # one per chunk: its rows, or its Columns
         for start, stop in split_rows(len(texts), self._batch_size(p)):
             check_deadline(deadline, start, len(texts))
@@ -76,7 +76,7 @@ class TfexportPyfunc(PyfuncBase):
         """One prompt's answer as text chunks while it is generated (``mlflow.pyfunc``'s ``predict_stream``,
         offered by the MLmodel of generation tasks: ``streamable``); the chunks join into ``predict``'s
         answer for that prompt."""
-        if self.spec.stream is None:
+        if self.spec.generate is None:
             raise BadInputError(f"Task {self.spec.name!r} does not stream: call predict.")
         p = self._params(params)
         texts, _ = parse_text_input(model_input, self.spec)
@@ -85,7 +85,7 @@ class TfexportPyfunc(PyfuncBase):
                 f"predict_stream takes one prompt, received {len(texts)}. Send one string, or call predict for "
                 "several prompts."
             )
-        return iter(self.spec.stream(self.runner, self.encoder, self.conf, texts[0], p))
+        return iter(decoder_of(self.spec).stream(self.runner, self.encoder, self.conf, texts[0], p))
 
     def _format(self, parts: List[Any]) -> Any:
         if parts and all(isinstance(part, Columns) for part in parts):
