@@ -176,24 +176,6 @@ def render_vision(results: List[VisionCellResult]) -> str:
     return "\n".join(out) + "\n"
 
 
-README_START = "<!-- support-table:start -->"
-README_END = "<!-- support-table:end -->"
-
-
-def update_readme(text: str, readme: str = os.path.join(ROOT, "README.md")) -> None:
-    """Replace the README's support-table block (between the markers) with the generated table."""
-    with open(readme) as f:
-        content = f.read()
-    if README_START not in content or README_END not in content:
-        return
-    body = text.split("\n", 1)[1].strip()  # drop the file's own title
-    head, rest = content.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    with open(readme, "w") as f:
-        f.write(f"{head}{README_START}\n{body}\n{README_END}{tail}")
-    print(f"updated {readme}", file=sys.stderr)
-
-
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "support-table.md"),
@@ -228,7 +210,6 @@ def main(argv: List[str] | None = None) -> int:
         with open(args.output, "w") as f:
             f.write(text)
         print(f"wrote {args.output}", file=sys.stderr)
-        update_readme(text)
     return 0 if all(r.as_expected for r in results) and all(v.as_expected for v in vision) else 1
 
 

@@ -7,8 +7,10 @@ of the project's packages), which ``.ci/run`` calls. In the main environment, wh
 ``mlserver`` is not installed, the module is skipped with that reason; ``.ci/mlserver.sh``
 sets ``TFEXPORT_MLSERVER_REQUIRED=1``, under which a missing ``mlserver`` is an error, not a skip.
 
-One ``mlserver start`` on a folder with one ``model-settings.json`` per variant
-(``implementation: mlserver_mlflow.MLflowRuntime``), models logged with ``input_schema=True``.
+One ``mlserver start`` on a folder with one ``model-settings.json`` per variant and a ``settings.json``,
+both taken from the docs page that shows them (docs/serving/mlserver.md: ``implementation:
+mlserver_mlflow.MLflowRuntime``, adaptive batching, ``parallel_workers: 0``, the model in ``./model``),
+with only names, ports and host replaced; models logged with ``input_schema=True``.
 Each variant answers V2 ``infer`` requests (BYTES tensors named like the schema's inputs,
 with and without the optional ``text_pair``; and a ``pd`` (dataframe codec) request) and
 MLServer's MLflow-compatible ``/invocations`` exactly like the in-process pyfunc.
@@ -31,6 +33,7 @@ import mlserver_mlflow  # noqa: E402,F401  (a missing package is an error under 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import requests  # noqa: E402
+from docs_blocks import docs_json  # noqa: E402
 from helpers import sqlite_registry  # noqa: E402
 from servers import free_port, running, tail  # noqa: E402
 from tiny import tiny  # noqa: E402
@@ -43,6 +46,7 @@ NAME = "sentiment"
 TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it was the worst film of the city."]
 PAIRS = ["a second text", "another one", "and a third"]
 VARIANTS = ("transformers", "onnx", "torchscript")
+DOCS_PAGE = "serving/mlserver.md"  # the settings below are read from it
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +67,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
                                                   trace_shape=["2x16"]).model_uri,
         }
         repo = root / "models"
+        model_settings = docs_json(DOCS_PAGE, "model-settings.json")
         for variant, model_uri in uris.items():
             folder = repo / variant
-            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(root / "artifacts" / variant))
             folder.mkdir(parents=True)
-            (folder / "model-settings.json").write_text(json.dumps({
-                "name": f"{NAME}-{variant}",
-                "implementation": "mlserver_mlflow.MLflowRuntime",
-                "parameters": {"uri": local},
-            }))
+            # Where the page's model-settings.json says the model is (a path relative to that file).
+            local = folder / model_settings["parameters"]["uri"]
+            mlflow.artifacts.download_artifacts(model_uri, dst_path=str(local))
+            (folder / "model-settings.json").write_text(json.dumps({**model_settings, "name": f"{NAME}-{variant}"}))
         http, grpc, metrics = free_port(), free_port(), free_port()
+        settings = docs_json(DOCS_PAGE, "settings.json")
+        assert settings["parallel_workers"] == 0
         (repo / "settings.json").write_text(json.dumps({
-            "http_port": http, "grpc_port": grpc, "metrics_port": metrics, "parallel_workers": 0,
-            "host": "127.0.0.1",
+            **settings, "http_port": http, "grpc_port": grpc, "metrics_port": metrics, "host": "127.0.0.1",
         }))
         base = f"http://127.0.0.1:{http}"
         mlserver = os.path.join(os.path.dirname(sys.executable), "mlserver")

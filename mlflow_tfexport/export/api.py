@@ -184,14 +184,14 @@ def export_to_directory(
 
     The same export and validation as :func:`export`, without tracking or registry: ``path`` becomes a
     complete MLflow model (loadable with ``mlflow.pyfunc.load_model`` and servable with
-    ``mlflow models serve -m <path>``).
+    ``mlflow models serve -m <path>``). The keyword options (``opset``, ``atol``, ``exporter``,
+    ``trace_shape``, ``optimize``, the ``quantize*`` options, ``min_agreement``, ``neuron_target``,
+    ``compiler_args``, ``device``, ``validation_data``) mean what they mean for :func:`export`.
 
     Args:
         source_dir: A directory written by ``mlflow_tfexport.save_model`` (a source model, not a variant).
         path: The directory to write; it must not exist or be empty.
         format: ``"onnx"`` (default), ``"torchscript"`` or ``"neuron"``.
-        opset, atol, exporter, trace_shape, optimize, quantize, min_agreement, neuron_target, compiler_args,
-            device, validation_data: As for :func:`export`.
 
     Returns:
         The variant's ``tfexport`` flavor block and its validation report.

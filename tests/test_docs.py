@@ -1,0 +1,211 @@
+"""The documentation runs: every code block of every page under docs/ is run here or marked why not.
+
+See ``docs_blocks.py`` for the convention. Python blocks of a page run in order in one namespace, bash
+blocks with ``bash -e`` in between, all in a temporary folder with its own SQLite registry (the
+working directory, as a user's shell would be); pages marked ``<!-- docs-test: after quickstart -->``
+start from a copy of the folder the quickstart page left (``sentiment`` v1 the source, v2 its ONNX
+export, ``@production`` on v2). The references generated at build time (CLI, API, tasks) are checked
+against what they are generated from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any, Dict, Iterator, List
+
+import mlflow
+import pytest
+from docs_blocks import ROOT, RUNNABLE, blocks, pages, read_page
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import mkdocs_hooks  # noqa: E402
+
+AFTER_QUICKSTART = "<!-- docs-test: after quickstart -->"
+QUICKSTART = "quickstart.md"
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _runnable_pages() -> List[str]:
+    return [p for p in pages() if any(b.lang in RUNNABLE and b.marker is None for b in blocks(p))]
+
+
+def test_every_block_is_run_or_marked() -> None:
+    problems = []
+    for page in pages():
+        for block in blocks(page):
+            if block.marker == "not-run" and not block.marker_text:
+                problems.append(f"{block.where()}: 'not-run:' without a reason")
+            elif block.marker == "used-by":
+                test_file, _, name = block.marker_text.partition(" as ")
+                path = os.path.join(ROOT, test_file.strip())
+                reads = os.path.isfile(path) and page in _read(path)
+                if not name.strip() or not reads:
+                    problems.append(f"{block.where()}: 'used-by: {block.marker_text}' names no test that reads "
+                                    f"docs/{page}")
+            elif block.marker is None and block.lang not in RUNNABLE:
+                problems.append(f"{block.where()}: a {block.lang or 'plain'} block that is not run; mark it "
+                                "'<!-- not-run: <reason> -->' or make it python/bash")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_docs_run_their_blocks() -> None:
+    """The pages with blocks to run are the ones the page tests below run (the rule above has teeth)."""
+    assert QUICKSTART in _runnable_pages()
+    assert len(_runnable_pages()) >= 8, _runnable_pages()
+
+
+def _run_page(page: str, folder: str) -> None:
+    uri = f"sqlite:///{folder}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env.update(HF_HUB_OFFLINE="1", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    namespace: Dict[str, Any] = {"__name__": "__docs__"}
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        for block in blocks(page):
+            if block.marker is not None or block.lang not in RUNNABLE:
+                continue
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            if block.lang == "python":
+                try:
+                    exec(compile(block.code, block.where(), "exec"), namespace)
+                except Exception as exc:
+                    raise AssertionError(f"{block.where()} failed: {exc!r}\n{block.code}") from exc
+            else:
+                done = subprocess.run(["bash", "-e", "-c", block.code], env=env, capture_output=True, text=True,
+                                      timeout=900)
+                assert done.returncode == 0, (f"{block.where()} exited {done.returncode}\n{block.code}\n"
+                                              f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}")
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        os.chdir(previous)
+
+
+def _fresh_folder(root: Any) -> str:
+    folder = str(root)
+    os.symlink(os.path.join(ROOT, "examples"), os.path.join(folder, "examples"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def quickstart_folder(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> Iterator[str]:
+    folder = _fresh_folder(tmp_path_factory.mktemp("docs-quickstart"))
+    shutil.copyfile(_empty_mlflow_db, os.path.join(folder, "mlflow.db"))
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        _run_page(QUICKSTART, folder)
+        yield folder
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+
+
+@pytest.mark.slow
+def test_quickstart_page_runs(quickstart_folder: str) -> None:
+    client = mlflow.MlflowClient(f"sqlite:///{quickstart_folder}/mlflow.db", f"sqlite:///{quickstart_folder}/mlflow.db")
+    assert client.get_model_version_by_alias("sentiment", "production").tags["tfexport.format"] == "onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p for p in _runnable_pages() if p != QUICKSTART])
+def test_page_runs(page: str, tmp_path: Any, request: pytest.FixtureRequest, _empty_mlflow_db: str) -> None:
+    if AFTER_QUICKSTART in read_page(page):
+        source = request.getfixturevalue("quickstart_folder")
+        folder = str(tmp_path / "work")
+        shutil.copytree(source, folder, symlinks=True)
+    else:
+        folder = _fresh_folder(tmp_path)
+        shutil.copyfile(_empty_mlflow_db, os.path.join(folder, "mlflow.db"))
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        _run_page(page, folder)
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+
+
+# The references generated at build time (scripts/mkdocs_hooks.py).
+
+
+def test_cli_reference_has_every_subcommand_and_option() -> None:
+    from mlflow_tfexport.cli.main import build_parser
+
+    text = mkdocs_hooks.render_cli_reference()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():  # type: ignore[attr-defined]
+        assert f"## `mlflow-tfexport {name}`" in text
+        for action in sub._actions:
+            if action.__class__.__name__ == "_HelpAction":  # -h, the same on every subcommand
+                continue
+            for option in action.option_strings:
+                assert f"`{option}`" in text, (name, option)
+    assert mkdocs_hooks.MARKER in read_page("reference/cli.md")
+
+
+def test_api_reference_documents_all_of_the_public_api() -> None:
+    import mlflow_tfexport
+
+    text = mkdocs_hooks.render_api_reference()
+    documented = re.findall(r"^::: (\S+)$", text, flags=re.M)
+    assert len(documented) == len(mlflow_tfexport.__all__)
+    for name in mlflow_tfexport.__all__:
+        assert any(path.rsplit(".", 1)[-1] == getattr(getattr(mlflow_tfexport, name), "__qualname__", name)
+                   or path == f"mlflow_tfexport.{name}" for path in documented), name
+    assert mkdocs_hooks.API_MARKER in read_page("reference/api.md")
+
+
+def test_tasks_table_lists_every_task() -> None:
+    from mlflow_tfexport import TASKS
+
+    table = mkdocs_hooks.render_tasks_table()
+    assert all(f"| `{name}` |" in table for name in TASKS)
+    assert mkdocs_hooks.TASKS_MARKER in read_page("index.md")
+
+
+def test_every_page_is_in_the_nav() -> None:
+    with open(os.path.join(ROOT, "mkdocs.yml")) as f:
+        nav = f.read().split("\nnav:", 1)[1]
+    missing = [p for p in pages() if f" {p}" not in nav]
+    assert not missing, f"pages missing from mkdocs.yml's nav: {missing}"
+
+
+# What the docs show and what CI does.
+
+
+def _requirements(text: str) -> List[str]:
+    return sorted(re.findall(r'"((?:mlserver|mlserver-mlflow|pandas)[^"]*)"', text))
+
+
+def test_mlserver_install_recipe_is_what_ci_runs() -> None:
+    install = next(b for b in blocks("serving/mlserver.md") if "pip install" in b.code)
+    with open(os.path.join(ROOT, ".ci", "mlserver.sh")) as f:
+        ci = next(line for line in f if "pip install" in line)
+    assert _requirements(install.code) == _requirements(ci) != []
+    assert "--system-site-packages" not in install.code and "site.addsitedir" in install.code
+
+
+def test_readme_is_the_front_door() -> None:
+    readme = _read(os.path.join(ROOT, "README.md"))
+    assert len(readme.splitlines()) <= 250
+    assert re.search(r"```bash\n(?:.*\n)*?[^\n]*\bmake test\b", readme), "the README shows `make test`"
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert re.search(r"^\s*make test\b", f.read(), flags=re.M), ".ci/run runs the README's `make test`"
+    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert os.path.exists(os.path.join(ROOT, link)), link
+
+
+
+
