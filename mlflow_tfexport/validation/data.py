@@ -82,9 +82,11 @@ class DataFile:
 
     Attributes:
         path: The file on this machine (already checked to be one the reader may read).
-        label: How messages name it, e.g. ``'data.csv'`` or the URI the user gave.
+        label: How messages and the dataset record name it, e.g. ``data.csv`` (its name in a data directory)
+            or the URI the user gave; never a path of the reading machine.
         limits: The bounds of :class:`~mlflow_tfexport.validation.files.ReadLimits`.
-        source: What the dataset record stores as its source (an artifact URI), or ``None``.
+        source: Recorded in the dataset's source (a code source tagged ``tfexport.request.data``) instead of
+            ``label``, e.g. the artifact URI the user gave.
     """
 
     path: str
@@ -414,17 +416,21 @@ def _read_file(data: Union[str, os.PathLike], task: TaskSpec, limits: ReadLimits
 
 def _read_data_file(data: DataFile, task: TaskSpec) -> _Raw:
     """A file read for a registry user: bounded, named by its label, errors that quote nothing of it."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    label = repr(data.label)
     suffix = Path(data.label).suffix.lower()
     if suffix not in SUFFIXES:
         raise FileRefused(
-            f"Validation data {data.label}: unknown suffix {suffix[:16] or '(none)'!r}; expected one of "
+            f"Validation data {label}: unknown suffix {suffix[:16] or '(none)'!r}; expected one of "
             f"{', '.join(SUFFIXES)}."
         )
-    _check_txt(suffix, task, data.label)
-    read = read_columns(Path(data.path), suffix, task.text_columns + task.optional_columns, data.limits, data.label)
+    _check_txt(suffix, task, label)
+    read = read_columns(Path(data.path), suffix, task.text_columns + task.optional_columns, data.limits, label)
     columns = _txt_column(read.columns, task) if suffix == ".txt" else read.columns
     stem = Path(data.label).stem or DEFAULT_NAME
-    return _Raw(columns, f"file {Path(data.label).name}", name=stem[:100], source=data.source, more=read.more,
+    source = CodeDatasetSource(tags={"tfexport.request.data": (data.source or data.label)[:500]})
+    return _Raw(columns, f"file {Path(data.label).name[:200]}", name=stem[:100], source=source, more=read.more,
                 quiet=True)
 
 

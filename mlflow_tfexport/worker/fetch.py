@@ -208,12 +208,13 @@ def request_data(value: Optional[str], client: Any, policy: DataPolicy, scratch:
         roots = list(policy.data_dirs) + (_store_roots(client) if scheme in ("runs", "models") else [])
         real, relative = _check_file(local, value, roots, policy)
         _suffix_ok(real, value)
-        label = value if scheme in ("runs", "models") else relative
-        return DataFile(real, _shown(label), policy.limits, source=value if scheme else None)
+        if scheme in ("runs", "models"):
+            return DataFile(real, value, policy.limits, source=value)
+        return DataFile(real, relative, policy.limits)  # never the worker's path: its name in the data directory
     _check_remote(location, value, policy)
     _suffix_ok(urlparse(location).path, value)
     path = download(location, scratch, policy.limits, value)
-    return DataFile(path, _shown(value), policy.limits, source=value)
+    return DataFile(path, value, policy.limits, source=value)
 
 
 _CHILD = (
