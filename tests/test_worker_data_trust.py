@@ -565,3 +565,29 @@ def test_a_replay_after_a_restart_gets_409(tracking_uri: str, tmp_path: Path) ->
             jobs.stop(timeout=30)
     assert codes == [202, 409]
     assert delivery not in Path(state).read_text()  # digests only
+
+
+@pytest.mark.slow
+def test_a_real_export_validates_on_data_from_a_data_dir_without_recording_its_path(
+    tracking_uri: str, tmp_path: Path, tiny_model: Any
+) -> None:
+    import mlflow_tfexport
+
+    model, tok = tiny_model("text-classification")
+    with mlflow.start_run():
+        mlflow_tfexport.log_model(model, tokenizer=tok, name="model", registered_model_name="real")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "reviews.csv").write_text("text,label\nI loved it,1\nI hated it,0\nNot bad,1\n")
+    (allowed / "bad.csv").write_text("SECRET_COLUMN,OTHER\nvalue,1\n")
+    client = MlflowClient()
+    worker = ExportWorker(client, data_policy=DataPolicy(data_dirs=(str(allowed),)))
+    status = _run(worker, str(allowed / "bad.csv"), "real")
+    assert status.startswith("failed") and "SECRET_COLUMN" not in status and str(tmp_path) not in status, status
+    assert len(client.search_model_versions("name='real'")) == 1  # nothing registered, so no data digest
+    status = _run(worker, str(allowed / "reviews.csv"), "real", request="onnx:opset=17")
+    assert status == "done: models:/real/2", status
+    variant = client.get_model_version("real", "2")
+    assert variant.tags[Tag.DATA_ROWS] == "3" and variant.tags[Tag.DATA_ORIGIN] == "file reviews.csv"
+    (logged,) = mlflow.get_run(variant.run_id).inputs.dataset_inputs
+    assert str(tmp_path) not in logged.dataset.source and "reviews.csv" in logged.dataset.source

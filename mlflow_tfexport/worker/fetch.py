@@ -213,7 +213,8 @@ def request_data(value: Optional[str], client: Any, policy: DataPolicy, scratch:
         return DataFile(real, relative, policy.limits)  # never the worker's path: its name in the data directory
     _check_remote(location, value, policy)
     _suffix_ok(urlparse(location).path, value)
-    path = download(location, scratch, policy.limits, value)
+    tracking_uri = getattr(client, "tracking_uri", None)
+    path = download(location, scratch, policy.limits, value, tracking_uri=tracking_uri)
     return DataFile(path, value, policy.limits, source=value)
 
 
@@ -233,13 +234,17 @@ def _size(folder: str) -> int:
     return total
 
 
-def download(location: str, scratch: str, limits: ReadLimits, value: str) -> str:
-    """Download one artifact into ``scratch`` in a child process, killed past ``max_bytes`` or the timeout."""
+def download(location: str, scratch: str, limits: ReadLimits, value: str, *,
+             tracking_uri: Optional[str] = None) -> str:
+    """Download one artifact into ``scratch`` in a child process, killed past ``max_bytes`` or the timeout.
+
+    ``tracking_uri`` (default: this process's) resolves ``mlflow-artifacts:/`` URIs in the child.
+    """
     import mlflow
 
     dst = os.path.join(scratch, "download")
     os.makedirs(dst, exist_ok=True)
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+    env = dict(os.environ, MLFLOW_TRACKING_URI=str(tracking_uri or mlflow.get_tracking_uri()),
                MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     log = os.path.join(scratch, "download.log")
     with open(log, "wb") as out:
