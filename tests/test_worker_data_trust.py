@@ -151,6 +151,12 @@ def test_no_credential_leaves_for_a_host_the_operator_did_not_configure(
     assert fake.calls == []
 
 
+@pytest.mark.parametrize("scheme", ["http", "https", "file", "HTTPS://"])
+def test_no_data_scheme_can_name_a_credential_carrying_one(scheme: str) -> None:
+    with pytest.raises(ValueError, match="never http, https, file"):
+        DataPolicy(schemes=("s3", scheme))
+
+
 def test_local_paths_only_under_a_data_dir_and_no_existence_oracle(tracking_uri: str, tmp_path: Path) -> None:
     client = MlflowClient()
     _source(client, tmp_path)
