@@ -37,7 +37,11 @@ from mlflow_tfexport.registry import (
     variant_rows,
 )
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
+from mlflow_tfexport.validation import files
+from mlflow_tfexport.validation.files import ReadLimits
 from mlflow_tfexport.validation.revalidate import validate_version
+from mlflow_tfexport.worker import queue, server
+from mlflow_tfexport.worker.fetch import DataPolicy
 
 
 def _progress(stage: str, detail: str) -> None:
@@ -190,9 +194,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         mlflow.set_tracking_uri(args.tracking_uri)
     if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, kubectl) stops cleanly
         signal.signal(signal.SIGTERM, _interrupt)
-    from mlflow_tfexport.validation.files import ReadLimits
-    from mlflow_tfexport.worker.fetch import DataPolicy
-
     limits = ReadLimits(max_rows=args.data_max_rows, max_bytes=args.data_max_bytes,
                         max_line_bytes=args.data_max_line_bytes, max_depth=args.data_max_depth,
                         max_decompressed_bytes=args.data_max_decompressed_bytes,
@@ -230,9 +231,6 @@ def _optional_int(value: str) -> Optional[int]:
 
 def _worker_data_options(p: argparse.ArgumentParser) -> None:
     """The worker's bounds on tfexport.request.data and on its HTTP clients (docs/worker-data.md)."""
-    from mlflow_tfexport.validation import files
-    from mlflow_tfexport.worker import queue, server
-
     p.add_argument("--data-dir", action="append", default=[], metavar="DIR",
                    help="a local directory whose files tfexport.request.data may name (repeatable; default: none, "
                    "only runs:/, models:/ and mlflow-artifacts:/ artifact URIs)")
