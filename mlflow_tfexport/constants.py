@@ -119,6 +119,8 @@ class Tag:
     SOURCE_RUN_ID = "tfexport.source_run_id"  # run tag of an export run: the source version's run
     #: Validation data of a worker request: a local path on the worker, or an artifact URI (runs:/..., s3://...).
     REQUEST_DATA = "tfexport.request.data"
+    #: Starts of the current request ("<n> <request>"): a request that stopped its worker too often fails.
+    REQUEST_ATTEMPTS = "tfexport.request.attempts"
     REQUEST_HANDLED = "tfexport.request.handled"  # the request value the status answers (set by the worker)
     # Who runs an export (run tags) or a worker job (version tags), so that a later process can tell a dead one.
     EXPORT_HOST = "tfexport.export_host"  # socket.gethostname() of the exporting process

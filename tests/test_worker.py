@@ -292,25 +292,31 @@ def _answered(name: str, request: str, version: str = "1", client: Optional[Mlfl
 
 
 def test_request_data_tag_becomes_the_exports_validation_data(tracking_uri: str, tmp_path: Any) -> None:
-    """``tfexport.request.data`` names the validation data: a path on the worker, or an artifact URI that the
-    worker downloads; one that cannot be read fails the request with the reason and exports nothing."""
+    """``tfexport.request.data`` names the validation data: a path under a ``--data-dir`` of the worker, or a
+    registry artifact URI; one that cannot be read fails the request with the reason and exports nothing."""
+    from mlflow_tfexport.validation.data import DataFile
+    from mlflow_tfexport.worker.fetch import DataPolicy
+
     client = MlflowClient()
     client.create_registered_model("m")
     client.create_model_version("m", source=str(tmp_path / "unused"), tags={Tag.FORMAT: "transformers"})
-    data = tmp_path / "texts.txt"
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    data = allowed / "texts.txt"
     data.write_text("I loved it\nI hated it\n")
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(data), "data")
     fake = FakeExport()
-    worker = ExportWorker(client, export_fn=fake)
+    worker = ExportWorker(client, export_fn=fake, data_policy=DataPolicy(data_dirs=(str(allowed),)))
     for value in (str(data), f"runs:/{run.info.run_id}/data/texts.txt"):
         client.set_model_version_tag("m", "1", Tag.REQUEST_DATA, value)
         client.set_model_version_tag("m", "1", Tag.REQUEST, "onnx")
         outcome = worker.process(Job("m", "1", "onnx"))
         assert outcome.status is not None and outcome.status.startswith("done"), outcome.status
-        path = fake.calls[-1][1]["validation_data"]
-        assert path.endswith("texts.txt")
-    client.set_model_version_tag("m", "1", Tag.REQUEST_DATA, str(tmp_path / "missing.csv"))
+        given = fake.calls[-1][1]["validation_data"]
+        assert isinstance(given, DataFile) and given.path.endswith("texts.txt")
+        assert str(tmp_path) not in given.label and str(tmp_path) not in str(given.source)
+    client.set_model_version_tag("m", "1", Tag.REQUEST_DATA, str(allowed / "missing.csv"))
     calls = len(fake.calls)
     outcome = worker.process(Job("m", "1", "onnx"))
     assert outcome.status is not None and outcome.status.startswith("failed")

@@ -322,15 +322,20 @@ def test_64_clients_at_once_are_all_answered(registry_worker: ExportWorker) -> N
 
 
 def test_connections_past_the_limit_get_503_at_once(registry_worker: ExportWorker) -> None:
+    """Every slot held by a connection past its headers (sending a body): a new one gets 503 at once. (Slots held
+    by connections still sending headers are freed for it instead: test_worker_data_trust.py.)"""
     server = make_server(WebhookReceiver(registry_worker, SignatureVerifier(SECRET)), "127.0.0.1", 0,
                          timeout_s=5, max_connections=2)
     _start(server)
     port = server.server_address[1]
     held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    for sock in held:  # headers sent, the body never comes
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n")
     try:
         deadline = time.monotonic() + 5
         while _handler_threads() < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)  # both handlers past the headers they were sent at once
         started = time.monotonic()
         status, body = _raw(port, b"GET /health HTTP/1.0\r\n\r\n", timeout=4)
         assert status == 503 and "2 connections at once" in body["error"]

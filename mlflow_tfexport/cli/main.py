@@ -37,7 +37,11 @@ from mlflow_tfexport.registry import (
     variant_rows,
 )
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
+from mlflow_tfexport.validation import files
+from mlflow_tfexport.validation.files import ReadLimits
 from mlflow_tfexport.validation.revalidate import validate_version
+from mlflow_tfexport.worker import queue, server
+from mlflow_tfexport.worker.fetch import DataPolicy
 
 
 def _progress(stage: str, detail: str) -> None:
@@ -190,8 +194,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         mlflow.set_tracking_uri(args.tracking_uri)
     if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, kubectl) stops cleanly
         signal.signal(signal.SIGTERM, _interrupt)
+    limits = ReadLimits(max_rows=args.data_max_rows, max_bytes=args.data_max_bytes,
+                        max_line_bytes=args.data_max_line_bytes, max_depth=args.data_max_depth,
+                        max_decompressed_bytes=args.data_max_decompressed_bytes,
+                        download_timeout_s=args.data_download_timeout)
+    policy = DataPolicy(data_dirs=tuple(args.data_dir), schemes=tuple(args.data_scheme), limits=limits)
     if args.poll:
-        jobs = worker.ExportWorker(threads=args.threads).start()
+        jobs = worker.ExportWorker(threads=args.threads, data_policy=policy, max_attempts=args.max_attempts).start()
         worker.recover(jobs, requeue=False)  # a poll pass finds interrupted requests by itself
         try:
             queued = worker.poll(jobs, interval_s=args.interval, once=args.once)
@@ -209,13 +218,49 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         worker.serve(secret=secret, host=args.host, port=args.port, tolerance_s=args.tolerance,
-                     threads=args.threads, certfile=args.certfile, keyfile=args.keyfile)
+                     threads=args.threads, certfile=args.certfile, keyfile=args.keyfile, data_policy=policy,
+                     max_attempts=args.max_attempts, header_timeout_s=args.header_timeout,
+                     body_timeout_s=args.body_timeout, replay_cache=args.replay_cache or None)
     return 0
 
 
 def _optional_int(value: str) -> Optional[int]:
     """An int, or None for an empty string (MLproject parameters default to "")."""
     return int(value) if value.strip() else None
+
+
+def _worker_data_options(p: argparse.ArgumentParser) -> None:
+    """The worker's bounds on tfexport.request.data and on its HTTP clients (docs/worker-data.md)."""
+    p.add_argument("--data-dir", action="append", default=[], metavar="DIR",
+                   help="a local directory whose files tfexport.request.data may name (repeatable; default: none, "
+                   "only runs:/, models:/ and mlflow-artifacts:/ artifact URIs)")
+    p.add_argument("--data-scheme", action="append", default=[], metavar="SCHEME",
+                   help="an artifact store scheme tfexport.request.data may use besides the registry's own, e.g. s3 "
+                   "(repeatable; never http, https or file)")
+    p.add_argument("--data-max-rows", type=int, default=2000, help="rows of validation data read (default 2000)")
+    p.add_argument("--data-max-bytes", type=int, default=files.DEFAULT_MAX_BYTES,
+                   help=f"bytes downloaded or read of a data file (default {files.DEFAULT_MAX_BYTES})")
+    p.add_argument("--data-max-line-bytes", type=int, default=files.DEFAULT_MAX_LINE_BYTES,
+                   help=f"bytes of one line of a data file (default {files.DEFAULT_MAX_LINE_BYTES})")
+    p.add_argument("--data-max-depth", type=int, default=files.DEFAULT_MAX_DEPTH,
+                   help=f"nesting of one JSON line (default {files.DEFAULT_MAX_DEPTH})")
+    p.add_argument("--data-max-decompressed-bytes", type=int, default=files.DEFAULT_MAX_DECOMPRESSED_BYTES,
+                   help=f"uncompressed bytes of the Parquet row groups read (default "
+                   f"{files.DEFAULT_MAX_DECOMPRESSED_BYTES})")
+    p.add_argument("--data-download-timeout", type=float, default=files.DEFAULT_DOWNLOAD_TIMEOUT_S,
+                   help=f"seconds a data download may take (default {files.DEFAULT_DOWNLOAD_TIMEOUT_S:g})")
+    p.add_argument("--max-attempts", type=int, default=queue.MAX_ATTEMPTS,
+                   help=f"starts of one request before it is marked failed, when its worker keeps dying "
+                   f"(default {queue.MAX_ATTEMPTS})")
+    p.add_argument("--header-timeout", type=float, default=server.DEFAULT_HEADER_TIMEOUT_S,
+                   help=f"seconds a connection has to send its request headers (default "
+                   f"{server.DEFAULT_HEADER_TIMEOUT_S:g})")
+    p.add_argument("--body-timeout", type=float, default=server.DEFAULT_BODY_TIMEOUT_S,
+                   help=f"seconds a connection has to send its body after the headers (default "
+                   f"{server.DEFAULT_BODY_TIMEOUT_S:g})")
+    p.add_argument("--replay-cache", default=server.DEFAULT_REPLAY_CACHE, metavar="PATH",
+                   help=f"file keeping accepted delivery ids across restarts (default {server.DEFAULT_REPLAY_CACHE}; "
+                   "'' keeps them in memory only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", action="store_true", help="poll the registry for requests instead of webhooks")
     p.add_argument("--interval", type=float, default=30, help="seconds between polls (default 30)")
     p.add_argument("--once", action="store_true", help="with --poll: one pass, wait for its exports, exit")
+    _worker_data_options(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("bench", help="measure a registered variant's latency on this machine")

@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from mlflow_tfexport.errors import ExportError, MissingDependencyError
+from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.tasks import TaskSpec, get_task
+from mlflow_tfexport.validation.files import FileRefused, ReadLimits, read_columns
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -69,6 +70,29 @@ _ACCEPTED = (
     "a list of strings, a pandas DataFrame with the task's columns, a path to a .csv, .parquet, .jsonl or "
     ".txt file, or an mlflow.data dataset"
 )
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file read for someone else (the worker, for a registry user): within ``limits``, named by
+    ``label`` in messages and by ``source`` in the dataset record, never by its path on this machine.
+
+    Its errors say what was wrong (a bound, a line number, a missing column) without quoting the file's
+    content (no header names, no cells).
+
+    Attributes:
+        path: The file on this machine (already checked to be one the reader may read).
+        label: How messages and the dataset record name it, e.g. ``data.csv`` (its name in a data directory)
+            or the URI the user gave; never a path of the reading machine.
+        limits: The bounds of :class:`~mlflow_tfexport.validation.files.ReadLimits`.
+        source: Recorded in the dataset's source (a code source tagged ``tfexport.request.data``) instead of
+            ``label``, e.g. the artifact URI the user gave.
+    """
+
+    path: str
+    label: str
+    limits: ReadLimits = ReadLimits()
+    source: Optional[str] = None
 
 
 class InputExampleError(ExportError):
@@ -109,6 +133,7 @@ class ValidationData:
     total_rows: int
     ignored_columns: Tuple[str, ...] = ()
     source: Any = None
+    cut: bool = False
 
     @property
     def columns(self) -> Tuple[str, ...]:
@@ -118,7 +143,7 @@ class ValidationData:
     @property
     def truncated(self) -> bool:
         """Whether the data had more than ``max_rows`` rows and only the first ones are used."""
-        return self.total_rows > self.rows
+        return self.total_rows > self.rows or self.cut
 
     def column(self, name: str) -> List[str]:
         """The cells of request column ``name`` as a list of strings."""
@@ -191,7 +216,11 @@ def load_validation_data(
                 f"{exc} The source model's logged input example cannot validate the export; pass "
                 "validation data explicitly (validation_data=... or --validation-data PATH)."
             ) from exc
-    raw = _read_file(data, task) if isinstance(data, (str, os.PathLike)) else _from_memory(data, task, None)
+    if isinstance(data, DataFile):
+        raw = _read_data_file(data, task)
+        return _finish(raw, task, data.limits.max_rows, name)
+    limits = ReadLimits(max_rows=max_rows) if max_rows is not None else ReadLimits(max_rows=1 << 62)
+    raw = _read_file(data, task, limits) if isinstance(data, (str, os.PathLike)) else _from_memory(data, task, None)
     return _finish(raw, task, max_rows, name)
 
 
@@ -203,6 +232,8 @@ class _Raw:
     origin: str
     name: str = DEFAULT_NAME
     source: Any = None
+    more: bool = False  # rows were left unread (a file read up to the row cap)
+    quiet: bool = False  # messages must not quote the data (column names, cells)
 
 
 def _pd() -> Any:
@@ -349,7 +380,7 @@ def _unreadable(path: Path, kind: str, reason: Any, expected: str) -> ExportErro
     )
 
 
-def _read_file(data: Union[str, os.PathLike], task: TaskSpec) -> _Raw:
+def _read_file(data: Union[str, os.PathLike], task: TaskSpec, limits: ReadLimits) -> _Raw:
     path = Path(os.fspath(data)).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
@@ -373,69 +404,55 @@ def _read_file(data: Union[str, os.PathLike], task: TaskSpec) -> _Raw:
             f"{', '.join(SUFFIXES)}. Save it in one of those formats (e.g. df.to_csv(path, index=False)) or "
             "rename it if it already is one."
         )
-    origin = f"file {path.name}"
-    readers = {".csv": _read_csv, ".parquet": _read_parquet, ".jsonl": _read_jsonl, ".txt": _read_txt}
-    columns = readers[suffix](path, task)
-    return _Raw(columns, origin, name=path.stem or DEFAULT_NAME, source=str(path.resolve()))
-
-
-def _read_csv(path: Path, task: TaskSpec) -> Dict[str, List[Any]]:
-    pd = _pd()
+    _check_txt(suffix, task, repr(str(path)))
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        return {}
-    except (UnicodeDecodeError, ValueError, OSError) as exc:
-        raise _unreadable(path, "CSV", exc, "a UTF-8 CSV file whose header row names the columns") from exc
-    return _frame_columns(frame, f"file {path.name}")
+        read = read_columns(path, suffix, task.text_columns + task.optional_columns, limits, repr(str(path)))
+    except FileRefused as exc:
+        raise _unreadable(path, _KINDS[suffix], str(exc).split(": ", 1)[-1].rstrip("."), _EXPECTED[suffix]) from None
+    columns = _txt_column(read.columns, task) if suffix == ".txt" else read.columns
+    return _Raw(columns, f"file {path.name}", name=path.stem or DEFAULT_NAME, source=str(path.resolve()),
+                more=read.more)
 
 
-def _read_parquet(path: Path, task: TaskSpec) -> Dict[str, List[Any]]:
-    pd = _pd()
-    try:
-        frame = pd.read_parquet(path)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"Reading validation data file {str(path)!r} (Parquet) needs pyarrow: pip install pyarrow "
-            f"({exc}). Or save the data as .csv or .jsonl."
-        ) from exc
-    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError derive from these
-        raise _unreadable(path, "Parquet", exc, "a Parquet file with one string column per request column") from exc
-    return _frame_columns(frame, f"file {path.name}")
+def _read_data_file(data: DataFile, task: TaskSpec) -> _Raw:
+    """A file read for a registry user: bounded, named by its label, errors that quote nothing of it."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    label = repr(data.label)
+    suffix = Path(data.label).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise FileRefused(
+            f"Validation data {label}: unknown suffix {suffix[:16] or '(none)'!r}; expected one of "
+            f"{', '.join(SUFFIXES)}."
+        )
+    _check_txt(suffix, task, label)
+    read = read_columns(Path(data.path), suffix, task.text_columns + task.optional_columns, data.limits, label)
+    columns = _txt_column(read.columns, task) if suffix == ".txt" else read.columns
+    stem = Path(data.label).stem or DEFAULT_NAME
+    source = CodeDatasetSource(tags={"tfexport.request.data": (data.source or data.label)[:500]})
+    return _Raw(columns, f"file {Path(data.label).name[:200]}", name=stem[:100], source=source, more=read.more,
+                quiet=True)
 
 
-def _read_jsonl(path: Path, task: TaskSpec) -> Dict[str, List[Any]]:
-    expected = 'one JSON object per line, e.g. {"text": "great film"}'
-    try:
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise _unreadable(path, "JSON lines", exc, expected) from exc
-    rows: List[Mapping[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _unreadable(path, "JSON lines", f"line {number}: {exc}", expected) from exc
-        if not isinstance(row, dict):
-            raise _unreadable(path, "JSON lines", f"line {number} is a JSON {type(row).__name__}", expected)
-        rows.append(row)
-    return _records(rows)
+_KINDS = {".csv": "CSV", ".parquet": "Parquet", ".jsonl": "JSON lines", ".txt": "text"}
+_EXPECTED = {
+    ".csv": "a UTF-8 CSV file whose header row names the columns",
+    ".parquet": "a Parquet file with one string column per request column",
+    ".jsonl": 'one JSON object per line, e.g. {"text": "great film"}',
+    ".txt": "a UTF-8 text file with one text per line",
+}
 
 
-def _read_txt(path: Path, task: TaskSpec) -> Dict[str, List[Any]]:
-    if len(task.text_columns) > 1:
+def _check_txt(suffix: str, task: TaskSpec, label: str) -> None:
+    if suffix == ".txt" and len(task.text_columns) > 1:
         raise ExportError(
-            f"Validation data file {str(path)!r}: a .txt file holds one text per line, but task {task.name!r} "
+            f"Validation data file {label}: a .txt file holds one text per line, but task {task.name!r} "
             f"needs {_needs(task)} in every row. Use a .csv, .parquet or .jsonl file with those columns."
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise _unreadable(path, "text", exc, "a UTF-8 text file with one text per line") from exc
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    return {task.text_columns[0]: [line for line in lines if line.strip()]}
+
+
+def _txt_column(columns: Dict[str, List[Any]], task: TaskSpec) -> Dict[str, List[Any]]:
+    return {task.text_columns[0]: columns.get("", [])}
 
 
 def _select(raw: _Raw, task: TaskSpec) -> Tuple[Dict[str, List[Any]], Tuple[str, ...]]:
@@ -446,6 +463,12 @@ def _select(raw: _Raw, task: TaskSpec) -> Tuple[Dict[str, List[Any]], Tuple[str,
         chosen = {c: c for c in required + tuple(c for c in optional if c in found)}
     elif len(required) == 1 and len(found) == 1:  # one column of another name: the served model takes it too
         chosen = {next(iter(found)): required[0]}
+    elif raw.quiet:  # the column names are the file's content: count them, do not quote them
+        missing = ", ".join(repr(c) for c in required if c not in found)
+        raise ExportError(
+            f"Validation data ({raw.origin}) for task {task.name!r} has {len(found)} column(s), without "
+            f"{missing}; the task needs {_needs(task)}. Name the columns so in the file's header (or keys)."
+        )
     else:
         have = f"column(s) {', '.join(repr(c) for c in found)}" if found else "no columns"
         absent = [c for c in required if c not in found]
@@ -474,7 +497,8 @@ def _missing(value: Any) -> bool:
     return value is pd.NA or value is pd.NaT
 
 
-def _check_cells(columns: Dict[str, List[Any]], task: TaskSpec, origin: str) -> Dict[str, List[str]]:
+def _check_cells(columns: Dict[str, List[Any]], task: TaskSpec, origin: str,
+                 quiet: bool = False) -> Dict[str, List[str]]:
     out: Dict[str, List[str]] = {}
     for column, values in columns.items():
         required = column in task.text_columns
@@ -489,14 +513,16 @@ def _check_cells(columns: Dict[str, List[Any]], task: TaskSpec, origin: str) -> 
                     f"e.g. df = df.dropna(subset=[{column!r}])."
                 )
             if not isinstance(value, str):
+                shown = "" if quiet else f" {value!r:.60}"
                 raise ExportError(
-                    f"{where}: expected a string, received {_describe_type(value)} {value!r:.60}. Every cell of a "
+                    f"{where}: expected a string, received {_describe_type(value)}{shown}. Every cell of a "
                     f"request column must be text: convert it (df[{column!r}] = df[{column!r}].astype(str)) or "
                     "drop the row."
                 )
             if required and not value.strip():
                 raise ExportError(
-                    f"{where}: expected a non-empty text, received {value!r}. Remove blank rows, e.g. "
+                    f"{where}: expected a non-empty text, received {'a blank one' if quiet else repr(value)}. "
+                    "Remove blank rows, e.g. "
                     f"df = df[df[{column!r}].str.strip() != '']."
                 )
             cells.append(value)
@@ -531,7 +557,9 @@ def _finish(raw: _Raw, task: TaskSpec, max_rows: Optional[int], name: Optional[s
     if max_rows is not None and total > max_rows:
         columns = {c: v[:max_rows] for c, v in columns.items()}
         origin = f"{origin}, first {max_rows} of {total} rows"
-    cells = _check_cells(columns, task, raw.origin)
+    if raw.more:
+        origin = f"{raw.origin}, first {min(total, max_rows or total)} rows (the rest not read)"
+    cells = _check_cells(columns, task, raw.origin, raw.quiet)
     pd = _pd()
     frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in cells.items()})
     rows = len(frame)
@@ -544,4 +572,5 @@ def _finish(raw: _Raw, task: TaskSpec, max_rows: Optional[int], name: Optional[s
         total_rows=total,
         ignored_columns=ignored,
         source=raw.source,
+        cut=raw.more,
     )

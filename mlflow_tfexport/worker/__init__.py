@@ -15,6 +15,8 @@ and ``tfexport.request.handled`` = the request value that status answers.
 The pieces, each importing only those listed before it:
 
 - ``grammar``: the value of ``tfexport.request`` -> ``ExportSpec`` s (``parse_request``);
+- ``fetch``: the value of ``tfexport.request.data`` -> a bounded ``DataFile``, only from the registry's artifact
+  URIs or an operator's ``--data-dir`` (``DataPolicy``, ``request_data``; see docs/worker-data.md);
 - ``queue``: ``ExportWorker``, the job queue and its threads, and the status text (``format_status``);
 - ``guard``: aliases moved in the UI checked against the model's promotion policy, refused ones undone
   (``guard_alias``, ``guard_all``, ``AliasGuard``; alias webhooks and every poll pass);

@@ -10,6 +10,9 @@ worker looks for *interrupted* jobs when it starts (``requeue_interrupted``), se
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from typing import Any, List, Mapping, Optional
@@ -19,7 +22,15 @@ from mlflow.exceptions import MlflowException
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export.recovery import DEAD, UNKNOWN, ProcessOwner, recover_stale_exports_once
 from mlflow_tfexport.worker.guard import guard_all
-from mlflow_tfexport.worker.queue import HEARTBEAT_S, STATUS_RUNNING, ExportWorker, Job, QueueFull, reason
+from mlflow_tfexport.worker.queue import (
+    HEARTBEAT_S,
+    SCRATCH_PREFIX,
+    STATUS_RUNNING,
+    ExportWorker,
+    Job,
+    QueueFull,
+    reason,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -119,11 +130,56 @@ def requeue_interrupted(worker: ExportWorker, *, stale_after_s: float = STALE_AF
     return queued
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_dead_scratch(folder: Optional[str] = None) -> List[str]:
+    """Remove the scratch folders (``tfexport-request-data-<pid>-*``) of workers that are gone; returns them.
+
+    A folder of a live process (this one included) is kept; one without a pid in its name (written by an older
+    worker) is removed once it is older than ``STALE_AFTER_S``.
+    """
+    folder = folder or tempfile.gettempdir()
+    removed: List[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(SCRATCH_PREFIX):
+            continue
+        path = os.path.join(folder, name)
+        pid, dash, _ = name[len(SCRATCH_PREFIX):].partition("-")
+        try:
+            if os.path.islink(path) or not os.path.isdir(path):
+                continue
+            if dash and pid.isascii() and pid.isdigit() and len(pid) < 10:
+                if _alive(int(pid)):
+                    continue
+            elif time.time() - os.path.getmtime(path) < STALE_AFTER_S:
+                continue
+            shutil.rmtree(path)
+            removed.append(path)
+        except OSError as exc:
+            _logger.warning("could not remove the scratch folder %s: %s", path, reason(exc))
+    return removed
+
+
 def recover(worker: ExportWorker, *, requeue: bool = True) -> None:
     """What a worker does when it starts: clean up after dead exports, and (``requeue``) re-queue dead jobs.
 
     Never raises: the registry being away at start must not stop the worker (poll mode asks again anyway).
     """
+    scratch = remove_dead_scratch()
+    if scratch:
+        _logger.info("after a crash: %d scratch folder(s) of dead workers removed", len(scratch))
     done = recover_stale_exports_once(worker.client)  # logs its own failure; later exports skip it
     if done is not None and (done.failed_runs or done.removed_dirs):
         _logger.info("after a crash: %d export run(s) marked FAILED, %d temp dir(s) removed",

@@ -8,6 +8,7 @@ A later worker uses them to tell a job whose worker died (``poll.is_interrupted`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from mlflow import MlflowClient
-from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export import api as export_api
 from mlflow_tfexport.export.recovery import ProcessOwner
+from mlflow_tfexport.worker.fetch import DataPolicy, request_data
 from mlflow_tfexport.worker.grammar import ExportSpec, RequestError, parse_request
 
 _logger = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 MAX_REASON_CHARS = 1000
 HEARTBEAT_S = 60.0
+#: Starts of one request at most: one whose worker stopped (crash, kill -9) this often is marked failed.
+MAX_ATTEMPTS = 3
+#: Prefix of a job's scratch folder: ``tfexport-request-data-<pid>-<random>`` in the temp folder.
+SCRATCH_PREFIX = "tfexport-request-data-"
 
 
 class QueueFull(Exception):
@@ -97,10 +102,16 @@ class ExportWorker:
         threads: int = 1,
         max_queue: int = 100,
         heartbeat_s: float = HEARTBEAT_S,
+        data_policy: Optional[DataPolicy] = None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be a positive number of seconds, received {heartbeat_s!r}; e.g. 60.")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive integer, received {max_attempts!r}; e.g. 3.")
         self.client = client or MlflowClient()
+        self.data_policy = data_policy or DataPolicy()
+        self.max_attempts = max_attempts
         self._export_fn = export_fn
         self._queue: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_queue)
         self._pending: Set[Tuple[str, str, str]] = set()
@@ -219,9 +230,32 @@ class ExportWorker:
         self.client.set_model_version_tag(job.name, job.version, Tag.REQUEST_STATUS, status)
         if final:
             self.client.set_model_version_tag(job.name, job.version, Tag.REQUEST_HANDLED, job.request)
+            with contextlib.suppress(MlflowException):  # not there: nothing to reset
+                self.client.delete_model_version_tag(job.name, job.version, Tag.REQUEST_ATTEMPTS)
+
+    def _attempt(self, job: Job, tags: Mapping[str, str]) -> int:
+        """Count one more start of ``job`` on its version; returns the starts before this one."""
+        count, _, request = (tags.get(Tag.REQUEST_ATTEMPTS) or "").partition(" ")
+        before = int(count) if count.isascii() and count.isdigit() and len(count) < 6 and request == job.request else 0
+        self.client.set_model_version_tag(job.name, job.version, Tag.REQUEST_ATTEMPTS, f"{before + 1} {job.request}")
+        return before
 
     def process(self, job: Job) -> Outcome:
-        """Run one job on this thread; record the outcome on the source version."""
+        """Run one job on this thread; record the outcome on the source version, whatever goes wrong."""
+        try:
+            return self._process(job)
+        except Exception as exc:  # any failure still ends the request with a status
+            status = format_status([], [("", f"the worker failed on this request ({type(exc).__name__}: "
+                                             f"{reason(exc)})")])
+            _logger.exception("request %r for models:/%s/%s failed unexpectedly", job.request, job.name, job.version)
+            try:
+                self._set_status(job, status, final=True)
+            except Exception as again:  # the registry away: --poll or the next start asks again
+                _logger.warning("could not record the failure of %r: %s", job.request, reason(again))
+                return Outcome(job, None)
+            return Outcome(job, status)
+
+    def _process(self, job: Job) -> Outcome:
         where = f"models:/{job.name}/{job.version}"
         try:
             mv = self.client.get_model_version(job.name, job.version)
@@ -244,15 +278,23 @@ class ExportWorker:
         results: List[Tuple[str, str]] = []
         failures: List[Tuple[str, str]] = []
         data_uri = (mv.tags or {}).get(Tag.REQUEST_DATA)
-        self._claim(job, mv.tags or {})
+        tags = mv.tags or {}
+        if self._attempt(job, tags) >= self.max_attempts:
+            status = format_status([], [("", f"the worker stopped {self.max_attempts} times while running this "
+                                             "request (a crash or a kill); not retried. Set "
+                                             f"{Tag.REQUEST} again to retry")])
+            _logger.warning("request %r for %s: %s", job.request, where, status)
+            self._set_status(job, status, final=True)
+            return Outcome(job, status)
+        self._claim(job, tags)
         with self._lock:
             self._running[job.key] = job
         try:
-            with tempfile.TemporaryDirectory(prefix="tfexport-request-data-") as scratch:
+            with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
                 try:
-                    data = validation_data(data_uri, scratch)
-                except (MlflowException, OSError) as exc:
-                    status = format_status([], [("", f"{Tag.REQUEST_DATA} {data_uri!r} cannot be read: {reason(exc)}")])
+                    data = request_data(data_uri, self.client, self.data_policy, scratch)
+                except Exception as exc:  # refused, out of bounds, or the registry failing to resolve it
+                    status = format_status([], [("", f"{Tag.REQUEST_DATA} cannot be used: {reason(exc)}")])
                     self._set_status(job, status, final=True)
                     return Outcome(job, status)
                 self._export_specs(job, where, specs, export_fn, data, results, failures)
@@ -264,7 +306,7 @@ class ExportWorker:
         return Outcome(job, status, results)
 
     def _export_specs(self, job: Job, where: str, specs: List[ExportSpec], export_fn: Callable[..., Any],
-                      data: Optional[str], results: List[Tuple[str, str]], failures: List[Tuple[str, str]]) -> None:
+                      data: Any, results: List[Tuple[str, str]], failures: List[Tuple[str, str]]) -> None:
         extra = {} if data is None else {"validation_data": data}
         for i, spec in enumerate(specs, 1):
             self._set_status(job, f"{STATUS_RUNNING}: {spec.label} ({i}/{len(specs)})", final=False)
@@ -277,20 +319,3 @@ class ExportWorker:
                 continue
             results.append((spec.label, str(result.model_uri)))
             _logger.info("exported %s as %s -> %s", where, spec.label, result.model_uri)
-
-
-def validation_data(uri: Optional[str], scratch: str) -> Optional[str]:
-    """The local path of a request's validation data (``tfexport.request.data``): an artifact URI with a scheme
-    (``runs:/...``, ``s3://...``, ``mlflow-artifacts:/...``) is downloaded into ``scratch``; a plain value is a path
-    on the worker's machine. ``None`` when the request names no data (the export then uses the source's input
-    example)."""
-    if uri is None or not uri.strip():
-        return None
-    uri = uri.strip()
-    if "://" in uri or uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        return str(download_artifacts(artifact_uri=uri, dst_path=scratch))
-    if not os.path.exists(uri):
-        raise FileNotFoundError(
-            f"no file {uri!r} on the worker's machine; give an artifact URI such as runs:/<run id>/data.csv"
-        )
-    return uri

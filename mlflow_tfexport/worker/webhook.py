@@ -18,8 +18,10 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +50,10 @@ EVENTS = tuple(".".join(e) for e in (EVENT, *ALIAS_EVENTS))
 
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")  # unix seconds, ASCII digits only (str.isdigit() accepts "²")
 _VERSION = re.compile(r"[0-9]{1,10}")
+#: Delivery ids remembered at most (the replay cache); past it, the ones that expire first are forgotten.
+MAX_REMEMBERED = 10_000
+#: Bytes of a persisted replay cache read at most.
+MAX_CACHE_FILE_BYTES = 4 << 20
 _SHOWN_CHARS = 80
 
 
@@ -113,10 +119,15 @@ class SignatureVerifier:
     or a timestamp outside ``tolerance_s``) or 409 (a delivery id already accepted). Call ``remember`` once a
     delivery has been accepted, so that an exact replay within the window is refused; a delivery that was
     answered with an error (e.g. 503) is not remembered, so MLflow's retry of it goes through.
+
+    With ``state_path``, the accepted ids (as sha256 digests, with their expiry in unix seconds) are kept in
+    that JSON file too, rewritten atomically on each acceptance and read back at start: a replay after a
+    restart, within the tolerance window, still gets 409. At most ``MAX_REMEMBERED`` ids are kept.
     """
 
     def __init__(
-        self, secret: str, tolerance_s: float = DEFAULT_TOLERANCE_S, clock: Callable[[], float] = time.time
+        self, secret: str, tolerance_s: float = DEFAULT_TOLERANCE_S, clock: Callable[[], float] = time.time,
+        *, state_path: Optional[str] = None,
     ) -> None:
         if not secret:
             raise ValueError(f"A webhook secret is required (--secret or {SECRET_ENV}).")
@@ -125,6 +136,9 @@ class SignatureVerifier:
         self._clock = clock
         self._seen: Dict[str, float] = {}
         self._lock = threading.Lock()
+        self.state_path = os.path.abspath(os.path.expanduser(state_path)) if state_path else None
+        if self.state_path:
+            self._load()
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str:
         """Return the delivery id of an authentic, fresh, new delivery; raise ``DeliveryRejected`` otherwise."""
@@ -160,18 +174,64 @@ class SignatureVerifier:
             )
         with self._lock:
             self._forget_expired()
-            if delivery_id in self._seen:
-                raise DeliveryRejected(HTTPStatus.CONFLICT, f"replayed delivery: {delivery_id} was already received")
+            if _key(delivery_id) in self._seen:
+                raise DeliveryRejected(HTTPStatus.CONFLICT,
+                                       f"replayed delivery: {_cut(delivery_id)} was already received")
         return delivery_id
 
     def remember(self, delivery_id: str) -> None:
         with self._lock:
-            self._seen[delivery_id] = self._clock() + 2 * self.tolerance_s
+            self._forget_expired()
+            self._seen[_key(delivery_id)] = self._clock() + 2 * self.tolerance_s
+            if len(self._seen) > MAX_REMEMBERED:
+                for key, _ in sorted(self._seen.items(), key=lambda item: item[1])[: len(self._seen) - MAX_REMEMBERED]:
+                    del self._seen[key]
+            if self.state_path:
+                self._save()
 
     def _forget_expired(self) -> None:
         now = self._clock()
         for key in [k for k, expiry in self._seen.items() if expiry < now]:
             del self._seen[key]
+
+    def _load(self) -> None:
+        assert self.state_path is not None
+        try:
+            with open(self.state_path, "rb") as f:
+                raw = f.read(MAX_CACHE_FILE_BYTES + 1)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            _logger.warning("replay cache %s cannot be read (%s); starting with an empty one", self.state_path, exc)
+            return
+        try:
+            data = json.loads(raw) if len(raw) <= MAX_CACHE_FILE_BYTES else None
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("seen"), dict):
+            _logger.warning("replay cache %s is not one this worker wrote; starting with an empty one", self.state_path)
+            return
+        now = self._clock()
+        for key, expiry in list(data["seen"].items())[: 2 * MAX_REMEMBERED]:
+            if isinstance(key, str) and len(key) == 64 and isinstance(expiry, (int, float)) and expiry >= now:
+                self._seen[key] = float(expiry)
+
+    def _save(self) -> None:
+        assert self.state_path is not None
+        folder = os.path.dirname(self.state_path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".deliveries-", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"seen": self._seen}, f)
+            os.replace(tmp, self.state_path)
+        except OSError as exc:  # the delivery is still answered; a replay after a restart might then pass
+            _logger.warning("replay cache %s cannot be written: %s", self.state_path, exc)
+
+
+def _key(delivery_id: str) -> str:
+    """What the replay cache stores for a delivery id: its sha256 (bounded size, whatever the id)."""
+    return hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
