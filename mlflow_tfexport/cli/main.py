@@ -20,6 +20,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mlflow_tfexport import worker
+from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer
 from mlflow_tfexport.bench import bench
 from mlflow_tfexport.constants import Format
 from mlflow_tfexport.errors import TfexportError
@@ -38,6 +39,7 @@ from mlflow_tfexport.registry import (
 )
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
 from mlflow_tfexport.validation.revalidate import validate_version
+from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory
 
 
 def _progress(stage: str, detail: str) -> None:
@@ -190,11 +192,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         mlflow.set_tracking_uri(args.tracking_uri)
     if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, kubectl) stops cleanly
         signal.signal(signal.SIGTERM, _interrupt)
+    secret = args.secret or os.environ.get(worker.SECRET_ENV)
+    guard_secret = os.environ.get(GUARD_SECRET_ENV) or secret
+    state_dir = args.state_dir or os.environ.get(STATE_DIR_ENV) or None
     if args.poll:
-        jobs = worker.ExportWorker(threads=args.threads).start()
+        if not guard_secret:
+            print(f"error: a secret is required to sign and check the alias guard's records: {GUARD_SECRET_ENV} "
+                  f"(or --secret / {worker.SECRET_ENV}); see docs/trust-model.md", file=sys.stderr)
+            return 2
+        jobs = worker.ExportWorker(threads=args.threads, signer=Signer(guard_secret)).start()
         worker.recover(jobs, requeue=False)  # a poll pass finds interrupted requests by itself
+        memory = GuardMemory.in_dir(state_dir, mlflow.get_registry_uri()) if state_dir else None
         try:
-            queued = worker.poll(jobs, interval_s=args.interval, once=args.once)
+            queued = worker.poll(jobs, interval_s=args.interval, once=args.once, memory=memory)
         except KeyboardInterrupt:
             queued = 0
         finally:
@@ -202,14 +212,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.once:
             print(f"Handled {queued} pending request(s)")
         return 0
-    secret = args.secret or os.environ.get(worker.SECRET_ENV)
     if not secret:
         print(f"error: a webhook secret is required: --secret or {worker.SECRET_ENV} (or use --poll)",
               file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         worker.serve(secret=secret, host=args.host, port=args.port, tolerance_s=args.tolerance,
-                     threads=args.threads, certfile=args.certfile, keyfile=args.keyfile)
+                     threads=args.threads, certfile=args.certfile, keyfile=args.keyfile, state_dir=state_dir,
+                     guard_secret=guard_secret)
     return 0
 
 
@@ -332,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", action="store_true", help="poll the registry for requests instead of webhooks")
     p.add_argument("--interval", type=float, default=30, help="seconds between polls (default 30)")
     p.add_argument("--once", action="store_true", help="with --poll: one pass, wait for its exports, exit")
+    p.add_argument("--state-dir", default=None,
+                   help="where the alias guard keeps its memory of guarded models, their policy and accepted "
+                   "versions (default: $MLFLOW_TFEXPORT_STATE_DIR; unset: in the process only)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("bench", help="measure a registered variant's latency on this machine")
