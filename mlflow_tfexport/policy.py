@@ -344,13 +344,12 @@ def _validation_reasons(rule: AliasRule, tags: Mapping[str, str]) -> List[str]:
 
 
 def _signature_reasons(rule: AliasRule, candidate: VersionFacts) -> List[str]:
-    """A validation whose signature does not match is never trusted; ``attested`` asks for a matching one."""
-    if candidate.signature == "mismatch":
-        return [f"its validation tags do not match their signature ({Tag.ATTESTATION}): they were edited after "
-                "the export signed them"]
+    """``attested``: the validation tags must match a signature by a holder of the worker's secret."""
     if rule.attested and candidate.signature != "signed":
-        why = ("the guard has no secret to check it with" if candidate.signature == "unverifiable"
-               else f"it has no {Tag.ATTESTATION}")
+        why = {"unverifiable": "the guard has no secret to check it with",
+               "mismatch": f"its validation tags do not match their signature ({Tag.ATTESTATION}): they were "
+                           "edited after they were signed, or the signature was copied from another version",
+               }.get(candidate.signature, f"it has no {Tag.ATTESTATION}")
         return [f"its validation is not signed by the worker ({why}); the policy asks for attested=true: export "
                 "it through the worker (tfexport.request), or with the worker's secret set"]
     return []

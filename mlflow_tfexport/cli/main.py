@@ -20,9 +20,9 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mlflow_tfexport import worker
-from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer
+from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer, attest_version
 from mlflow_tfexport.bench import bench
-from mlflow_tfexport.constants import Format
+from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.export.api import STAGES, export
 from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
@@ -135,6 +135,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attest(name: str, version: str, written: Dict[str, str]) -> bool:
+    """Sign a version's validation tags after ``written`` (with this process's secret; False without one)."""
+    from mlflow import MlflowClient
+
+    signer = Signer.from_env()
+    if signer is None:
+        return False
+    client = MlflowClient()
+    tags = {**(client.get_model_version(name, version).tags or {}), **written}
+    return attest_version(client, signer, name, version, tags)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     if args.tag and parse_models_uri(args.model_uri) is None:  # before any download
         raise TfexportError(
@@ -146,6 +158,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.tag:
         set_version_tags(result.name, result.version, result.tags())
         print(f"Recorded {', '.join(sorted(result.tags()))} on {result.model_uri}")
+        if _attest(result.name, result.version, result.tags()):
+            print(f"Signed the validation ({Tag.ATTESTATION}) with the worker's secret")
     if not result.passed:
         print(f"error: validation of {result.model_uri} failed: {result.check.failure()}", file=sys.stderr)
         return 1

@@ -220,6 +220,10 @@ class _Pass:
         self.client.set_model_version_tag(self.name, now, history.alias_key(Tag.REFUSED_PREFIX, alias),
                                           text[:MAX_TAG_VALUE_CHARS])
         self.record(history.Entry(at, alias, before, now, history.REFUSED, why, None, self.via, plan))
+        if not self._still(alias, now):  # a user moved or removed it while the refusal was written: theirs stands
+            self.record(history.Entry(time.time(), alias, now, None, history.SUPERSEDED,
+                                      f"not undone: @{alias} was moved or removed meanwhile", None, self.via))
+            return "moved again"
         done = self.restore(alias, target)
         if done != plan:
             self.record(history.Entry(time.time(), alias, now, None, history.REMOVED, done, None, self.via))
