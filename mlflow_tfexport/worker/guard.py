@@ -160,8 +160,9 @@ class _Pass:
                 continue
             ours = ours or outcome != "not ours"
             settled = settled and outcome != "moved again"
-        if ours and not known:
+        if ours and not known:  # from now on guarded, whatever happens to its tags
             self.memory.remember(self.name, policy=snapshot)
+            self.accepted_state(self.client.get_registered_model(self.name).tags or {})  # into the memory
         return settled
 
     def alias(self, alias: str, now: Optional[str], before: Optional[str], policy: Policy, tags: Mapping[str, str],
