@@ -23,6 +23,7 @@ from test_worker import SECRET, _log_source, mlflow_server, remote  # noqa: F401
 import mlflow_tfexport
 import mlflow_tfexport.history as history
 from mlflow_tfexport import worker as wk
+from mlflow_tfexport.attest import Signer, validation_state
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 
@@ -99,6 +100,8 @@ def test_promotions_in_the_ui_are_guarded_and_recorded(guarded: Guarded, tiny_mo
     name = _log_source(tiny_model, "ui-guarded")
     good = str(mlflow_tfexport.export(f"models:/{name}/1", format="onnx").model_version.version)
     assert client.get_model_version(name, good).tags[Tag.VALIDATION] == "passed"
+    # Exported with the worker's secret in the environment: its validation is signed (attested=true accepts it).
+    assert validation_state(Signer(SECRET), name, good, client.get_model_version(name, good).tags) == "signed"
 
     # A good promotion stays, and is recorded.
     _set_alias_as_the_ui_does(url, name, "production", good)
