@@ -19,6 +19,11 @@ tag                                         default                        meani
                                                                            (0..1) of that validation
 ``tfexport.policy.<alias>.same_task``       ``true``                       the task and label set must be those
                                                                            of the version it replaces
+``tfexport.policy.<alias>.attested``        ``false``                      ``true``: the validation tags must
+                                                                           carry a signature by a holder of the
+                                                                           worker's secret (``attest.py``)
+``tfexport.policy.<alias>.required``        ``false``                      ``true``: the guard puts the alias
+                                                                           back when a user deletes it
 ==========================================  =============================  ====================================
 
 The source version (``tfexport.format=transformers``) is the reference exports are validated against: the
@@ -37,6 +42,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from mlflow_tfexport.attest import Signer, resolve, validation_state
 from mlflow_tfexport.constants import FLAVOR_NAME, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import TfexportError
 
@@ -64,6 +70,8 @@ class AliasRule:
     real_data: bool = False  # ... on real rows (tfexport.data_rows > 0)
     min_agreement: Optional[float] = None  # ... with at least this tfexport.agreement
     same_task: bool = True  # task and label set of the version it replaces
+    attested: bool = False  # the validation tags signed by a holder of the worker's secret
+    required: bool = False  # a deletion of the alias is undone (back to the accepted version)
 
 
 def _bool(value: str, key: str) -> bool:
@@ -114,6 +122,9 @@ SETTINGS: Dict[str, Tuple[Callable[[str, str], Any], str, str]] = {
     "min_agreement": (_agreement, "min_agreement", "the least agreement with the source on those rows, 0..1, "
                       "or 'none'"),
     "same_task": (_bool, "same_task", "true: the task and label set of the version it replaces"),
+    "attested": (_bool, "attested", "true: the validation tags carry a signature by a holder of the worker's "
+                 "secret (an export run by the worker, or with its secret set)"),
+    "required": (_bool, "required", "true: a deletion of the alias is undone by the worker's guard"),
 }
 
 
@@ -253,6 +264,8 @@ class VersionFacts:
     labels: Optional[FrozenSet[str]] = None
     #: Why the labels could not be read (the MLmodel could not be downloaded): a guarded alias refuses then.
     unreadable: Optional[str] = None
+    #: ``attest.validation_state`` of its validation tags: "signed", "unsigned", "mismatch" or "unverifiable".
+    signature: str = "unsigned"
 
     @property
     def format(self) -> Optional[str]:
@@ -266,15 +279,18 @@ def read_labels(name: str, version: str) -> Optional[FrozenSet[str]]:
     return frozenset(str(v) for v in labels.values()) if isinstance(labels, dict) and labels else None
 
 
-def version_facts(client: Any, name: str, version: str, *, labels: bool = False) -> VersionFacts:
+def version_facts(client: Any, name: str, version: str, *, labels: bool = False,
+                  signer: Optional[Signer] = None) -> VersionFacts:
     mv = client.get_model_version(name, str(version))
     tags = dict(mv.tags or {})
+    signature = validation_state(resolve(signer), name, str(mv.version), tags)
     if not (labels and tags.get(Tag.FORMAT)):
-        return VersionFacts(str(mv.version), tags)
+        return VersionFacts(str(mv.version), tags, signature=signature)
     try:
-        return VersionFacts(str(mv.version), tags, read_labels(name, str(version)))
+        return VersionFacts(str(mv.version), tags, read_labels(name, str(version)), signature=signature)
     except Exception as exc:  # any failure to read the MLmodel: decided as a refusal, not a crash
-        return VersionFacts(str(mv.version), tags, unreadable=f"{type(exc).__name__}: {exc}"[:300])
+        return VersionFacts(str(mv.version), tags, unreadable=f"{type(exc).__name__}: {exc}"[:300],
+                            signature=signature)
 
 
 @dataclass(frozen=True)
@@ -327,6 +343,18 @@ def _validation_reasons(rule: AliasRule, tags: Mapping[str, str]) -> List[str]:
     return reasons
 
 
+def _signature_reasons(rule: AliasRule, candidate: VersionFacts) -> List[str]:
+    """``attested``: the validation tags must match a signature by a holder of the worker's secret."""
+    if rule.attested and candidate.signature != "signed":
+        why = {"unverifiable": "the guard has no secret to check it with",
+               "mismatch": f"its validation tags do not match their signature ({Tag.ATTESTATION}): they were "
+                           "edited after they were signed, or the signature was copied from another version",
+               }.get(candidate.signature, f"it has no {Tag.ATTESTATION}")
+        return [f"its validation is not signed by the worker ({why}); the policy asks for attested=true: export "
+                "it through the worker (tfexport.request), or with the worker's secret set"]
+    return []
+
+
 def _match_reasons(candidate: VersionFacts, replaced: VersionFacts) -> List[str]:
     """Why ``candidate`` does not do the task of ``replaced`` with the same labels (empty: it does)."""
     task, before = candidate.tags.get(Tag.TASK), replaced.tags.get(Tag.TASK)
@@ -360,6 +388,7 @@ def evaluate(policy: Policy, alias: str, candidate: VersionFacts, replaced: Opti
             reasons.append(f"its format is {fmt!r}; the policy allows {','.join(sorted(rule.formats))} for @{alias}")
         if fmt != Format.TRANSFORMERS:
             reasons += _validation_reasons(rule, tags)
+            reasons += _signature_reasons(rule, candidate)
     if rule.same_task and replaced is not None and replaced.version != candidate.version:
         reasons += _match_reasons(candidate, replaced)
     return Decision(alias, candidate.version, previous, not reasons, tuple(reasons))
@@ -371,23 +400,27 @@ def needs_labels(policy: Policy, alias: str) -> bool:
     return rule is not None and rule.same_task and not policy.errors
 
 
-def _facts_or_none(client: Any, name: str, version: Optional[str], labels: bool) -> Optional[VersionFacts]:
+def _facts_or_none(client: Any, name: str, version: Optional[str], labels: bool,
+                   signer: Optional[Signer] = None) -> Optional[VersionFacts]:
     if version is None:
         return None
     try:
-        return version_facts(client, name, version, labels=labels)
+        return version_facts(client, name, version, labels=labels, signer=signer)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # the replaced version was deleted since
             return None
         raise
 
 
-def decide(client: Any, name: str, alias: str, version: str, previous: Optional[str]) -> Decision:
-    """Read the policy and both versions from the registry, and ``evaluate``."""
-    policy = read_policy(client.get_registered_model(name).tags or {})
+def decide(client: Any, name: str, alias: str, version: str, previous: Optional[str], *,
+           signer: Optional[Signer] = None, model_tags: Optional[Mapping[str, str]] = None) -> Decision:
+    """Read the policy (from ``model_tags`` when given) and both versions from the registry, and ``evaluate``."""
+    tags = model_tags if model_tags is not None else (client.get_registered_model(name).tags or {})
+    policy = read_policy(tags)
+    signer = resolve(signer)
     labels = needs_labels(policy, alias) and previous is not None and str(previous) != str(version)
-    candidate = version_facts(client, name, str(version), labels=labels)
-    replaced = _facts_or_none(client, name, previous, labels)
+    candidate = version_facts(client, name, str(version), labels=labels, signer=signer)
+    replaced = _facts_or_none(client, name, previous, labels, signer)
     decision = evaluate(policy, alias, candidate, replaced)
     return replace(decision, previous=previous)
 

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 import mlflow_tfexport.history as history
+from mlflow_tfexport.attest import Signer
 from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.policy import Decision, decide
@@ -191,15 +192,17 @@ def _refusal(decision: Decision, name: str) -> TfexportError:
     )
 
 
-def move_alias(client: MlflowClient, name: str, decision: Decision, *, via: str, by: Optional[str]) -> history.Entry:
+def move_alias(client: MlflowClient, name: str, decision: Decision, *, via: str, by: Optional[str],
+               signer: Optional[Signer] = None) -> history.Entry:
     """Point the alias of an accepted ``decision`` at its version and record it (accepted state first, so that
-    the worker's alias guard, hearing of the change, finds it already accepted)."""
-    history.set_accepted(client, name, decision.alias, decision.version)
+    the worker's alias guard, hearing of the change, finds it already accepted). Both are signed with ``signer``
+    (else this process's secret, if any: without one, the worker checks the move again itself)."""
+    history.set_accepted(client, name, decision.alias, decision.version, signer)
     client.set_registered_model_alias(name, decision.alias, decision.version)
     clear_refusal(client, name, decision.version, decision.alias)
     entry = history.Entry(time.time(), decision.alias, decision.previous, decision.version, history.ACCEPTED,
                           decision.reason, by, via)
-    history.record(client, name, entry)
+    history.record(client, name, entry, signer)
     return entry
 
 
@@ -207,8 +210,9 @@ def clear_refusal(client: MlflowClient, name: str, version: str, alias: str) -> 
     """Delete the version's refusal tag for ``alias``, once the alias is accepted there."""
     try:
         tags = client.get_model_version(name, version).tags or {}
-        if Tag.REFUSED_PREFIX + alias in tags:
-            client.delete_model_version_tag(name, version, Tag.REFUSED_PREFIX + alias)
+        key = history.alias_key(Tag.REFUSED_PREFIX, alias)
+        if key in tags:
+            client.delete_model_version_tag(name, version, key)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
@@ -269,7 +273,7 @@ def rollback(name: str, alias: str = "production", client: Optional[MlflowClient
     current = (model.aliases or {}).get(alias)
     current = None if current is None else str(current)
     try:
-        target = history.rollback_target(model.tags or {}, alias, current)
+        target = history.rollback_target(model.tags or {}, alias, current, name=name)
     except LookupError as exc:
         raise TfexportError(
             f"Cannot roll @{alias} of {name!r} back: {exc}. See mlflow-tfexport history {name}."
@@ -287,7 +291,9 @@ def rollback(name: str, alias: str = "production", client: Optional[MlflowClient
 def history_rows(name: str, alias: Optional[str] = None, client: Optional[MlflowClient] = None) -> List[Dict[str, str]]:
     """The recorded alias changes of ``name`` (of ``alias`` only, when given), oldest first, as strings."""
     client = client or MlflowClient()
-    return [e.row() for e in history.entries(client.get_registered_model(name).tags or {}, alias)]
+    signer = Signer.from_env()
+    tags = client.get_registered_model(name).tags or {}
+    return [e.row() for e in history.entries(tags, alias, name=name if signer else None, signer=signer)]
 
 
 def variant_rows(name: str, client: Optional[MlflowClient] = None) -> List[Dict[str, str]]:

@@ -47,6 +47,16 @@ def variant(client: MlflowClient, tmp: Any, fmt: str = "onnx", *, validation: Op
     return str(client.create_model_version(name, source=str(folder), tags=tags).version)
 
 
+SECRET = "policy-test-secret"
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secret the worker signs its records with, as an operator sets it (docs/trust-model.md)."""
+    monkeypatch.setenv("MLFLOW_TFEXPORT_GUARD_SECRET", SECRET)
+    monkeypatch.delenv("MLFLOW_TFEXPORT_WEBHOOK_SECRET", raising=False)
+
+
 @pytest.fixture
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient()
@@ -320,7 +330,7 @@ def test_the_webhook_worker_checks_aliases_moved_while_it_was_down(client: Mlflo
         def recorded() -> list:
             return [e for e in history.entries(client.get_registered_model(NAME).tags) if e.via == "start"]
 
-        entries = wait_for(recorded, "the start-up check's history entry", timeout=30)  # the entry is written last
-        assert _alias(client) == good
+        entries = wait_for(recorded, "the start-up check's history entry", timeout=30)  # written before the undo
+        wait_for(lambda: _alias(client) == good, "the undo", timeout=30)
         assert Tag.REFUSED_PREFIX + "production" in client.get_model_version(NAME, failed).tags
         assert [e.decision for e in entries] == ["refused"]

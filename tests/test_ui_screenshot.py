@@ -137,6 +137,7 @@ def test_a_refused_promotion_shows_on_the_version_page(tmp_path: Any, tiny_model
     from mlflow_tfexport.registry import promote
     from mlflow_tfexport.worker import guard_all
 
+    monkeypatch.setenv("MLFLOW_TFEXPORT_GUARD_SECRET", "screenshot-secret")  # signs promote's and the guard's records
     script = _script()
     chromium = script.find_chromium()
     if chromium is None:

@@ -539,6 +539,7 @@ def remote(mlflow_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -
     """Point this process's tracking and registry at the module's server; restore them afterwards."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv(wk.SECRET_ENV, SECRET)  # the worker's secret: also signs and checks the guard's records
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(mlflow_server)

@@ -20,8 +20,9 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mlflow_tfexport import worker
+from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer, attest_version
 from mlflow_tfexport.bench import bench
-from mlflow_tfexport.constants import Format
+from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.export.api import STAGES, export
 from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
@@ -42,6 +43,7 @@ from mlflow_tfexport.validation.files import ReadLimits
 from mlflow_tfexport.validation.revalidate import validate_version
 from mlflow_tfexport.worker import queue, server
 from mlflow_tfexport.worker.fetch import DataPolicy
+from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory
 
 
 def _progress(stage: str, detail: str) -> None:
@@ -137,6 +139,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attest(name: str, version: str, written: Dict[str, str]) -> bool:
+    """Sign a version's validation tags after ``written`` (with this process's secret; False without one)."""
+    from mlflow import MlflowClient
+
+    signer = Signer.from_env()
+    if signer is None:
+        return False
+    client = MlflowClient()
+    tags = {**(client.get_model_version(name, version).tags or {}), **written}
+    return attest_version(client, signer, name, version, tags)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     if args.tag and parse_models_uri(args.model_uri) is None:  # before any download
         raise TfexportError(
@@ -148,6 +162,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.tag:
         set_version_tags(result.name, result.version, result.tags())
         print(f"Recorded {', '.join(sorted(result.tags()))} on {result.model_uri}")
+        if _attest(result.name, result.version, result.tags()):
+            print(f"Signed the validation ({Tag.ATTESTATION}) with the worker's secret")
     if not result.passed:
         print(f"error: validation of {result.model_uri} failed: {result.check.failure()}", file=sys.stderr)
         return 1
@@ -199,11 +215,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         max_decompressed_bytes=args.data_max_decompressed_bytes,
                         download_timeout_s=args.data_download_timeout)
     policy = DataPolicy(data_dirs=tuple(args.data_dir), schemes=tuple(args.data_scheme), limits=limits)
+    secret = args.secret or os.environ.get(worker.SECRET_ENV)
+    guard_secret = os.environ.get(GUARD_SECRET_ENV) or secret
+    state_dir = args.state_dir or os.environ.get(STATE_DIR_ENV) or None
     if args.poll:
-        jobs = worker.ExportWorker(threads=args.threads, data_policy=policy, max_attempts=args.max_attempts).start()
+        if not guard_secret:
+            print(f"error: a secret is required to sign and check the alias guard's records: {GUARD_SECRET_ENV} "
+                  f"(or --secret / {worker.SECRET_ENV}); see docs/trust-model.md", file=sys.stderr)
+            return 2
+        jobs = worker.ExportWorker(threads=args.threads, data_policy=policy, max_attempts=args.max_attempts,
+                                   signer=Signer(guard_secret)).start()
         worker.recover(jobs, requeue=False)  # a poll pass finds interrupted requests by itself
+        memory = GuardMemory.in_dir(state_dir, mlflow.get_registry_uri()) if state_dir else None
         try:
-            queued = worker.poll(jobs, interval_s=args.interval, once=args.once)
+            queued = worker.poll(jobs, interval_s=args.interval, once=args.once, memory=memory)
         except KeyboardInterrupt:
             queued = 0
         finally:
@@ -211,7 +236,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.once:
             print(f"Handled {queued} pending request(s)")
         return 0
-    secret = args.secret or os.environ.get(worker.SECRET_ENV)
     if not secret:
         print(f"error: a webhook secret is required: --secret or {worker.SECRET_ENV} (or use --poll)",
               file=sys.stderr)
@@ -220,7 +244,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.serve(secret=secret, host=args.host, port=args.port, tolerance_s=args.tolerance,
                      threads=args.threads, certfile=args.certfile, keyfile=args.keyfile, data_policy=policy,
                      max_attempts=args.max_attempts, header_timeout_s=args.header_timeout,
-                     body_timeout_s=args.body_timeout, replay_cache=args.replay_cache or None)
+                     body_timeout_s=args.body_timeout, replay_cache=args.replay_cache or None, state_dir=state_dir,
+                     guard_secret=guard_secret)
     return 0
 
 
@@ -377,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", action="store_true", help="poll the registry for requests instead of webhooks")
     p.add_argument("--interval", type=float, default=30, help="seconds between polls (default 30)")
     p.add_argument("--once", action="store_true", help="with --poll: one pass, wait for its exports, exit")
+    p.add_argument("--state-dir", default=None,
+                   help="where the alias guard keeps its memory of guarded models, their policy and accepted "
+                   "versions (default: $MLFLOW_TFEXPORT_STATE_DIR; unset: in the process only)")
     _worker_data_options(p)
     p.set_defaults(func=cmd_worker)
 

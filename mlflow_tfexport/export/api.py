@@ -29,6 +29,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from mlflow_tfexport.attest import Signer, attest_version
 from mlflow_tfexport.constants import LOGGED_MODEL_NAME, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.export.failures import export_failure
@@ -474,6 +475,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
                            architecture=conf.get(FlavorKey.ARCHITECTURE), opset=options.opset,
                            trace_shapes=options.trace_shapes)
     mv = register_version(job.name, info, tags=tags, description=description, client=job.client)
+    attest_version(job.client, Signer.from_env(), job.name, str(mv.version), tags)  # with the secret set only
     if not job.force:
         mv = settle_duplicates(job.client, job.name, job.key, mv)
     return ExportResult(mv, f"models:/{job.name}/{mv.version}", report, created=True, run_id=run_id)

@@ -18,8 +18,10 @@ The pieces, each importing only those listed before it:
 - ``fetch``: the value of ``tfexport.request.data`` -> a bounded ``DataFile``, only from the registry's artifact
   URIs or an operator's ``--data-dir`` (``DataPolicy``, ``request_data``; see docs/worker-data.md);
 - ``queue``: ``ExportWorker``, the job queue and its threads, and the status text (``format_status``);
+- ``memory``: the guard's own memory of the models it guards (``GuardMemory``, ``--state-dir``);
 - ``guard``: aliases moved in the UI checked against the model's promotion policy, refused ones undone
-  (``guard_alias``, ``guard_all``, ``AliasGuard``; alias webhooks and every poll pass);
+  (``guard_alias``, ``guard_all``, ``AliasGuard``; alias webhooks and every poll pass); its records are signed
+  (``mlflow_tfexport.attest``, docs/trust-model.md);
 - ``webhook``: MLflow's HMAC signatures (``SignatureVerifier``) and one delivery -> one reply
   (``WebhookReceiver``);
 - ``poll``: pending requests (``--poll``) and jobs whose worker died (``requeue_interrupted``);
@@ -29,7 +31,8 @@ The pieces, each importing only those listed before it:
 from __future__ import annotations
 
 from mlflow_tfexport.worker.grammar import MAX_SPECS, ExportSpec, RequestError, parse_request
-from mlflow_tfexport.worker.guard import AliasGuard, guard_alias, guard_all, guard_model
+from mlflow_tfexport.worker.guard import AliasGuard, Told, guard_alias, guard_all, guard_model
+from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory
 from mlflow_tfexport.worker.poll import (
     find_interrupted,
     find_pending,
@@ -73,6 +76,7 @@ __all__ = [
     "MAX_SPECS",
     "SECRET_ENV",
     "SIGNATURE_HEADER",
+    "STATE_DIR_ENV",
     "STATUS_DONE",
     "STATUS_FAILED",
     "STATUS_RUNNING",
@@ -82,11 +86,13 @@ __all__ = [
     "DeliveryRejected",
     "ExportSpec",
     "ExportWorker",
+    "GuardMemory",
     "Job",
     "Outcome",
     "QueueFull",
     "RequestError",
     "SignatureVerifier",
+    "Told",
     "WebhookReceiver",
     "find_interrupted",
     "find_pending",

@@ -3,15 +3,22 @@
 MLflow's ``model_version_alias.created`` webhook says only which model, alias and version (not who, and not
 where the alias pointed before), and a delivery may arrive late, twice or out of order. So the guard does not
 act on the delivery's version: it *reconciles* the alias. It reads where the alias points now and compares it
-with the version the policy last accepted for it (``tfexport.accepted.<alias>``, see ``history``):
+with the version the policy last accepted for it — its own state, which a registry user cannot forge: the
+guard's memory (``memory.GuardMemory``) and the *signed* ``tfexport.accepted.<alias>`` tag (see ``history``;
+an unsigned or mismatching one is ignored):
 
 - the same: nothing changed. This is also how the guard's own undo is recognised when its webhook comes
   back (the alias is back at the accepted version), so an undo is never refused again;
 - a new version the policy allows: it becomes the accepted one, and the change is recorded;
-- a new version the policy refuses: the alias goes back to the accepted version (or is removed when there was
-  none), the version gets the tag ``tfexport.refused.<alias>`` saying what was refused, why and what was done,
-  and the refusal is recorded;
-- the alias is gone: the removal is recorded.
+- a new version the policy refuses: the refusal is recorded (history entry, and the version's tag
+  ``tfexport.refused.<alias>``) *before* the alias goes back to the accepted version (or is removed when there
+  was none), so a crash between the two leaves the record;
+- the alias is gone: the removal is recorded; it is put back only when the policy says ``<alias>.required``.
+
+A move the worker was told of (a webhook) that another move replaced before the guard looked is recorded as
+``superseded``, with its version. A change of the policy tags is recorded, and every guarded alias is checked
+again under the new policy (a loosen-move-tighten sequence ends with the move undone). One alias or model that
+fails is recorded as an ``error`` entry; the others are checked all the same.
 
 Poll mode calls ``guard_all`` on every pass; the webhook receiver queues the model on an ``AliasGuard``, whose
 one thread reconciles one model at a time (so the guard never races itself).
@@ -19,121 +26,301 @@ one thread reconciles one model at a time (so the guard never races itself).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from typing import Any, List, Mapping, Optional, Set
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 from mlflow.exceptions import MlflowException
 
 import mlflow_tfexport.history as history
+from mlflow_tfexport.attest import Signer, resolve
 from mlflow_tfexport.constants import Tag
-from mlflow_tfexport.policy import decide
-from mlflow_tfexport.registry import move_alias
+from mlflow_tfexport.policy import Policy, decide, read_policy
+from mlflow_tfexport.registry import clear_refusal
+from mlflow_tfexport.worker.memory import GuardMemory, policy_snapshot
 
 _logger = logging.getLogger(__name__)
 
 RETRIES = 3
 RETRY_WAIT_S = 2.0
+#: Passes over one model while its aliases keep moving under the guard (each pass re-reads the model).
+MAX_ROUNDS = 3
+#: Moves remembered per model between two passes (webhook deliveries); older ones are dropped.
+MAX_TOLD = 100
+MAX_TAG_VALUE_CHARS = 4900
 
 
-def _is_ours(model_tags: Mapping[str, str], version_tags: Mapping[str, str]) -> bool:
-    """A model this package looks after: it has a policy, an accepted state or a history, or the version the
-    alias points at is a tfexport version. Aliases of other models are left alone."""
-    return any(k.startswith(Tag.PREFIX) for k in model_tags) or Tag.FORMAT in version_tags
+@dataclass(frozen=True)
+class Told:
+    """A move the worker was told of by a webhook: ``version`` None for a deletion."""
+
+    alias: str
+    version: Optional[str]
 
 
 def _stamp(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
-def _restore(client: Any, name: str, alias: str, before: Optional[str]) -> str:
-    """Point ``alias`` back at ``before`` (or remove it); what was done, as words."""
-    if before is not None:
+def _policy_tags(tags: Mapping[str, str]) -> Dict[str, str]:
+    return {k: v for k, v in tags.items() if k.startswith(Tag.POLICY_PREFIX)}
+
+
+def _describe_change(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if not key:  # the digest
+            continue
+        if key not in old:
+            parts.append(f"{key} added: {new[key][:80]!r}")
+        elif key not in new:
+            parts.append(f"{key} removed (was {old[key][:80]!r})")
+        elif old[key] != new[key]:
+            parts.append(f"{key}: {old[key][:80]!r} -> {new[key][:80]!r}")
+    if not parts and old.get("") != new.get(""):
+        parts.append("policy tags beyond the first ones changed")
+    return "policy changed: " + "; ".join(parts)
+
+
+class _Pass:
+    """One reconciliation of one registered model."""
+
+    def __init__(self, client: Any, name: str, via: str, signer: Optional[Signer], memory: GuardMemory) -> None:
+        self.client, self.name, self.via, self.signer, self.memory = client, name, via, signer, memory
+        self.recorded: List[history.Entry] = []
+
+    def record(self, entry: history.Entry) -> history.Entry:
+        history.record(self.client, self.name, entry, self.signer)
+        self.recorded.append(entry)
+        return entry
+
+    def accepted_state(self, tags: Mapping[str, str]) -> Dict[str, Optional[str]]:
+        """alias -> the version the guard takes as accepted: the signed tag or the memory, the newer one."""
+        signed = {a: r for a, r in history.accepted_records(tags, name=self.name, signer=self.signer).items()
+                  if r.verified}
+        remembered = self.memory.accepted_all(self.name)
+        state: Dict[str, Optional[str]] = {}
+        for alias in set(signed) | set(remembered):
+            tag, mem = signed.get(alias), remembered.get(alias)
+            if tag is not None and (mem is None or tag.time >= mem[1]):
+                state[alias] = tag.version
+                if self.memory.knows(self.name) and (mem is None or mem[0] != tag.version):
+                    self.memory.remember(self.name, accepted=(alias, tag.version, tag.time))
+            elif mem is not None:
+                state[alias] = mem[0]
+        return state
+
+    def set_accepted(self, alias: str, version: Optional[str], *, guarded: bool) -> None:
+        at = time.time()
+        history.set_accepted(self.client, self.name, alias, version, self.signer, at=at)
+        self.memory.remember(self.name, accepted=(alias, version, at),
+                             safe=(alias, version) if guarded and version is not None else None)
+
+    def run(self, told: Sequence[Told]) -> bool:
+        """One round; True when the model is settled (no alias moved under the guard meanwhile)."""
+        model = self.client.get_registered_model(self.name)
+        tags = model.tags or {}
+        now = {a: str(v) for a, v in (model.aliases or {}).items()}
+        known = self.memory.knows(self.name)
+        snapshot = policy_snapshot(_policy_tags(tags))
+        recheck = False
+        if known:
+            before_policy = self.memory.policy(self.name) or {}
+            if before_policy != snapshot:
+                self.record(history.Entry(time.time(), "", None, None, history.POLICY,
+                                          _describe_change(before_policy, snapshot), None, self.via))
+                self.memory.remember(self.name, policy=snapshot)
+                recheck = True
+        accepted = self.accepted_state(tags)
+        for t in told:  # moves replaced before the guard looked: recorded with their version
+            if t.version is not None and now.get(t.alias) != t.version and accepted.get(t.alias) != t.version:
+                self.record(history.Entry(
+                    time.time(), t.alias, accepted.get(t.alias), t.version, history.SUPERSEDED,
+                    f"@{t.alias} was moved to version {t.version}, then moved again before the guard checked it "
+                    f"(now {'at version ' + now[t.alias] if t.alias in now else 'removed'})", None, self.via))
+        policy = read_policy(tags)
+        settled = True
+        ours = known or any(k.startswith(Tag.PREFIX) for k in tags)
+        for alias in sorted(set(now) | {a for a, v in accepted.items() if v is not None}):
+            moved = now.get(alias) != accepted.get(alias)
+            if not moved and not (recheck and alias in now and policy.rule(alias) is not None):
+                continue
+            try:
+                outcome = self.alias(alias, now.get(alias), accepted.get(alias), policy, tags, recheck=not moved)
+            except Exception as exc:  # one alias failing never stops the checks of the others
+                _logger.warning("guarding models:/%s@%s failed: %s", self.name, alias, exc)
+                with contextlib.suppress(Exception):
+                    self.record(history.Entry(time.time(), alias, accepted.get(alias), now.get(alias), history.ERROR,
+                                              f"the guard could not check @{alias}: {type(exc).__name__}: {exc}",
+                                              None, self.via))
+                continue
+            ours = ours or outcome != "not ours"
+            settled = settled and outcome != "moved again"
+        if ours and not known:  # from now on guarded, whatever happens to its tags
+            self.memory.remember(self.name, policy=snapshot)
+            self.accepted_state(self.client.get_registered_model(self.name).tags or {})  # into the memory
+        return settled
+
+    def alias(self, alias: str, now: Optional[str], before: Optional[str], policy: Policy, tags: Mapping[str, str],
+              *, recheck: bool) -> str:
+        rule = policy.rule(alias)
+        if now is None:
+            return self.removed(alias, before, rule is not None and rule.required and not policy.errors)
         try:
-            client.set_registered_model_alias(name, alias, before)
-            return f"@{alias} moved back to version {before}"
+            version_tags = self.client.get_model_version(self.name, now).tags or {}
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            history.set_accepted(client, name, alias, None)  # the accepted version was deleted since
-            client.delete_registered_model_alias(name, alias)
-            return f"@{alias} removed (version {before}, which held it before, no longer exists)"
-    client.delete_registered_model_alias(name, alias)
-    return f"@{alias} removed (it pointed nowhere before)"
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # moved again, or deleted, since: a later pass sees it
+                return "moved again"
+            raise
+        if not (self.memory.knows(self.name) or any(k.startswith(Tag.PREFIX) for k in tags)
+                or Tag.FORMAT in version_tags):
+            return "not ours"  # aliases of other flavors' models are left alone
+        decision = decide(self.client, self.name, alias, now, before, signer=self.signer, model_tags=tags)
+        if decision.allowed:
+            if recheck:  # still fine under the new policy: nothing to record
+                if decision.guarded:
+                    self.memory.remember(self.name, safe=(alias, now))
+                return "unchanged"
+            # The alias is not set again here: a user's move or deletion since this pass read it must stand.
+            self.set_accepted(alias, now, guarded=decision.guarded)
+            clear_refusal(self.client, self.name, now, alias)
+            self.record(history.Entry(time.time(), alias, before, now, history.ACCEPTED, decision.reason, None,
+                                      self.via))
+            _logger.info("models:/%s@%s -> version %s accepted (%s)", self.name, alias, now, decision.reason)
+            return "accepted" if self._still(alias, now) else "moved again"
+        target = before
+        if recheck:  # accepted under a looser policy: back to the last version accepted while guarded
+            safe = self.memory.safe(self.name, alias)
+            target = None
+            if safe is not None and safe != now:
+                with contextlib.suppress(MlflowException):
+                    if decide(self.client, self.name, alias, safe, None, signer=self.signer, model_tags=tags).allowed:
+                        target = safe
+        return self.refuse(alias, now, before, target, decision.reason)
+
+    def _still(self, alias: str, version: Optional[str]) -> bool:
+        current = (self.client.get_registered_model(self.name).aliases or {}).get(alias)
+        return (None if current is None else str(current)) == version
+
+    def refuse(self, alias: str, now: str, before: Optional[str], target: Optional[str], why: str) -> str:
+        if not self._still(alias, now):  # moved (or deleted) by a user since this pass read it: not undone
+            self.record(history.Entry(time.time(), alias, before, now, history.SUPERSEDED,
+                                      f"refused ({why}), but moved again before the guard undid it", None, self.via))
+            return "moved again"
+        at = time.time()
+        plan = f"@{alias} moved back to version {target}" if target is not None else (
+            f"@{alias} removed (it pointed nowhere before)" if before is None else
+            f"@{alias} removed (no version accepted under the policy in force to go back to)")
+        # The record first: a crash between the two leaves the refusal recorded, and the next pass undoes it.
+        text = (f"{_stamp(at)}: @{alias} may not point at version {now}: {why}. {plan}. "
+                f"Policy: mlflow-tfexport policy {self.name}")
+        self.client.set_model_version_tag(self.name, now, history.alias_key(Tag.REFUSED_PREFIX, alias),
+                                          text[:MAX_TAG_VALUE_CHARS])
+        self.record(history.Entry(at, alias, before, now, history.REFUSED, why, None, self.via, plan))
+        if not self._still(alias, now):  # a user moved or removed it while the refusal was written: theirs stands
+            self.record(history.Entry(time.time(), alias, now, None, history.SUPERSEDED,
+                                      f"not undone: @{alias} was moved or removed meanwhile", None, self.via))
+            return "moved again"
+        done = self.restore(alias, target)
+        if done != plan:
+            self.record(history.Entry(time.time(), alias, now, None, history.REMOVED, done, None, self.via))
+        _logger.warning("models:/%s@%s -> version %s refused: %s; %s", self.name, alias, now, why, done)
+        return "refused"
+
+    def restore(self, alias: str, target: Optional[str]) -> str:
+        """Point ``alias`` back at ``target`` (or remove it); what was done, as words."""
+        if target is not None:
+            try:
+                self.set_accepted(alias, target, guarded=True)
+                self.client.set_registered_model_alias(self.name, alias, target)
+                return f"@{alias} moved back to version {target}"
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                self.client.delete_registered_model_alias(self.name, alias)
+                self.set_accepted(alias, None, guarded=True)
+                return f"@{alias} removed (version {target}, which held it before, no longer exists)"
+        self.client.delete_registered_model_alias(self.name, alias)
+        self.set_accepted(alias, None, guarded=True)
+        return f"@{alias} removed (it pointed nowhere before)"
+
+    def removed(self, alias: str, before: Optional[str], required: bool) -> str:
+        if required and before is not None:
+            at = time.time()
+            plan = f"@{alias} set back to version {before}"
+            why = f"@{alias} was removed, but the policy says it is required ({Tag.POLICY_PREFIX}{alias}.required)"
+            self.record(history.Entry(at, alias, before, None, history.REFUSED, why, None, self.via, plan))
+            if self._still(alias, None):
+                self.restore(alias, before)
+            return "refused"
+        self.set_accepted(alias, None, guarded=False)
+        self.record(history.Entry(time.time(), alias, before, None, history.REMOVED, f"@{alias} was removed", None,
+                                  self.via))
+        _logger.info("models:/%s@%s removed (was version %s); recorded", self.name, alias, before)
+        return "removed"
 
 
-def guard_alias(client: Any, name: str, alias: str, *, via: str) -> Optional[history.Entry]:
-    """Reconcile one alias with its accepted state; returns the recorded entry, or None when nothing changed."""
-    model = client.get_registered_model(name)
+def guard_model(client: Any, name: str, *, via: str, signer: Optional[Signer] = None,
+                memory: Optional[GuardMemory] = None, told: Sequence[Told] = ()) -> List[history.Entry]:
+    """Reconcile every alias of ``name`` (and its policy) with the guard's state; the recorded entries.
+
+    ``signer``: the worker's (default: this process's secret, if any); ``memory``: the guard's memory (default:
+    a fresh one, which knows nothing: only signed tags are then trusted); ``told``: the moves webhooks named.
+    """
+    signer = resolve(signer)
+    memory = memory if memory is not None else GuardMemory()
+    one = _Pass(client, name, via, signer, memory)
+    for _ in range(MAX_ROUNDS):
+        if one.run(told):
+            break
+        told = ()
+    return one.recorded
+
+
+def guard_alias(client: Any, name: str, alias: str, *, via: str, signer: Optional[Signer] = None,
+                memory: Optional[GuardMemory] = None) -> Optional[history.Entry]:
+    """Reconcile the aliases of ``name``; the last entry recorded for ``alias``, or None when it did not change."""
+    found = [e for e in guard_model(client, name, via=via, signer=signer, memory=memory) if e.alias == alias]
+    return found[-1] if found else None
+
+
+def _needs_pass(model: Any, signer: Optional[Signer], memory: GuardMemory) -> bool:
     tags = model.tags or {}
-    now = (model.aliases or {}).get(alias)
-    now = None if now is None else str(now)
-    before = history.accepted(tags, alias)
-    if now == before:
-        return None
-    if now is None:
-        history.set_accepted(client, name, alias, None)
-        entry = history.Entry(time.time(), alias, before, None, history.REMOVED, f"@{alias} was removed", None, via)
-        history.record(client, name, entry)
-        _logger.info("models:/%s@%s removed (was version %s); recorded", name, alias, before)
-        return entry
-    try:
-        version_tags = client.get_model_version(name, now).tags or {}
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # moved again, or deleted, since: a later pass sees it
-            return None
-        raise
-    if not _is_ours(tags, version_tags):
-        return None
-    decision = decide(client, name, alias, now, before)
-    if decision.allowed:
-        entry = move_alias(client, name, decision, via=via, by=None)
-        _logger.info("models:/%s@%s -> version %s accepted (%s)", name, alias, now, decision.reason)
-        return entry
-    at = time.time()
-    undone = _restore(client, name, alias, before)
-    client.set_model_version_tag(
-        name, now, Tag.REFUSED_PREFIX + alias,
-        f"{_stamp(at)}: @{alias} may not point at version {now}: {decision.reason}. {undone}. "
-        f"Policy: mlflow-tfexport policy {name}",
-    )
-    entry = history.Entry(at, alias, before, now, history.REFUSED, decision.reason, None, via, undone)
-    history.record(client, name, entry)
-    _logger.warning("models:/%s@%s -> version %s refused: %s; %s", name, alias, now, decision.reason, undone)
-    return entry
-
-
-def changed_aliases(model: Any) -> List[str]:
-    """Aliases of a registered model that differ from their accepted state (new, moved or removed)."""
+    if memory.knows(model.name) and memory.policy(model.name) != policy_snapshot(_policy_tags(tags)):
+        return True
     now = {a: str(v) for a, v in (model.aliases or {}).items()}
-    accepted = history.accepted_aliases(model.tags or {})
-    return sorted(a for a in set(now) | set(accepted) if now.get(a) != accepted.get(a))
+    accepted = _Pass(None, model.name, "", signer, memory).accepted_state(tags)
+    return any(now.get(a) != accepted.get(a) for a in set(now) | {a for a, v in accepted.items() if v})
 
 
-def guard_model(client: Any, name: str, *, via: str) -> List[history.Entry]:
-    """Reconcile every alias of ``name``; the recorded entries."""
-    recorded = []
-    for alias in changed_aliases(client.get_registered_model(name)):
-        entry = guard_alias(client, name, alias, via=via)
-        if entry is not None:
-            recorded.append(entry)
-    return recorded
+def changed_aliases(model: Any, signer: Optional[Signer] = None,
+                    memory: Optional[GuardMemory] = None) -> List[str]:
+    """Aliases of a registered model that differ from their accepted state (new, moved or removed)."""
+    memory = memory if memory is not None else GuardMemory()
+    now = {a: str(v) for a, v in (model.aliases or {}).items()}
+    accepted = _Pass(None, model.name, "", resolve(signer), memory).accepted_state(model.tags or {})
+    return sorted(a for a in set(now) | {a for a, v in accepted.items() if v} if now.get(a) != accepted.get(a))
 
 
-def guard_all(client: Any, *, via: str = "poll", page_size: int = 200) -> List[history.Entry]:
+def guard_all(client: Any, *, via: str = "poll", page_size: int = 200, signer: Optional[Signer] = None,
+              memory: Optional[GuardMemory] = None) -> List[history.Entry]:
     """Reconcile the aliases of every registered model (poll mode, and once when the worker starts)."""
+    signer = resolve(signer)
+    memory = memory if memory is not None else GuardMemory()
     recorded: List[history.Entry] = []
     token = None
     while True:
         page = client.search_registered_models(max_results=page_size, page_token=token)
         for model in page:
-            if changed_aliases(model):
-                try:
-                    recorded += guard_model(client, model.name, via=via)
-                except MlflowException as exc:  # one model's trouble does not stop the others
-                    _logger.warning("guarding the aliases of %r failed: %s", model.name, exc)
+            try:
+                if _needs_pass(model, signer, memory):
+                    recorded += guard_model(client, model.name, via=via, signer=signer, memory=memory)
+            except Exception as exc:  # one model's trouble does not stop the others
+                _logger.warning("guarding the aliases of %r failed: %s", model.name, exc)
         token = getattr(page, "token", None)
         if not token:
             return recorded
@@ -142,14 +329,20 @@ def guard_all(client: Any, *, via: str = "poll", page_size: int = 200) -> List[h
 class AliasGuard:
     """One background thread reconciling the models that alias webhooks name, one model at a time.
 
-    ``submit(name)`` returns at once; a model already waiting is not queued twice (its pass reads the latest
-    state anyway). A pass that fails (registry unreachable) is tried ``RETRIES`` times.
+    ``submit(name, alias, version)`` returns at once; a model already waiting is not queued twice (its pass
+    reads the latest state anyway), but every move submitted is kept for it (at most ``MAX_TOLD``), so that a
+    move replaced before the pass is recorded as superseded. A pass that fails (registry unreachable) is tried
+    ``RETRIES`` times.
     """
 
-    def __init__(self, client: Any, *, max_queue: int = 1000) -> None:
+    def __init__(self, client: Any, *, max_queue: int = 1000, signer: Optional[Signer] = None,
+                 memory: Optional[GuardMemory] = None) -> None:
         self.client = client
+        self.signer = resolve(signer)
+        self.memory = memory if memory is not None else GuardMemory()
         self._queue: queue.Queue[Optional[str]] = queue.Queue(maxsize=max_queue)
         self._waiting: Set[str] = set()
+        self._told: Dict[str, List[Told]] = {}
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 
@@ -171,13 +364,23 @@ class AliasGuard:
         """Wait until every submitted model is reconciled."""
         self._queue.join()
 
-    def submit(self, name: str) -> bool:
-        """Queue ``name`` for a pass unless it waits already; False when it did. Raises ``queue.Full``."""
+    def submit(self, name: str, alias: Optional[str] = None, version: Optional[str] = None) -> bool:
+        """Queue ``name`` for a pass unless it waits already; False when it did. Raises ``queue.Full``.
+
+        ``alias`` and ``version`` (None: a deletion) are the move the delivery named."""
         self.start()
         with self._lock:
+            if alias is not None:
+                told = self._told.setdefault(name, [])
+                told.append(Told(alias, version))
+                del told[:-MAX_TOLD]
             if name in self._waiting:
                 return False
-            self._queue.put_nowait(name)
+            try:
+                self._queue.put_nowait(name)
+            except queue.Full:
+                self._told.pop(name, None)
+                raise
             self._waiting.add(name)
         return True
 
@@ -189,14 +392,15 @@ class AliasGuard:
                     return
                 with self._lock:
                     self._waiting.discard(name)
-                self._pass(name)
+                    told = self._told.pop(name, [])
+                self._pass(name, told)
             finally:
                 self._queue.task_done()
 
-    def _pass(self, name: str) -> None:
+    def _pass(self, name: str, told: List[Told]) -> None:
         for attempt in range(1, RETRIES + 1):
             try:
-                guard_model(self.client, name, via="webhook")
+                guard_model(self.client, name, via="webhook", signer=self.signer, memory=self.memory, told=told)
                 return
             except MlflowException as exc:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # deleted since, or never was: nothing to guard
@@ -207,4 +411,3 @@ class AliasGuard:
             except Exception as exc:  # the registry away, or a bug: logged, tried again, the thread goes on
                 _logger.warning("guarding the aliases of %r failed (attempt %d/%d): %s", name, attempt, RETRIES, exc)
                 time.sleep(RETRY_WAIT_S)
-

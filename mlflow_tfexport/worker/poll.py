@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export.recovery import DEAD, UNKNOWN, ProcessOwner, recover_stale_exports_once
 from mlflow_tfexport.worker.guard import guard_all
+from mlflow_tfexport.worker.memory import GuardMemory
 from mlflow_tfexport.worker.queue import (
     HEARTBEAT_S,
     SCRATCH_PREFIX,
@@ -193,17 +194,18 @@ def recover(worker: ExportWorker, *, requeue: bool = True) -> None:
 
 
 def poll(worker: ExportWorker, *, interval_s: float = 30.0, once: bool = False,
-         stop: Optional[threading.Event] = None) -> int:
+         stop: Optional[threading.Event] = None, memory: Optional[GuardMemory] = None) -> int:
     """Queue pending requests every ``interval_s``; with ``once``, one pass and wait for its jobs.
 
     Each pass also checks every alias moved since the last pass against its model's promotion policy
     (``guard.guard_all``): a refused promotion is undone, as in webhook mode.
     """
     stop = stop or threading.Event()
+    memory = memory if memory is not None else GuardMemory()
     total = 0
     while not stop.is_set():
         try:
-            guard_all(worker.client, via="poll")
+            guard_all(worker.client, via="poll", signer=worker.signer, memory=memory)
         except Exception as exc:  # the registry being down must not end the poller
             _logger.warning("checking the aliases failed: %s", reason(exc))
         try:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlflow_tfexport.attest import Signer, attest_version, resolve
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export import api as export_api
 from mlflow_tfexport.export.recovery import ProcessOwner
@@ -104,6 +105,7 @@ class ExportWorker:
         heartbeat_s: float = HEARTBEAT_S,
         data_policy: Optional[DataPolicy] = None,
         max_attempts: int = MAX_ATTEMPTS,
+        signer: Optional[Signer] = None,
     ) -> None:
         if not heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be a positive number of seconds, received {heartbeat_s!r}; e.g. 60.")
@@ -112,6 +114,8 @@ class ExportWorker:
         self.client = client or MlflowClient()
         self.data_policy = data_policy or DataPolicy()
         self.max_attempts = max_attempts
+        #: Signs the validation of the variants this worker exports (``attest``); default: the env's secret.
+        self.signer = resolve(signer)
         self._export_fn = export_fn
         self._queue: queue.Queue[Optional[Job]] = queue.Queue(maxsize=max_queue)
         self._pending: Set[Tuple[str, str, str]] = set()
@@ -318,4 +322,16 @@ class ExportWorker:
                 _logger.warning("export of %s as %s failed: %s", where, spec.label, failures[-1][1])
                 continue
             results.append((spec.label, str(result.model_uri)))
+            self._attest(result)
             _logger.info("exported %s as %s -> %s", where, spec.label, result.model_uri)
+
+    def _attest(self, result: Any) -> None:
+        """Sign the validation tags of a variant this worker just exported (what the export itself wrote)."""
+        mv = getattr(result, "model_version", None)
+        if self.signer is None or not getattr(result, "created", False) or mv is None:
+            return
+        try:
+            attest_version(self.client, self.signer, mv.name, str(mv.version), mv.tags or {})
+        except MlflowException as exc:  # unsigned: an attested=true policy refuses it, nothing worse
+            _logger.warning("signing the validation of models:/%s/%s failed: %s", mv.name, mv.version, reason(exc))
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import ssl
@@ -26,8 +27,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer
 from mlflow_tfexport.worker.fetch import DataPolicy
 from mlflow_tfexport.worker.guard import AliasGuard, guard_all
+from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory
 from mlflow_tfexport.worker.poll import recover
 from mlflow_tfexport.worker.queue import MAX_ATTEMPTS, ExportWorker
 from mlflow_tfexport.worker.webhook import DEFAULT_TOLERANCE_S, SignatureVerifier, WebhookReceiver
@@ -304,15 +307,25 @@ def serve(
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     replay_cache: Optional[str] = None,
+    state_dir: Optional[str] = None,
+    guard_secret: Optional[str] = None,
 ) -> None:
     """Serve webhook deliveries until interrupted (``mlflow-tfexport worker``).
 
     At start, the worker cleans up after exports whose process died and queues again the requests whose
     worker died mid-export (``poll.recover``), since in webhook mode no delivery would ask for them again, and
     checks the aliases moved while it was not running (``guard.guard_all``).
+
+    The guard signs its records with ``guard_secret`` (default: ``MLFLOW_TFEXPORT_GUARD_SECRET``, else the
+    webhook ``secret``) and keeps its memory of guarded models in ``state_dir`` (default:
+    ``MLFLOW_TFEXPORT_STATE_DIR``; unset: in the process only; see ``memory``).
     """
-    worker = ExportWorker(threads=threads, data_policy=data_policy, max_attempts=max_attempts).start()
-    guard = AliasGuard(worker.client).start()
+    signer = Signer(guard_secret or os.environ.get(GUARD_SECRET_ENV) or secret)
+    state_dir = state_dir or os.environ.get(STATE_DIR_ENV) or None
+    worker = ExportWorker(threads=threads, data_policy=data_policy, max_attempts=max_attempts,
+                          signer=signer).start()
+    memory = GuardMemory.in_dir(state_dir, _registry_uri()) if state_dir else GuardMemory()
+    guard = AliasGuard(worker.client, signer=signer, memory=memory).start()
     verifier = SignatureVerifier(secret, tolerance_s, state_path=replay_cache)
     server = make_server(WebhookReceiver(worker, verifier, guard), host, port, timeout_s=timeout_s,
                          header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
@@ -323,7 +336,7 @@ def serve(
         server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         scheme = "https"
     # In the background: a registry that is slow to answer must not keep deliveries waiting.
-    threading.Thread(target=_at_start, args=(worker,), name="tfexport-recovery", daemon=True).start()
+    threading.Thread(target=_at_start, args=(worker, guard), name="tfexport-recovery", daemon=True).start()
     bound_host, bound_port = server.server_address[:2]
     _logger.info("listening on %s://%s:%s%s", scheme, bound_host, bound_port, WEBHOOK_PATH)
     if ready is not None:
@@ -336,9 +349,15 @@ def serve(
         worker.stop()
 
 
-def _at_start(worker: ExportWorker) -> None:
+def _registry_uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_registry_uri())
+
+
+def _at_start(worker: ExportWorker, guard: AliasGuard) -> None:
     recover(worker)
     try:
-        guard_all(worker.client, via="start")
+        guard_all(worker.client, via="start", signer=guard.signer, memory=guard.memory)
     except Exception as exc:  # the registry away at start: the next alias delivery checks its model
         _logger.warning("could not check the aliases at start: %s", exc)

@@ -287,7 +287,7 @@ class WebhookReceiver:
         payload = _read_json(body)
         event = (payload.get("entity"), payload.get("action"))
         if event in ALIAS_EVENTS:
-            return self._alias(payload.get("data"))
+            return self._alias(payload.get("data"), deleted=event[1] == "deleted")
         if event != EVENT:
             ignored = f"event {_plain(event[0])}.{_plain(event[1])} is not one of {', '.join(EVENTS)}"
             return Reply(HTTPStatus.OK, {"ignored": ignored})
@@ -323,7 +323,7 @@ class WebhookReceiver:
         return Reply(HTTPStatus.ACCEPTED if queued else HTTPStatus.OK,
                      {"status": why, "model_version": f"models:/{name}/{version}", "request": value})
 
-    def _alias(self, data: Any) -> Reply:
+    def _alias(self, data: Any, *, deleted: bool = False) -> Reply:
         """An alias was set or removed: queue its model for a pass of the alias guard."""
         expected = "data must hold string name and alias (and version, for model_version_alias.created)"
         if not isinstance(data, dict):
@@ -334,8 +334,10 @@ class WebhookReceiver:
                 raise DeliveryRejected(HTTPStatus.BAD_REQUEST, f"{expected}; data.{key} is "
                                        f"{_shown(data.get(key)) if key in data else 'missing'}")
         name, alias = data["name"], data["alias"]
+        version = data.get("version")
+        told = None if deleted or not isinstance(version, str) or not _VERSION.fullmatch(version) else version
         try:
-            queued = self.guard.submit(name)
+            queued = self.guard.submit(name, alias, told)
         except queue.Full:
             raise DeliveryRejected(HTTPStatus.SERVICE_UNAVAILABLE,
                                    "the alias guard's queue is full; retry later") from None
