@@ -87,8 +87,12 @@ def feed_shape(feeds: Feeds) -> Tuple[int, int]:
     """``(batch, sequence)`` of text feeds; ``(batch, height)`` of image feeds (``pixel_values``)."""
     if "input_ids" in feeds:
         return int(feeds["input_ids"].shape[0]), int(feeds["input_ids"].shape[1])
-    pixels = feeds["pixel_values"]
-    return int(pixels.shape[0]), int(pixels.shape[2])
+    if "pixel_values" in feeds:
+        pixels = feeds["pixel_values"]
+        return int(pixels.shape[0]), int(pixels.shape[2])
+    widest = max(feeds.values(), key=lambda v: np.ndim(v))  # a user's export config: its token inputs
+    shape = np.shape(widest)
+    return int(shape[0]), int(shape[1]) if len(shape) > 1 else 1
 
 
 class ModelRunFailed(Exception):
