@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import UnknownTaskError
 from mlflow_tfexport.serving import generation, image_postprocess, postprocess
 
@@ -453,16 +452,6 @@ def for_input_kind(spec: TaskSpec, input_kind: str) -> TaskSpec:
         f"Task {spec.name!r} takes {spec.input_kind} inputs and this model takes {input_kind} inputs; "
         f"tasks for {input_kind} models: {', '.join(t.name for t in TASKS.values() if t.input_kind == input_kind)}."
     )
-
-
-def task_of(conf: Mapping[str, Any]) -> TaskSpec:
-    """The task spec of a flavor block: its task's row, or the one derived from its export config."""
-    if conf.get(FlavorKey.EXPORT_CONFIG) is None:
-        return get_task(conf[FlavorKey.TASK])
-    from mlflow_tfexport.serving.export_config import ExportConfig  # imports this module
-
-    spec: TaskSpec = ExportConfig.from_dict(conf[FlavorKey.EXPORT_CONFIG]).task_spec()
-    return spec
 
 
 def input_axes(spec: TaskSpec, name: str) -> Dict[int, str]:

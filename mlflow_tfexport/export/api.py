@@ -48,10 +48,9 @@ from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
 from mlflow_tfexport.flavor.environment import default_requirements, pinned
 from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
-from mlflow_tfexport.serving.export_config import with_config
+from mlflow_tfexport.serving.export_config import task_of, with_config
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.serving.runtimes.static import shape_name
-from mlflow_tfexport.tasks import task_of
 from mlflow_tfexport.validation.agreement import validation_rows
 from mlflow_tfexport.validation.data import ValidationData
 from mlflow_tfexport.validation.report import SYNTHETIC_ONLY, ValidationReport, describe, raise_for_failures

@@ -28,7 +28,7 @@ from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.flavor.environment import pinned, write_environment
 from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.serving.batching import batchable
-from mlflow_tfexport.tasks import task_of
+from mlflow_tfexport.serving.export_config import task_of
 
 #: Every key a flavor block may hold (``FlavorKey``'s values).
 KNOWN_KEYS = frozenset(v for k, v in vars(FlavorKey).items() if k.isupper() and isinstance(v, str))

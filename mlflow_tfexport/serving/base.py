@@ -20,8 +20,9 @@ import numpy as np
 from mlflow_tfexport.errors import BadInputError, TfexportError
 from mlflow_tfexport.serving.batching import make_batcher
 from mlflow_tfexport.serving.conf import labels
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes import Runner
-from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec, task_of
+from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec
 
 DEFAULT_BATCH_SIZE = 32
 

@@ -63,7 +63,7 @@ class ExportConfigError(TfexportError):
 class Feed:
     """Values of ``InputSpec.feed``: where a request's value for the input comes from."""
 
-    TOKENIZER = "tokenizer"  # an output of the model's tokenizer (``key``: input_ids, attention_mask, token_type_ids)
+    TOKENIZER = "tokenizer_output"  # a tokenizer output (``key``: input_ids, attention_mask, token_type_ids)
     COLUMN = "column"  # a numeric column of the request (``key``: its name; default the input's name)
     CONSTANT = "constant"  # the same ``value`` for every row
 
@@ -78,7 +78,7 @@ class InputSpec:
         name: The ``forward`` keyword argument, also the name of the exported graph's input.
         axes: Dynamic axes, axis index -> name (``"batch"``, ``"sequence"``, or a name of yours). Default:
             ``{0: "batch", 1: "sequence"}`` for a tokenizer feed, ``{0: "batch"}`` otherwise.
-        feed: :class:`Feed` value: ``"tokenizer"`` (default), ``"column"`` or ``"constant"``.
+        feed: :class:`Feed` value: ``"tokenizer_output"`` (default), ``"column"`` or ``"constant"``.
         key: The tokenizer output (``input_ids``, ``attention_mask``, ``token_type_ids``) or the request
             column it is read from; default ``name``.
         dtype: ``float32`` (default for columns and constants), ``float64``, ``int64`` (tokenizer feeds),
@@ -417,6 +417,12 @@ def config_of(conf: Mapping[str, Any]) -> Optional[ExportConfig]:
     """The export config of a flavor block, or None (a model of the task table)."""
     raw = conf.get(FlavorKey.EXPORT_CONFIG)
     return None if raw is None else ExportConfig.from_dict(raw)
+
+
+def task_of(conf: Mapping[str, Any]) -> TaskSpec:
+    """The task spec of a flavor block: its task's row, or the one derived from its export config."""
+    config = config_of(conf)
+    return get_task(conf[FlavorKey.TASK]) if config is None else config.task_spec()
 
 
 def with_config(conf: Mapping[str, Any], config: ExportConfig) -> Dict[str, Any]:

@@ -11,11 +11,12 @@ from typing import Any, Dict, Optional
 
 from mlflow_tfexport.serving.conf import read_flavor_conf
 from mlflow_tfexport.serving.custom import CustomPyfunc
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.image import ImagePyfunc
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.text import TfexportPyfunc
 from mlflow_tfexport.serving.zero_shot import ZeroShotImagePyfunc
-from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT, task_of
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT
 
 #: The pyfunc of each input kind (text: ``TfexportPyfunc``).
 PYFUNCS: Dict[str, Any] = {IMAGE: ImagePyfunc, IMAGE_TEXT: ZeroShotImagePyfunc}

@@ -36,10 +36,11 @@ from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.export.options import QUANTIZE_MODES
 from mlflow_tfexport.serving.custom import CustomPyfunc
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.image import ImagePyfunc
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.serving.text import TfexportPyfunc
-from mlflow_tfexport.tasks import IMAGE, AgreementMetric, TaskSpec, task_of
+from mlflow_tfexport.tasks import IMAGE, AgreementMetric, TaskSpec
 from mlflow_tfexport.validation.data import InputExampleError, ValidationData, load_validation_data
 from mlflow_tfexport.validation.report import AgreementCheck
 

@@ -24,8 +24,8 @@ from mlflow_tfexport.constants import VALIDATION_FAILED, VALIDATION_PASSED, Flav
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.registry import resolve_version
 from mlflow_tfexport.serving.conf import read_flavor_conf
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes import load_runner
-from mlflow_tfexport.tasks import task_of
 from mlflow_tfexport.validation.agreement import (
     FP32,
     compared_conf,

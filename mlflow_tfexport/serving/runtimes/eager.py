@@ -21,8 +21,9 @@ from mlflow_tfexport.constants import CODE_DIR, FlavorKey
 from mlflow_tfexport.errors import FlavorConfError, TfexportError
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.decoding import DecodeConfig, StopFn
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes.device import resolve_device
-from mlflow_tfexport.tasks import IMAGE, task_of
+from mlflow_tfexport.tasks import IMAGE
 
 #: Held while a sampling ``generate`` draws from torch's global generator (see ``EagerRunner._run``).
 _SAMPLING_LOCK = threading.Lock()

@@ -14,8 +14,9 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes.base import Runner
-from mlflow_tfexport.tasks import SEQUENCE, TEXT_INPUTS, OutputSpec, task_of
+from mlflow_tfexport.tasks import SEQUENCE, TEXT_INPUTS, OutputSpec
 
 
 class SequencePadding:

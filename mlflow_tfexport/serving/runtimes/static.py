@@ -26,7 +26,8 @@ import numpy as np
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving.conf import artifact_path
-from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TEXT_INPUTS, OutputSpec, task_of
+from mlflow_tfexport.serving.export_config import task_of
+from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TEXT_INPUTS, OutputSpec
 
 Shape = Tuple[int, int]  # (batch, sequence)
 #: Runs one bucket's module on arrays of exactly that bucket's shape, in input order.
