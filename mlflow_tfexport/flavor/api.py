@@ -312,6 +312,7 @@ def save_model(
     config = _export_config(model, export_config)
     if config is not None:
         model, preprocessor, spec = _custom_model(model, tokenizer, task, config)
+        facts = custom_facts(model, preprocessor, config)  # refuses a config that does not fit, before any write
     else:
         model, preprocessor, task = _split_pipeline(model, tokenizer, task, image_processor)
         spec = resolve_task(model, task)
@@ -319,7 +320,6 @@ def save_model(
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)
     if config is not None:
-        facts = custom_facts(model, preprocessor, config)
         asset_key, asset_dir = FlavorKey.TOKENIZER_DIR, TOKENIZER_DIR
         save_tokenizer(preprocessor, path)
     elif spec.input_kind == IMAGE_TEXT:

@@ -95,8 +95,11 @@ class InputSpec:
     value: Any = None
     shape: Tuple[int, ...] = ()
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # defaults resolved: equal configs compare equal, as written or as read back
         object.__setattr__(self, "shape", tuple(self.shape))
+        object.__setattr__(self, "axes", self.dynamic_axes)
+        object.__setattr__(self, "key", self.source)
+        object.__setattr__(self, "dtype", self.numpy_dtype)
 
     @property
     def row_shape(self) -> Tuple[int, ...]:
