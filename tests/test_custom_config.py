@@ -34,6 +34,7 @@ from mlflow_tfexport.errors import FlavorConfError
 from mlflow_tfexport.export.api import export_to_directory
 from mlflow_tfexport.export.neuron import NeuronCompiler, set_compiler
 from mlflow_tfexport.serving.conf import check_flavor_conf, read_flavor_conf
+from mlflow_tfexport.worker import ExportWorker, Job
 
 MODULE = "tfx_price_model"
 MODEL_TYPE = "tfx-price-test"
@@ -267,6 +268,20 @@ def test_custom_model_exports_to_onnx_and_torchscript_and_serves_without_its_cod
         assert_same_answers(served, source)
         assert bad.status_code == 400 and "'price'" in bad.json()["message"] and "row 0" in bad.json()["message"]
         assert missing.status_code == 400 and "'text', 'price'" in missing.json()["message"]
+
+
+@pytest.mark.slow
+def test_a_worker_request_tag_exports_a_custom_model_with_its_saved_config(logged: Dict[str, Any]) -> None:
+    """A ``tfexport.request`` tag (set in the UI) -> the worker's export, from the config saved with the source."""
+    client = MlflowClient()
+    client.set_model_version_tag(NAME, "1", Tag.REQUEST, "torchscript:1x16")
+    outcome = ExportWorker(client).process(Job(NAME, "1", "torchscript:1x16"))
+    assert outcome.status is not None and outcome.status.startswith("done"), outcome.status
+    version = outcome.status.rsplit("/", 1)[1]
+    tags = client.get_model_version(NAME, version).tags
+    assert tags[Tag.FORMAT] == "torchscript" and tags[Tag.TASK] == "custom" and tags[Tag.TRACE_SHAPE] == "1x16"
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(REQUEST.iloc[:3])  # rows within 16 tokens
+    assert_same_answers(served, logged["source"].iloc[:3])
 
 
 @pytest.mark.slow

@@ -121,6 +121,8 @@ class InputSpec:
 
     @property
     def dynamic_axes(self) -> Dict[int, str]:
+        if self.axes is not None and not isinstance(self.axes, Mapping):
+            raise _bad(f"inputs ({self.name}).axes", self.axes, "a mapping of axis index to name, e.g. {0: 'batch'}")
         if self.axes is not None:
             return {int(k): str(v) for k, v in self.axes.items()}
         return {0: BATCH, 1: SEQUENCE} if self.feed == Feed.TOKENIZER else {0: BATCH}
