@@ -287,8 +287,8 @@ def render_custom(results: List[CustomCellResult]) -> str:
         "A model the table does not know exports through an `ExportConfig` (docs/custom-export-config.md): each "
         "row saves a tiny model with its config, exports it, validates it against the eager model (every output "
         "within the config's atol on padded batches of other shapes than the export's) and compares the exported "
-        "pyfunc's answers on a request with the source's. `torchscript` traces one bucket (2x32); Neuron uses the same trace path "
-        "(tested with a CPU stand-in compiler in tests/test_custom_config.py).",
+        "pyfunc's answers on a request with the source's. `torchscript` traces one bucket (2x32); Neuron uses the "
+        "same trace path (tested with a CPU stand-in compiler in tests/test_custom_config.py).",
         "",
         f"**{sum(r.passed for r in results)}/{len(results)} cells export, validate and serve the source's "
         "answers.**",
