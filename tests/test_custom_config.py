@@ -63,6 +63,7 @@ MODEL_SOURCE = textwrap.dedent('''
     class PriceOutput(ModelOutput):
         logits: Optional[torch.FloatTensor] = None
         price_score: Optional[torch.FloatTensor] = None
+        token_states: Optional[torch.FloatTensor] = None
 
 
     class PriceModel(PreTrainedModel):
@@ -86,7 +87,8 @@ MODEL_SOURCE = textwrap.dedent('''
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
             x = torch.tanh(self.proj(torch.cat([pooled, price.unsqueeze(-1).to(hidden.dtype)], dim=-1)))
-            return PriceOutput(logits=self.head(x), price_score=self.score(x).squeeze(-1))
+            return PriceOutput(logits=self.head(x), price_score=self.score(x).squeeze(-1),
+                               token_states=torch.tanh(hidden[..., :4] + x[:, None, :4]))
 
 
     AutoConfig.register("tfx-price-test", PriceConfig)
@@ -323,6 +325,25 @@ def test_custom_model_neuron_export_through_the_trace_path_with_a_cpu_stand_in_c
     served = mlflow.pyfunc.load_model(result.model_uri).predict(REQUEST)
     np.testing.assert_allclose(served["price_score"].to_numpy(float),
                                logged["source"]["price_score"].to_numpy(float), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_per_token_output_is_served_cut_to_each_rows_tokens(user_code: Any, tmp_path: Any) -> None:
+    """An output with a sequence axis: dynamic in ONNX, un-padded from TorchScript buckets, and each row's
+    value cut to its own tokens in the response (as the source serves it)."""
+    config = _config(outputs=(OutputSpec("token_states", {0: "batch", 1: "sequence"}), PRICE_CONFIG.outputs[1]))
+    tok = bert_tokenizer()
+    mlflow_tfexport.save_model(price_model(user_code[0], tok), str(tmp_path / "src"), tokenizer=tok,
+                               export_config=config)
+    expected = mlflow.pyfunc.load_model(str(tmp_path / "src")).predict(REQUEST)
+    lengths = [len(tok(text)["input_ids"]) for text in REQUEST["text"]]
+    assert [len(rows) for rows in expected["token_states"]] == lengths  # one 4-vector per real token of the row
+    for fmt, options in (("onnx", {}), ("torchscript", {"trace_shape": "2x32"})):
+        _, report = export_to_directory(str(tmp_path / "src"), str(tmp_path / fmt), fmt, **options)
+        assert report.passed
+        got = mlflow.pyfunc.load_model(str(tmp_path / fmt)).predict(REQUEST)
+        for a, b in zip(got["token_states"], expected["token_states"], strict=True):
+            np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- 3. configs that do not fit

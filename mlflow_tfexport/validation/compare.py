@@ -123,10 +123,12 @@ def validate(
     atol: float,
     *,
     real_positions: Optional[OutputAxes] = None,
+    mask_input: str = "attention_mask",
 ) -> ValidationReport:
     """Compare ``exported`` with ``reference`` on every feed set; never raises on a mismatch.
 
-    ``real_positions`` (the outputs' axes): compare only positions where the feeds' ``attention_mask`` is 1.
+    ``real_positions`` (the outputs' axes): compare only positions where the feeds' ``attention_mask`` is 1
+    (``mask_input``: the input that carries it, when a user's export config names it otherwise).
     """
     report = ValidationReport(atol=atol)
     if real_positions is not None:
@@ -140,7 +142,7 @@ def validate(
                     f"The reference model is not deterministic: output {name!r} differs between two "
                     "runs on the same input. Put the model in eval mode (model.eval()) before logging it."
                 )
-        mask = feeds.get("attention_mask") if real_positions is not None else None
+        mask = feeds.get(mask_input) if real_positions is not None else None
         report.checks.extend(compare(first, _run(exported, feeds, "exported"), output_names, atol, feed_shape(feeds),
                                      mask=mask, axes=real_positions))
     return report
