@@ -428,6 +428,7 @@ def test_a_changed_export_config_in_an_mlmodel_is_refused_at_load(user_code: Any
 # --------------------------------------------------------------------------- given once, used everywhere
 
 
+@pytest.mark.slow
 def test_a_package_registers_a_config_for_its_model_type_through_an_entry_point(
         user_code: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     site = tmp_path / "site"
