@@ -9,6 +9,7 @@ format with the reason of every failure and the pass count.
     python benchmarks/support_table.py                 # writes docs/support-table.md
     python benchmarks/support_table.py --all-dynamo    # also the dynamo exporter on every cell
     python benchmarks/support_table.py --output -      # print instead
+    python benchmarks/support_table.py --custom-only   # only the rows of user export configs (their section)
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
+from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -176,14 +179,170 @@ def render_vision(results: List[VisionCellResult]) -> str:
     return "\n".join(out) + "\n"
 
 
+CUSTOM_START = "<!-- custom-config:start -->"
+CUSTOM_END = "<!-- custom-config:end -->"
+
+
+@dataclass
+class CustomCellResult:
+    name: str
+    task: str
+    format: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+def custom_cells() -> List[Tuple[str, str, Callable[[], Tuple[Any, Any, Any]], Any]]:
+    """(name, task, build model and tokenizer, export config, request) of the custom-config rows: the guide's
+    DistilBERT example and a PreTrainedModel of a new model_type (tests/test_custom_config.py)."""
+    import tempfile
+    import types
+
+    from test_custom_config import (
+        DISTILBERT_CONFIG,
+        MODEL_SOURCE,
+        MODULE,
+        PRICE_CONFIG,
+        REQUEST,
+        distilbert_classifier,
+        price_model,
+    )
+    from tiny import bert_tokenizer
+
+    if MODULE not in sys.modules:
+        folder = tempfile.mkdtemp(prefix="tfx-custom-")
+        with open(os.path.join(folder, f"{MODULE}.py"), "w") as f:
+            f.write(MODEL_SOURCE)
+        sys.path.insert(0, folder)
+    module: types.ModuleType = __import__(MODULE)
+
+    def price() -> Tuple[Any, Any, Any]:
+        tok = bert_tokenizer()
+        return price_model(module, tok), tok, REQUEST
+
+    def distilbert() -> Tuple[Any, Any, Any]:
+        model, tok = distilbert_classifier()
+        return model, tok, list(REQUEST["text"])
+
+    return [
+        ("DistilBERT through a user config (the old guide's example)", "text-classification", distilbert,
+         DISTILBERT_CONFIG),
+        ("PreTrainedModel of a new model_type: token ids, mask and a numeric column in; two named outputs",
+         "custom (raw outputs)", price, PRICE_CONFIG),
+    ]
+
+
+def run_custom_cell(build: Callable[[], Tuple[Any, Any, Any]], config: Any, fmt: str) -> Tuple[bool, str]:
+    """Save with the config, export to ``fmt``, validate, and compare the exported pyfunc's answers with the
+    source's on the request."""
+    import tempfile
+
+    import mlflow
+    import numpy as np
+
+    import mlflow_tfexport
+    from mlflow_tfexport.export.api import export_to_directory
+
+    model, tok, request = build()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "src"), os.path.join(tmp, fmt)
+        mlflow_tfexport.save_model(model, src, tokenizer=tok, export_config=config)
+        options = {"trace_shape": "2x32"} if fmt == TORCHSCRIPT else {}
+        try:
+            _, report = export_to_directory(src, out, fmt, **options)
+        except Exception as exc:  # the cell fails with its error
+            return False, f"{type(exc).__name__}: {exc}"
+        expected = mlflow.pyfunc.load_model(src).predict(request)
+        got = mlflow.pyfunc.load_model(out).predict(request)
+        for column in expected.columns:
+            a = np.array(expected[column].tolist()) if expected[column].dtype == object else expected[column]
+            b = np.array(got[column].tolist()) if got[column].dtype == object else got[column]
+            same = (a == b).all() if getattr(a, "dtype", None) is not None and a.dtype.kind in "OUS" \
+                else np.allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-5)
+            if not same:
+                return False, f"served answers differ from the source's in column {column!r}"
+        return True, f"max abs diff {report.max_abs_diff:.1e}"
+
+
+def render_custom(results: List[CustomCellResult]) -> str:
+    rows = ["| Model | task | " + " | ".join((ONNX, TORCHSCRIPT)) + " |", "|---|---|---|---|"]
+    notes: List[str] = []
+    for name in dict.fromkeys(r.name for r in results):
+        found = {r.format: r for r in results if r.name == name}
+        cells = []
+        for fmt in (ONNX, TORCHSCRIPT):
+            r = found[fmt]
+            if r.passed:
+                cells.append(f"✓ {fmt}")
+            else:
+                notes.append(f"{name}, {fmt}: {r.detail}")
+                cells.append(f"✗ {fmt} [{len(notes)}]")
+        rows.append(f"| {name} | {next(iter(found.values())).task} | " + " | ".join(cells) + " |")
+    out = [
+        CUSTOM_START,
+        "",
+        "## Architectures outside the task table (a user-written export config)",
+        "",
+        "A model the table does not know exports through an `ExportConfig` (docs/custom-export-config.md): each "
+        "row saves a tiny model with its config, exports it, validates it against the eager model (every output "
+        "within the config's atol on padded batches of other shapes than the export's) and compares the exported "
+        "pyfunc's answers on a request with the source's. `torchscript` traces one bucket (2x32); Neuron uses the "
+        "same trace path (tested with a CPU stand-in compiler in tests/test_custom_config.py).",
+        "",
+        f"**{sum(r.passed for r in results)}/{len(results)} cells export, validate and serve the source's "
+        "answers.**",
+        "",
+        *rows,
+    ]
+    if notes:
+        out += ["", *(f"{i}. {n}" for i, n in enumerate(notes, 1))]
+    return "\n".join([*out, "", CUSTOM_END]) + "\n"
+
+
+def run_custom() -> List[CustomCellResult]:
+    results = []
+    for name, task, build, config in custom_cells():
+        for fmt in (ONNX, TORCHSCRIPT):
+            started = time.perf_counter()
+            passed, detail = run_custom_cell(build, config, fmt)
+            results.append(CustomCellResult(name, task, fmt, passed, detail, time.perf_counter() - started))
+            print(f"{'✓' if passed else '✗'} {name} {fmt}: {detail}", file=sys.stderr, flush=True)
+    return results
+
+
+def replace_custom_section(path: str, section: str) -> None:
+    """Put ``section`` in place of the file's custom-config section (between its markers), or append it."""
+    with open(path) as f:
+        content = f.read()
+    if CUSTOM_START in content and CUSTOM_END in content:
+        head, rest = content.split(CUSTOM_START, 1)
+        content = head + section.rstrip("\n") + rest.split(CUSTOM_END, 1)[1]
+    else:
+        content = content.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(content)
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "support-table.md"),
                         help="file to write, '-' for stdout")
     parser.add_argument("--all-dynamo", action="store_true", help="run the dynamo exporter on every cell too")
+    parser.add_argument("--custom-only", action="store_true",
+                        help="run only the custom export config rows and replace their section of --output")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    if args.custom_only:
+        custom = run_custom()
+        section = render_custom(custom)
+        if args.output == "-":
+            print(section, end="")
+        else:
+            replace_custom_section(args.output, section)
+            print(f"updated {args.output}", file=sys.stderr)
+        return 0 if all(r.passed for r in custom) else 1
     cells = list(CELLS)
     if args.all_dynamo:
         cells += [(a, t, DYNAMO) for a, t, e in CELLS if e == LEGACY and (a, t, DYNAMO) not in CELLS]
@@ -202,7 +361,8 @@ def main(argv: List[str] | None = None) -> int:
             print(f"{'✓' if v.passed else '✗'} {arch_name} {task} {fmt} ({v.seconds:.1f}s): {v.detail}",
                   file=sys.stderr, flush=True)
             vision.append(v)
-    text = render(results) + render_vision(vision)
+    custom = run_custom()
+    text = render(results) + render_vision(vision) + "\n" + render_custom(custom)
     if args.output == "-":
         print(text, end="")
     else:
@@ -210,7 +370,8 @@ def main(argv: List[str] | None = None) -> int:
         with open(args.output, "w") as f:
             f.write(text)
         print(f"wrote {args.output}", file=sys.stderr)
-    return 0 if all(r.as_expected for r in results) and all(v.as_expected for v in vision) else 1
+    return 0 if all(r.as_expected for r in results) and all(v.as_expected for v in vision) \
+        and all(c.passed for c in custom) else 1
 
 
 if __name__ == "__main__":

@@ -25,13 +25,19 @@ from mlflow_tfexport.errors import (
 from mlflow_tfexport.export.api import ExportResult, export, export_to_directory
 from mlflow_tfexport.flavor.api import LoadedModel, get_default_pip_requirements, load_model, log_model, save_model
 from mlflow_tfexport.registry import promote
+from mlflow_tfexport.serving.export_config import ExportConfig, ExportConfigError, Feed, InputSpec, OutputSpec
 from mlflow_tfexport.tasks import TASKS, get_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FLAVOR_NAME",
+    "ExportConfig",
+    "ExportConfigError",
     "ExportResult",
+    "Feed",
+    "InputSpec",
+    "OutputSpec",
     "TASKS",
     "ExportError",
     "FlavorKey",

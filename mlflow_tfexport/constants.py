@@ -81,6 +81,11 @@ class FlavorKey:
     # and for int8-static "calibration"}), and the ONNX version whose fp32 graph was quantised, if any.
     QUANTIZATION = "quantization"
     QUANTIZED_FROM = "quantized_from"
+    #: A user-written export config (``ExportConfig.to_dict()``): inputs with their feeds, outputs, opset, atol,
+    #: post-processing. Data, read by the exporter and the serving code; never code.
+    EXPORT_CONFIG = "export_config"
+    #: ``module:QualName`` of a source model's class outside transformers (its code travels in ``code/``).
+    MODEL_CLASS = "model_class"
 
 
 class Tag:
@@ -156,3 +161,5 @@ VALIDATION_PASSED = "passed"
 VALIDATION_FAILED = "failed"  # written by ``mlflow-tfexport validate --tag`` when a re-validation fails
 #: The artifact name an export logs its variant under (``Model.log(name=...)``), like ``log_model``'s default.
 LOGGED_MODEL_NAME = "model"
+#: The entry-point group through which packages register export configs per ``model_type``.
+EXPORT_CONFIG_ENTRY_POINTS = "mlflow_tfexport.export_configs"

@@ -134,6 +134,7 @@ class AgreementMetric:
     COSINE = "min_cosine"  # the lowest cosine similarity of a row's embeddings (the mean is recorded)
     EXACT_MATCH = "exact_match"  # share of rows whose greedy output is the same text
     DETECTION = "detection_agreement"  # share of detections with the same label and a box IoU >= 0.5
+    OUTPUTS = "output_agreement"  # share of rows whose every raw output is within the tolerance (custom configs)
 
 
 #: fp32 variants compute what the source computes: every answer the same (1.0), embeddings at cosine >= this.
@@ -207,6 +208,10 @@ class TaskSpec:
     fp32_agreement: float = 1.0
     #: ... and the default a quantised variant must reach (``min_agreement`` overrides it).
     quantized_min_agreement: float = QUANTIZED_MIN_AGREEMENT
+    #: Request columns of numbers fed to the model as they are (a user's export config, ``column`` feeds).
+    numeric_columns: Tuple[str, ...] = ()
+    #: The user's export config (``serving.export_config.ExportConfig``) this spec was derived from, or None.
+    custom: Optional[Any] = None
 
     @property
     def output_names(self) -> Tuple[str, ...]:
@@ -401,11 +406,25 @@ TASKS: Dict[str, TaskSpec] = {
     )
 }
 
+#: The task of a user's export config with raw outputs (``postprocess="raw"``): not a row of the table (no model
+#: class maps to it); its outputs, opset and tolerance come from the config (``ExportConfig.task_spec``).
+CUSTOM = TaskSpec(
+    name="custom",
+    auto_model="AutoModel",
+    text_columns=("text",),
+    outputs=(),
+    postprocess="raw_outputs",
+    output_kind=OutputKind.FRAME,
+    agreement_metric=AgreementMetric.OUTPUTS,
+)
+
 _ALIASES: Dict[str, str] = {alias: spec.name for spec in TASKS.values() for alias in spec.aliases}
 
 
 def get_task(name: str) -> TaskSpec:
     """Return the spec for ``name`` (a task or an old feature alias)."""
+    if name == CUSTOM.name:
+        return CUSTOM
     key = _ALIASES.get(name, name)
     if key not in TASKS:
         aliases = ", ".join(f"{a} -> {t}" for a, t in sorted(_ALIASES.items()))
@@ -432,6 +451,9 @@ def for_input_kind(spec: TaskSpec, input_kind: str) -> TaskSpec:
 
 def input_axes(spec: TaskSpec, name: str) -> Dict[int, str]:
     """The dynamic axes of model input ``name`` for ``spec`` (batch always; sequence or image size)."""
+    if spec.custom is not None:
+        axes: Dict[int, str] = spec.custom.input(name).dynamic_axes
+        return axes
     if spec.input_kind == IMAGE_TEXT:  # candidate labels x tokens, images
         return {0: BATCH} if name in IMAGE_INPUTS else {0: LABELS, 1: SEQUENCE}
     if spec.input_kind != IMAGE:

@@ -81,6 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         validation_data=args.validation_data or None,
         force=args.force,
         progress=_progress,
+        config=args.export_config or None,
         **_quantize_options(args),
     )
     if not result.created:
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows to compare the answers of the variant and the source on: a .csv, .parquet, .jsonl "
                    "or .txt file with the task's columns (default: the source's input example)")
     p.add_argument("--force", action="store_true", help="export again even if this export exists")
+    p.add_argument("--export-config", default=None, metavar="JSON",
+                   help="an export config (ExportConfig.to_dict() as a JSON file) overriding the one saved with the "
+                   "source by log_model(export_config=...); see docs/custom-export-config.md")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -32,6 +32,7 @@ from mlflow.models import Model
 from mlflow_tfexport.attest import Signer, attest_version
 from mlflow_tfexport.constants import LOGGED_MODEL_NAME, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError, TfexportError
+from mlflow_tfexport.export.custom import check_fits, load_config
 from mlflow_tfexport.export.failures import export_failure
 from mlflow_tfexport.export.formats import get_backend
 from mlflow_tfexport.export.options import (
@@ -48,9 +49,9 @@ from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
 from mlflow_tfexport.flavor.environment import default_requirements, pinned
 from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
+from mlflow_tfexport.serving.export_config import task_of, with_config
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.serving.runtimes.static import shape_name
-from mlflow_tfexport.tasks import get_task
 from mlflow_tfexport.validation.agreement import validation_rows
 from mlflow_tfexport.validation.data import ValidationData
 from mlflow_tfexport.validation.report import SYNTHETIC_ONLY, ValidationReport, describe, raise_for_failures
@@ -72,10 +73,14 @@ class ExportResult:
     run_id: Optional[str] = None
 
 
-def export_key(source: ResolvedSource, options: ExportOptions, data_digest: Optional[str] = None) -> str:
+def export_key(source: ResolvedSource, options: ExportOptions, data_digest: Optional[str] = None,
+               config_digest: Optional[str] = None) -> str:
     """A digest of the source and the options; of the validation data too when some was given (other data is
-    another validation), and only then, so that the keys of exports without it stay valid."""
+    another validation), and only then, so that the keys of exports without it stay valid; of an overriding
+    export config likewise."""
     extra = {"validation_data": data_digest} if data_digest else {}
+    if config_digest:
+        extra["export_config"] = config_digest
     payload = json.dumps({"source": source.identity, **options.key_fields(), **extra}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
@@ -98,7 +103,22 @@ def _model_words(conf: Dict[str, Any]) -> str:
 def load_source_model(source: ResolvedSource) -> SourceModel:
     """The eager source model (torch, transformers) with its task spec and flavor block."""
     model = load_transformers_model(source.local_path, source.flavor_conf)
-    return SourceModel(model, get_task(source.flavor_conf[FlavorKey.TASK]), source.flavor_conf, source.local_path)
+    loaded = SourceModel(model, task_of(source.flavor_conf), source.flavor_conf, source.local_path)
+    if loaded.spec.custom is not None:  # a user's export config: refused before any export if it does not fit
+        check_fits(model, loaded.spec.custom, vocab_size=loaded.vocab_size,
+                   pad_token_id=source.flavor_conf.get(FlavorKey.PAD_TOKEN_ID), max_length=loaded.max_length)
+    return loaded
+
+
+def apply_config(source: ResolvedSource, config: Any) -> Optional[str]:
+    """Put ``config`` (``export(config=...)``: it overrides the source's saved one) into ``source``'s flavor block;
+    return its digest for the export key (None without one: the saved config is part of the source)."""
+    loaded = load_config(config)
+    if loaded is None:
+        return None
+    source.flavor_conf = with_config(source.flavor_conf, loaded)
+    payload = json.dumps(loaded.to_dict(), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -180,6 +200,7 @@ def export_to_directory(
     compiler_args: Sequence[str] = (),
     device: Optional[str] = None,
     validation_data: Any = None,
+    config: Any = None,
 ) -> Tuple[Dict[str, Any], ValidationReport]:
     """Export the tfexport source model saved in ``source_dir`` into a new model directory ``path``.
 
@@ -187,7 +208,7 @@ def export_to_directory(
     complete MLflow model (loadable with ``mlflow.pyfunc.load_model`` and servable with
     ``mlflow models serve -m <path>``). The keyword options (``opset``, ``atol``, ``exporter``,
     ``trace_shape``, ``optimize``, the ``quantize*`` options, ``min_agreement``, ``neuron_target``,
-    ``compiler_args``, ``device``, ``validation_data``) mean what they mean for :func:`export`.
+    ``compiler_args``, ``device``, ``validation_data``, ``config``) mean what they mean for :func:`export`.
 
     Args:
         source_dir: A directory written by ``mlflow_tfexport.save_model`` (a source model, not a variant).
@@ -217,7 +238,8 @@ def export_to_directory(
                            quantize_per_channel=quantize_per_channel, quantize_op_types=quantize_op_types,
                            quantize_reduce_range=quantize_reduce_range)
     source = local_source(source_dir)
-    spec = get_task(source.flavor_conf[FlavorKey.TASK])
+    apply_config(source, config)
+    spec = task_of(source.flavor_conf)
     options = backend.check(options, source.flavor_conf, spec)
     tolerance = options.atol if options.atol is not None else spec.atol
     if os.path.exists(path) and os.listdir(path):
@@ -260,6 +282,7 @@ def export(
     validation_data: Any = None,
     force: bool = False,
     progress: Optional[Progress] = None,
+    config: Any = None,
 ) -> ExportResult:
     """Export a logged tfexport source model and register the validated result as a new model version.
 
@@ -312,6 +335,9 @@ def export(
             the report says "synthetic only". Recorded in the ``tfexport.data_*`` and ``tfexport.agreement*``
             tags and part of the export key.
         force: Export and register again even if this export exists.
+        config: An export config (``ExportConfig``, its ``to_dict()`` or a JSON file) overriding the one saved
+            with the source (``log_model(export_config=...)``); part of the export key. Checked against the model
+            before any export.
         progress: Called as ``progress(stage, detail)`` at each stage (``STAGES``), e.g. to print them.
 
     Returns:
@@ -354,12 +380,13 @@ def export(
                 f"{model_uri} is not a registered model version; pass registered_model_name= to say "
                 "which registered model the export becomes a version of."
             )
-        spec = get_task(source.flavor_conf[FlavorKey.TASK])
+        config_digest = apply_config(source, config)
+        spec = task_of(source.flavor_conf)
         options = backend.check(options, source.flavor_conf, spec)
         tolerance = options.atol if options.atol is not None else spec.atol
         data, synthetic_reason = validation_rows(validation_data, spec, source.local_path)
         given = data.digest if data is not None and validation_data is not None else None
-        key = export_key(source, replace(options, atol=tolerance), given)
+        key = export_key(source, replace(options, atol=tolerance), given, config_digest)
         if not force:
             existing = find_by_export_key(client, name, key)
             if existing:

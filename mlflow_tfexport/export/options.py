@@ -458,7 +458,10 @@ class SourceModel:
     @property
     def vocab_size(self) -> int:
         config = self.model.config
-        return int(getattr(getattr(config, "text_config", None), "vocab_size", None) or config.vocab_size)
+        found = getattr(getattr(config, "text_config", None), "vocab_size", None) or getattr(config, "vocab_size", None)
+        if found is None:  # a model of one's own without the attribute: its input embeddings say it
+            found = self.model.get_input_embeddings().num_embeddings
+        return int(found)
 
     @property
     def max_length(self) -> int:

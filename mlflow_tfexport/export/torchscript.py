@@ -174,7 +174,7 @@ class StaticBackend:
         untie_weights(model)
         swap_autograd_functions(model)  # custom autograd Functions cannot be saved; their plain-math twins can
         model.eval().to(device)
-        wrapper = make_wrapper(model, names, source.output_names)
+        wrapper = make_wrapper(model, names, source.output_names, custom=source.spec.custom is not None)
         folder = os.path.join(staging_dir, self.folder)
         os.makedirs(folder)
         for i, shape in enumerate(options.trace_shapes):

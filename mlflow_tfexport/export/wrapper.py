@@ -13,6 +13,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, cause
+from mlflow_tfexport.export.custom import dummy_feeds
 from mlflow_tfexport.export.options import SourceModel
 from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, IMAGE_TEXT, dummy_inputs, image_inputs
 
@@ -34,10 +35,10 @@ def _embeddings(model: Any, getter: str) -> Any:
         return None
 
 
-def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[str], *, custom: bool = False) -> Any:
     """Wrap ``model``; ``input_names`` must be a prefix-ordered subset of
     ``(input_ids, attention_mask, token_type_ids)`` or of ``(pixel_values, pixel_mask)`` (image
-    models) and is passed positionally."""
+    models) and is passed positionally; with ``custom`` (a user's export config) any names, in their order."""
     torch = require("torch")
 
     class ExportWrapper(torch.nn.Module):  # type: ignore[misc,name-defined]
@@ -60,12 +61,18 @@ def make_wrapper(model: Any, input_names: Sequence[str], output_names: Sequence[
             given = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
             return self.run({name: given[name] for name in input_names})
 
+    class ConfigExportWrapper(ExportWrapper):  # a user's export config: its inputs, in its order
+        def forward(self, *args: Any) -> Tuple[Any, ...]:  # type: ignore[override]
+            return self.run(dict(zip(input_names, args, strict=True)))
+
     class ImageTextExportWrapper(ExportWrapper):
         def forward(self, input_ids: Any, attention_mask: Any = None,  # type: ignore[override]
                     pixel_values: Any = None) -> Tuple[Any, ...]:
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
             return self.run({name: given[name] for name in input_names})
 
+    if custom:
+        return ConfigExportWrapper().eval()
     if "pixel_values" in input_names and "input_ids" in input_names:  # texts and images (CLIP zero-shot)
         return ImageTextExportWrapper().eval()
     image = bool(input_names) and input_names[0] == "pixel_values"
@@ -77,6 +84,9 @@ def source_inputs(source: SourceModel, batch: int, sequence: int, *, seed: int =
     encoder-decoder each row ended by the end-of-sequence token (its tokenizer always appends it,
     and its classification head pools at it)."""
     conf = source.flavor_conf
+    if source.spec.custom is not None:  # a user's export config says what each input is fed from
+        return dummy_feeds(source.spec.custom, batch, min(sequence, source.max_length), vocab_size=source.vocab_size,
+                           pad_token_id=conf.get(FlavorKey.PAD_TOKEN_ID), seed=seed)
     if source.spec.input_kind == IMAGE:
         return source_image_inputs(source, batch, sequence, seed=seed)
     if source.spec.input_kind == IMAGE_TEXT:  # ``batch + 1`` candidate texts (padded rows), ``batch`` images

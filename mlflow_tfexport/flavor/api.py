@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from mlflow.models import Model, ModelInputExample, ModelSignature
 from mlflow.models.model import ModelInfo
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import (
+    CODE_DIR,
     FLAVOR_NAME,
     IMAGE_PROCESSOR_DIR,
     LOGGED_MODEL_NAME,
     MODEL_DIR,
+    PACKAGE,
     TOKENIZER_DIR,
     TOKENIZER_FILE,
     FlavorKey,
@@ -29,6 +32,7 @@ from mlflow_tfexport.constants import (
     Tag,
 )
 from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.export.custom import check_fits, load_config, registered_config
 from mlflow_tfexport.flavor.block import source_block, write_model
 from mlflow_tfexport.flavor.environment import default_requirements, resolve_requirements
 from mlflow_tfexport.flavor.image import (
@@ -43,6 +47,7 @@ from mlflow_tfexport.flavor.image import (
 from mlflow_tfexport.flavor.signatures import InputSchemaArg, named_example, task_signature
 from mlflow_tfexport.registry import register_version
 from mlflow_tfexport.serving.conf import artifact_path, read_flavor_conf
+from mlflow_tfexport.serving.export_config import ExportConfig, with_config
 from mlflow_tfexport.serving.images import ImagePreprocessor
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
@@ -156,6 +161,70 @@ def _token_id(tokenizer: Any, attr: str) -> Optional[int]:
     return None if value is None else int(value)
 
 
+def _export_config(model: Any, export_config: Any) -> Optional[ExportConfig]:
+    """The export config given, else the one a package registered for the model's ``model_type``, else None."""
+    if export_config is not None:
+        return load_config(export_config)
+    config = getattr(getattr(model, "model", model), "config", None)
+    return registered_config(getattr(config, "model_type", None))
+
+
+def _custom_model(model: Any, tokenizer: Any, task: Optional[str], config: ExportConfig) -> Tuple[Any, Any, TaskSpec]:
+    """The model, tokenizer and task spec of a model saved with an export config."""
+    transformers = require("transformers")
+    if isinstance(model, transformers.Pipeline):
+        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        model = model.model
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise TfexportError(
+            f"Expected a transformers PreTrainedModel or Pipeline, received {type(model).__name__}. A model of "
+            "your own derives from transformers.PreTrainedModel (with its PretrainedConfig)."
+        )
+    if tokenizer is None:
+        raise TfexportError("tokenizer= is required with an export config: requests carry text that its "
+                            "tokenizer inputs are fed from, e.g. log_model(model, tokenizer=tok, export_config=cfg).")
+    if task is not None and get_task(str(task)).name != config.task_name:
+        raise TfexportError(
+            f"task={task!r} contradicts the export config, whose postprocess {config.postprocess!r} makes the task "
+            f"{config.task_name!r}; leave task= out (the config says it)."
+        )
+    return model, tokenizer, config.task_spec()
+
+
+def custom_facts(model: Any, tokenizer: Any, config: ExportConfig) -> Dict[str, Any]:
+    """The flavor block entries of a model saved with an export config (checked against the model first)."""
+    spec = config.task_spec()
+    facts = model_facts(model, tokenizer, spec)
+    vocab = int(getattr(model.config, "vocab_size", None) or len(tokenizer))
+    check_fits(model, config, vocab_size=vocab, pad_token_id=facts[FlavorKey.PAD_TOKEN_ID],
+               max_length=facts[FlavorKey.MAX_LENGTH])
+    facts = with_config(facts, config)
+    cls = type(model)
+    if not cls.__module__.startswith("transformers."):
+        facts[FlavorKey.MODEL_CLASS] = f"{cls.__module__}:{cls.__qualname__}"
+    return facts
+
+
+def copy_code_paths(code_paths: Optional[Sequence[str]], path: str) -> None:
+    """Copy ``code_paths`` (files or folders) into the model's ``code/`` folder, as MLflow flavors do."""
+    if not code_paths:
+        return
+    if isinstance(code_paths, (str, os.PathLike)):
+        code_paths = [os.fspath(code_paths)]
+    target = os.path.join(path, CODE_DIR)
+    os.makedirs(target, exist_ok=True)
+    for item in code_paths:
+        name = os.path.basename(os.path.normpath(os.fspath(item)))
+        if name in (PACKAGE, f"{PACKAGE}.py", "mlflow"):
+            raise TfexportError(f"code_paths entry {item!r} would replace {name!r} in the model's code/ folder.")
+        if os.path.isdir(item):
+            shutil.copytree(item, os.path.join(target, name), ignore=shutil.ignore_patterns("__pycache__"))
+        elif os.path.isfile(item):
+            shutil.copy2(item, os.path.join(target, name))
+        else:
+            raise TfexportError(f"code_paths entry {item!r} is neither a file nor a folder.")
+
+
 def model_facts(model: Any, tokenizer: Any, spec: TaskSpec) -> Dict[str, Any]:
     """The flavor block entries that describe the model and tokenizer."""
     transformers = require("transformers")
@@ -220,8 +289,17 @@ def save_model(
     mlflow_model: Optional[Model] = None,
     image_processor: Any = None,
     input_schema: InputSchemaArg = False,
+    export_config: Any = None,
+    code_paths: Optional[Sequence[str]] = None,
 ) -> None:
     """Save a transformers model (or Pipeline) and its tokenizer as a tfexport model.
+
+    ``export_config`` (an :class:`~mlflow_tfexport.ExportConfig`, its ``to_dict()`` or a JSON file) exports,
+    validates and serves a model the task table does not know: it is checked against the model here and kept
+    in the flavor block, so every later export uses it. Without one, a config registered for the model's
+    ``model_type`` by an installed package (entry points ``mlflow_tfexport.export_configs``) is used.
+    ``code_paths`` (files or folders) are copied into the model's ``code/`` folder, as MLflow flavors do: a
+    model class defined outside transformers travels that way with the source (its variants do not need it).
 
     ``input_schema=True`` (or the column names, e.g. ``["text"]``) writes a named input schema
     into the signature, which MLServer/KServe, ``spark_udf`` and the MLflow UI read; requests must
@@ -231,12 +309,20 @@ def save_model(
     ``image_processor`` (as ``preprocessor_config.json``) instead of a tokenizer; a Pipeline
     brings its own.
     """
-    model, preprocessor, task = _split_pipeline(model, tokenizer, task, image_processor)
-    spec = resolve_task(model, task)
+    config = _export_config(model, export_config)
+    if config is not None:
+        model, preprocessor, spec = _custom_model(model, tokenizer, task, config)
+        facts = custom_facts(model, preprocessor, config)  # refuses a config that does not fit, before any write
+    else:
+        model, preprocessor, task = _split_pipeline(model, tokenizer, task, image_processor)
+        spec = resolve_task(model, task)
     if os.path.exists(path) and os.listdir(path):
         raise TfexportError(f"Path {path!r} already exists and is not empty; choose a new path.")
     os.makedirs(path, exist_ok=True)
-    if spec.input_kind == IMAGE_TEXT:
+    if config is not None:
+        asset_key, asset_dir = FlavorKey.TOKENIZER_DIR, TOKENIZER_DIR
+        save_tokenizer(preprocessor, path)
+    elif spec.input_kind == IMAGE_TEXT:
         tokenizer, image_processor = preprocessor
         text_config = getattr(model.config, "text_config", model.config)
         pre = save_image_processor(image_processor, path)
@@ -270,6 +356,7 @@ def save_model(
         raise TfexportError("Pass either signature= or input_schema=, not both: input_schema builds the signature.")
     if input_example is not None:
         input_example = named_example(input_example, signature)
+    copy_code_paths(code_paths, path)
     write_model(
         path,
         conf,
@@ -295,6 +382,8 @@ def log_model(
     metadata: Optional[Dict[str, Any]] = None,
     image_processor: Any = None,
     input_schema: InputSchemaArg = False,
+    export_config: Any = None,
+    code_paths: Optional[Sequence[str]] = None,
     **kwargs: Any,
 ) -> ModelInfo:
     """Log a transformers model as a tfexport model in the active run.
@@ -311,6 +400,11 @@ def log_model(
     instead of ``tokenizer=``, as ``mlflow.transformers`` names that component; a Pipeline brings
     its own image processor.
 
+    ``export_config=`` exports, validates and serves an architecture the task table does not know (see
+    :class:`~mlflow_tfexport.ExportConfig` and docs/custom-export-config.md); it is saved with the source, so
+    ``export("models:/<name>/<version>")``, the CLI, the MLproject and the worker use it without your code.
+    ``code_paths=`` carries a model class of your own with the source (its exported variants do not need it).
+
     ``input_schema=True`` declares the task's named input columns (``text``, optional
     ``text_pair``; ``question`` and ``context``; ``image``) for MLServer/KServe, ``spark_udf`` and
     the MLflow UI; ``input_schema=["text"]`` declares exactly those columns, all required.
@@ -326,6 +420,8 @@ def log_model(
         image_processor=image_processor,
         task=task,
         input_schema=input_schema,
+        export_config=export_config,
+        code_paths=code_paths,
         signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements,

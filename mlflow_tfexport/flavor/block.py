@@ -28,7 +28,7 @@ from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.flavor.environment import pinned, write_environment
 from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.serving.batching import batchable
-from mlflow_tfexport.tasks import get_task
+from mlflow_tfexport.serving.export_config import task_of
 
 #: Every key a flavor block may hold (``FlavorKey``'s values).
 KNOWN_KEYS = frozenset(v for k, v in vars(FlavorKey).items() if k.isupper() and isinstance(v, str))
@@ -124,9 +124,9 @@ def write_model(
         python_env="python_env.yaml",
         conda_env="conda.yaml",
         model_config=default_model_config(block[FlavorKey.FORMAT],
-                                          batching=batchable(get_task(block[FlavorKey.TASK]))),
+                                          batching=batchable(task_of(block))),
         # Generation tasks stream (``PyFuncModel.predict_stream`` calls the pyfunc's ``predict_stream``).
-        **({"streamable": True} if get_task(block[FlavorKey.TASK]).generate is not None else {}),
+        **({"streamable": True} if task_of(block).generate is not None else {}),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE))

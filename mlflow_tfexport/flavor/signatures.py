@@ -28,9 +28,9 @@ def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[Co
     """
     if not input_schema:
         return []
-    known = (*spec.text_columns, *spec.optional_columns)
+    known = (*spec.text_columns, *spec.optional_columns, *spec.numeric_columns)
     if input_schema is True:
-        required, optional = list(spec.text_columns), list(spec.optional_columns)
+        required, optional = list(spec.text_columns) + list(spec.numeric_columns), list(spec.optional_columns)
     else:
         names = [input_schema] if isinstance(input_schema, str) else list(input_schema)
         unknown = [n for n in names if n not in known]
@@ -44,7 +44,8 @@ def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[Co
             )
         required, optional = names, []
     dtype = "binary" if spec.input_kind == IMAGE else "string"
-    columns: List[Union[ColSpec, TensorSpec]] = [ColSpec(dtype, n) for n in required]
+    columns: List[Union[ColSpec, TensorSpec]] = [ColSpec("double" if n in spec.numeric_columns else dtype, n)
+                                                 for n in required]
     return columns + [ColSpec(dtype, n, required=False) for n in optional]
 
 
@@ -71,7 +72,10 @@ def task_signature(
 
     Without an input schema the pyfunc takes every shape (``mlflow_tfexport.serving.inputs``).
     """
-    if spec.output_kind == OutputKind.ARRAY:
+    outputs: Optional[Schema]
+    if spec.custom is not None and not spec.output_columns:  # raw outputs: one column of numbers (or lists) each
+        outputs = None
+    elif spec.output_kind == OutputKind.ARRAY:
         outputs = Schema([TensorSpec(np.dtype("float32"), (-1, hidden_size or -1))])
     elif spec.output_columns:
         outputs = Schema([ColSpec(_DTYPES[t], name) for name, t in spec.output_columns])

@@ -17,12 +17,12 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError, TfexportError
 from mlflow_tfexport.serving.batching import make_batcher
 from mlflow_tfexport.serving.conf import labels
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes import Runner
-from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec, get_task
+from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -93,7 +93,7 @@ class PyfuncBase:
 
     def __init__(self, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
         self.conf = dict(conf)
-        self.spec = get_task(conf[FlavorKey.TASK])
+        self.spec = task_of(conf)
         self.runner = runner
         self.id2label = labels(conf)
         self.batch_size = model_batch_size(model_config)

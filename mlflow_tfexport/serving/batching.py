@@ -283,7 +283,7 @@ def _flag(value: Any) -> bool:
 
 def batchable(spec: TaskSpec) -> bool:
     """Whether concurrent calls of ``spec``'s models may share runs: text tasks that do not generate."""
-    return spec.generate is None and spec.input_kind == TEXT
+    return spec.generate is None and spec.input_kind == TEXT and spec.custom is None
 
 
 def make_batcher(runner: Runner, spec: TaskSpec, conf: Mapping[str, Any],

@@ -20,7 +20,17 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey, Generation
 from mlflow_tfexport.errors import FlavorConfError, NotATfexportModelError, UnknownFormatError
 from mlflow_tfexport.formats import FORMATS
-from mlflow_tfexport.tasks import IMAGE, IMAGE_INPUTS, IMAGE_TEXT, MAX_BATCH_SIZE, MAX_TOKENS, TEXT_INPUTS, get_task
+from mlflow_tfexport.serving.export_config import ExportConfig, ExportConfigError, config_of
+from mlflow_tfexport.tasks import (
+    CUSTOM,
+    IMAGE,
+    IMAGE_INPUTS,
+    IMAGE_TEXT,
+    MAX_BATCH_SIZE,
+    MAX_TOKENS,
+    TEXT_INPUTS,
+    get_task,
+)
 
 #: Fields naming a file or folder of the model directory.
 ARTIFACT_KEYS = (FlavorKey.MODEL_FILE, FlavorKey.TOKENIZER_DIR, FlavorKey.IMAGE_PROCESSOR_DIR, FlavorKey.ENCODER_FILE)
@@ -175,6 +185,7 @@ def check_flavor_conf(conf: Any) -> Dict[str, Any]:
     if not isinstance(task, str):
         raise _fail(FlavorKey.TASK, task, "a task name")
     spec = get_task(task)  # UnknownTaskError names the known tasks
+    custom = _export_config(conf, task)
     for key in ARTIFACT_KEYS:
         if conf.get(key) is not None:
             relative_artifact(key, conf[key])
@@ -189,6 +200,8 @@ def check_flavor_conf(conf: Any) -> Dict[str, Any]:
         if conf.get(key) is None:
             raise _fail(key, None, f"a value (a {spec.name} model of format {fmt!r} needs it)")
     inputs = {IMAGE: IMAGE_INPUTS, IMAGE_TEXT: TEXT_INPUTS + IMAGE_INPUTS}.get(spec.input_kind, TEXT_INPUTS)
+    if custom is not None:  # a user's export config names the inputs
+        inputs = tuple(custom.input_names)
     _names(FlavorKey.INPUT_NAMES, conf[FlavorKey.INPUT_NAMES], inputs)
     if conf.get(FlavorKey.OUTPUT_NAMES) is not None:
         _names(FlavorKey.OUTPUT_NAMES, conf[FlavorKey.OUTPUT_NAMES])
@@ -202,6 +215,23 @@ def check_flavor_conf(conf: Any) -> Dict[str, Any]:
     for key, check in _FIELD_CHECKS.items():
         check(key, conf.get(key))
     return dict(conf)
+
+
+def _export_config(conf: Mapping[str, Any], task: str) -> Optional[ExportConfig]:
+    """The flavor block's export config, checked (``ExportConfig.from_dict``) and agreeing with its task; a
+    task of ``custom`` needs one."""
+    try:
+        config = config_of(conf)
+    except ExportConfigError as exc:
+        raise _fail(FlavorKey.EXPORT_CONFIG, conf.get(FlavorKey.EXPORT_CONFIG),
+                    f"a valid export config ({exc.message})") from exc
+    if config is None:
+        if task == CUSTOM.name:
+            raise _fail(FlavorKey.EXPORT_CONFIG, None, f"an export config (task {task!r} is defined by one)")
+        return None
+    if config.task_name != task:
+        raise _fail(FlavorKey.TASK, task, f"{config.task_name!r}, the task of its export config")
+    return config
 
 
 def read_flavor_conf(path: str) -> Dict[str, Any]:

@@ -15,7 +15,7 @@ from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.tasks import TaskSpec
 
 
-def _check_strings(values: Sequence[Any], column: str) -> List[str]:
+def check_strings(values: Sequence[Any], column: str) -> List[str]:
     out: List[str] = []
     for i, value in enumerate(values):
         if isinstance(value, np.str_):
@@ -95,6 +95,11 @@ def _unwrap_single_row(columns: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
     return columns
 
 
+def request_columns(data: Any, spec: TaskSpec) -> Dict[str, List[Any]]:
+    """The columns of a request in any accepted form (list, dict, records, DataFrame, array), by name."""
+    return _unwrap_single_row(_columns(data, spec))
+
+
 def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[List[str]]]:
     """Return ``(texts, pairs)``; ``pairs`` is the second text column or None."""
     if type(data) is list and len(spec.text_columns) == 1 and all(type(v) is str for v in data):
@@ -128,9 +133,9 @@ def parse_text_input(data: Any, spec: TaskSpec) -> Tuple[List[str], Optional[Lis
             f"Columns {first_name!r} and {required[1] if len(required) > 1 else 'text_pair'!r} have different "
             f"lengths ({len(first)} and {len(second)}); send one value of each per row."
         )
-    texts = _check_strings(first, first_name)
+    texts = check_strings(first, first_name)
     pairs = None
     if second is not None:
         name = required[1] if len(required) > 1 else "text_pair"
-        pairs = _check_strings(second, name)
+        pairs = check_strings(second, name)
     return texts, pairs

@@ -10,7 +10,7 @@ Serving path: no torch, no transformers, Python 3.10.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,6 +30,8 @@ class Context:
     texts: List[str]
     pairs: Optional[List[str]]
     params: Mapping[str, Any]
+    #: The outputs with their axes (``tasks.OutputSpec``): what ``raw_outputs`` returns, in order.
+    outputs: Sequence[Any] = ()
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -180,3 +182,25 @@ def question_answering(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Con
             }
         )
     return rows
+
+
+def _row_value(value: np.ndarray, axes: Mapping[int, str], length: int) -> Any:
+    """One row of an output (its batch axis 0 already taken), cut to the row's real tokens along its
+    sequence axes, as a number or nested lists of numbers."""
+    for axis, name in axes.items():
+        if name == "sequence" and 0 < axis <= value.ndim:
+            value = np.take(value, np.arange(min(length, value.shape[axis - 1])), axis=axis - 1)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+def raw_outputs(out: Dict[str, np.ndarray], batch: EncodedBatch, ctx: Context) -> Columns:
+    """A user's export config with ``postprocess="raw"``: every output a column, one value per row (a number,
+    or lists of numbers cut to the row's real tokens along a sequence axis)."""
+    lengths = batch.lengths.tolist()
+    columns = Columns()
+    for spec in ctx.outputs:
+        value = np.asarray(out[spec.name])
+        if value.dtype.kind == "f":
+            value = value.astype(np.float64)
+        columns[spec.name] = [_row_value(value[r], spec.axes, int(lengths[r])) for r in range(value.shape[0])]
+    return columns

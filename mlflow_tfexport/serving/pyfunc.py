@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.serving.conf import read_flavor_conf
+from mlflow_tfexport.serving.custom import CustomPyfunc
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.image import ImagePyfunc
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.text import TfexportPyfunc
 from mlflow_tfexport.serving.zero_shot import ZeroShotImagePyfunc
-from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT, get_task
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT
 
 #: The pyfunc of each input kind (text: ``TfexportPyfunc``).
 PYFUNCS: Dict[str, Any] = {IMAGE: ImagePyfunc, IMAGE_TEXT: ZeroShotImagePyfunc}
@@ -25,7 +26,7 @@ def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> An
     """Entry point named by ``loader_module`` in every tfexport MLmodel."""
     conf = read_flavor_conf(path)
     config = dict(model_config or {})
-    spec = get_task(conf[FlavorKey.TASK])
+    spec = task_of(conf)
     runner = load_runner(path, conf, config)
-    pyfunc_class = PYFUNCS.get(spec.input_kind, TfexportPyfunc)
+    pyfunc_class = CustomPyfunc if spec.custom is not None else PYFUNCS.get(spec.input_kind, TfexportPyfunc)
     return pyfunc_class(path, conf, runner, config)

@@ -21,6 +21,7 @@ POSTPROCESS: Dict[str, Callable[..., Any]] = {
     "token_classification": postprocess.token_classification,
     "question_answering": postprocess.question_answering,
     "fill_mask": postprocess.fill_mask,
+    "raw_outputs": postprocess.raw_outputs,  # a user's export config with raw outputs (tasks.CUSTOM)
     "image_classification": image_postprocess.image_classification,
     "image_feature_extraction": image_postprocess.image_feature_extraction,
     "object_detection": image_postprocess.object_detection,

@@ -44,7 +44,10 @@ class TfexportPyfunc(PyfuncBase):
 
     def __init__(self, path: str, conf: Mapping[str, Any], runner: Runner, model_config: Mapping[str, Any]) -> None:
         super().__init__(conf, runner, model_config)
-        self.encoder = make_encoder(path, conf, self.spec)
+        self.encoder = self.make_encoder(path, conf)
+
+    def make_encoder(self, path: str, conf: Mapping[str, Any]) -> TextEncoder:
+        return make_encoder(path, conf, self.spec)
 
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
         deadline = Deadline.from_env()

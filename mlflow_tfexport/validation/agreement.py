@@ -35,10 +35,12 @@ from mlflow.models import Model
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.export.options import QUANTIZE_MODES
+from mlflow_tfexport.serving.custom import CustomPyfunc
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.image import ImagePyfunc
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.serving.text import TfexportPyfunc
-from mlflow_tfexport.tasks import IMAGE, AgreementMetric, TaskSpec, get_task
+from mlflow_tfexport.tasks import IMAGE, AgreementMetric, TaskSpec
 from mlflow_tfexport.validation.data import InputExampleError, ValidationData, load_validation_data
 from mlflow_tfexport.validation.report import AgreementCheck
 
@@ -220,6 +222,36 @@ def detection_agreement(source: Any, variant: Any, threshold: float) -> Measured
     return Measured(value, {"mean_iou": float(np.mean(ious)) if ious else 1.0}, differing)
 
 
+#: ``output_agreement``: two answers of a row are the same when every output differs by at most this much
+#: (absolute, plus this much relative to the source's value).
+OUTPUT_TOLERANCE = 1e-4
+
+
+def _close(a: Any, b: Any) -> Tuple[bool, float]:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        return False, math.inf
+    diff = float(np.max(np.abs(x - y))) if x.size else 0.0
+    return bool(np.allclose(y, x, rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)), diff
+
+
+def output_agreement(source: Any, variant: Any, threshold: float) -> Measured:
+    """Raw outputs (a user's export config): a row agrees when every output column is within
+    ``OUTPUT_TOLERANCE`` of the source's; the largest difference is recorded."""
+    rows = len(source)
+    a, b = _records(source, rows), _records(variant, rows)
+    same, worst, differing = [], 0.0, []
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        checks = {name: _close(x[name], y.get(name)) if name in y else (False, math.inf) for name in x}
+        worst = max([worst, *(d for _, d in checks.values())])
+        ok = all(c for c, _ in checks.values())
+        same.append(ok)
+        if not ok:
+            name = next(n for n, (c, _) in checks.items() if not c)
+            differing.append((i, f"output {name!r} differs by {checks[name][1]:.3g}"))
+    return Measured(_rate(same), {"max_abs_diff": worst}, differing)
+
+
 METRICS: Dict[str, Metric] = {
     metric.name: metric
     for metric in (
@@ -230,6 +262,7 @@ METRICS: Dict[str, Metric] = {
         Metric(AgreementMetric.COSINE, cosine),
         Metric(AgreementMetric.EXACT_MATCH, exact_match),
         Metric(AgreementMetric.DETECTION, detection_agreement),
+        Metric(AgreementMetric.OUTPUTS, output_agreement),
     )
 }
 
@@ -276,8 +309,9 @@ def advice(metric: str, value: float, mode: str) -> str:
 def pyfunc_for(path: str, conf: Mapping[str, Any], runner: Runner) -> Any:
     """The served model (the pyfunc of ``serving/``) around ``runner``: what ``mlflow.pyfunc.load_model``
     returns for a model saved at ``path`` with flavor block ``conf``."""
-    spec = get_task(conf[FlavorKey.TASK])
-    pyfunc_class = ImagePyfunc if spec.input_kind == IMAGE else TfexportPyfunc
+    spec = task_of(conf)
+    pyfunc_class = CustomPyfunc if spec.custom is not None else ImagePyfunc if spec.input_kind == IMAGE \
+        else TfexportPyfunc
     return pyfunc_class(path, conf, runner, {})
 
 

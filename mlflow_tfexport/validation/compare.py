@@ -87,8 +87,12 @@ def feed_shape(feeds: Feeds) -> Tuple[int, int]:
     """``(batch, sequence)`` of text feeds; ``(batch, height)`` of image feeds (``pixel_values``)."""
     if "input_ids" in feeds:
         return int(feeds["input_ids"].shape[0]), int(feeds["input_ids"].shape[1])
-    pixels = feeds["pixel_values"]
-    return int(pixels.shape[0]), int(pixels.shape[2])
+    if "pixel_values" in feeds:
+        pixels = feeds["pixel_values"]
+        return int(pixels.shape[0]), int(pixels.shape[2])
+    widest = max(feeds.values(), key=lambda v: np.ndim(v))  # a user's export config: its token inputs
+    shape = np.shape(widest)
+    return int(shape[0]), int(shape[1]) if len(shape) > 1 else 1
 
 
 class ModelRunFailed(Exception):
@@ -119,10 +123,12 @@ def validate(
     atol: float,
     *,
     real_positions: Optional[OutputAxes] = None,
+    mask_input: str = "attention_mask",
 ) -> ValidationReport:
     """Compare ``exported`` with ``reference`` on every feed set; never raises on a mismatch.
 
-    ``real_positions`` (the outputs' axes): compare only positions where the feeds' ``attention_mask`` is 1.
+    ``real_positions`` (the outputs' axes): compare only positions where the feeds' ``attention_mask`` is 1
+    (``mask_input``: the input that carries it, when a user's export config names it otherwise).
     """
     report = ValidationReport(atol=atol)
     if real_positions is not None:
@@ -136,7 +142,7 @@ def validate(
                     f"The reference model is not deterministic: output {name!r} differs between two "
                     "runs on the same input. Put the model in eval mode (model.eval()) before logging it."
                 )
-        mask = feeds.get("attention_mask") if real_positions is not None else None
+        mask = feeds.get(mask_input) if real_positions is not None else None
         report.checks.extend(compare(first, _run(exported, feeds, "exported"), output_names, atol, feed_shape(feeds),
                                      mask=mask, axes=real_positions))
     return report

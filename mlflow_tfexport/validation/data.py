@@ -248,7 +248,7 @@ def _describe_type(value: Any) -> str:
 
 
 def _needs(task: TaskSpec) -> str:
-    needed = " and ".join(repr(c) for c in task.text_columns)
+    needed = " and ".join(repr(c) for c in task.text_columns + task.numeric_columns)
     optional = f" (optionally {', '.join(repr(c) for c in task.optional_columns)})" if task.optional_columns else ""
     return f"column{'s' if len(task.text_columns) > 1 else ''} {needed}{optional}"
 
@@ -274,7 +274,7 @@ def _records(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Any]]:
 
 def _bare(values: Sequence[Any], task: TaskSpec, origin: str) -> _Raw:
     """A plain sequence of values: the task's only text column."""
-    if len(task.text_columns) > 1:
+    if len(task.text_columns) + len(task.numeric_columns) > 1:
         raise ExportError(
             f"Validation data ({origin}): received {len(values)} value(s) without column names, but task "
             f"{task.name!r} needs {_needs(task)} in every row. Pass a DataFrame (or a .csv/.jsonl file) with "
@@ -458,7 +458,7 @@ def _txt_column(columns: Dict[str, List[Any]], task: TaskSpec) -> Dict[str, List
 def _select(raw: _Raw, task: TaskSpec) -> Tuple[Dict[str, List[Any]], Tuple[str, ...]]:
     """The request columns (renamed to the task's names) and the names of the columns left out."""
     found = raw.columns
-    required, optional = task.text_columns, task.optional_columns
+    required, optional = task.text_columns + task.numeric_columns, task.optional_columns
     if all(c in found for c in required):
         chosen = {c: c for c in required + tuple(c for c in optional if c in found)}
     elif len(required) == 1 and len(found) == 1:  # one column of another name: the served model takes it too
@@ -498,11 +498,14 @@ def _missing(value: Any) -> bool:
 
 
 def _check_cells(columns: Dict[str, List[Any]], task: TaskSpec, origin: str,
-                 quiet: bool = False) -> Dict[str, List[str]]:
-    out: Dict[str, List[str]] = {}
+                 quiet: bool = False) -> Dict[str, List[Any]]:
+    out: Dict[str, List[Any]] = {}
     for column, values in columns.items():
         required = column in task.text_columns
         cells: List[str] = []
+        if column in task.numeric_columns:  # a user's export config feeds this column to the model as numbers
+            out[column] = [_number_cell(value, column, row, origin, quiet) for row, value in enumerate(values)]
+            continue
         for row, value in enumerate(values):
             if isinstance(value, np.str_):
                 value = str(value)
@@ -528,6 +531,21 @@ def _check_cells(columns: Dict[str, List[Any]], task: TaskSpec, origin: str,
             cells.append(value)
         out[column] = cells
     return out
+
+
+def _number_cell(value: Any, column: str, row: int, origin: str, quiet: bool = False) -> Any:
+    """A cell of a numeric request column: a finite number or a list of them, as plain Python values."""
+    items = value.tolist() if isinstance(value, np.ndarray) else value
+    flat = items if isinstance(items, (list, tuple)) else [items]
+    if not flat or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                           and math.isfinite(float(v)) for v in flat):
+        raise ExportError(
+            f"Validation data ({origin}), column {column!r}, row {row} (counting from 0): expected a finite number "
+            f"(or a list of numbers) for the model's numeric input, received {_describe_type(value)}"
+            + ("." if quiet else f" {value!r:.60}.")
+        )
+    plain = [float(v) if isinstance(v, (float, np.floating)) else int(v) for v in flat]
+    return plain if isinstance(items, (list, tuple)) else plain[0]
 
 
 def digest_columns(columns: Mapping[str, Sequence[str]]) -> str:

@@ -24,8 +24,8 @@ from mlflow_tfexport.constants import VALIDATION_FAILED, VALIDATION_PASSED, Flav
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.registry import resolve_version
 from mlflow_tfexport.serving.conf import read_flavor_conf
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes import load_runner
-from mlflow_tfexport.tasks import get_task
 from mlflow_tfexport.validation.agreement import (
     FP32,
     compared_conf,
@@ -125,7 +125,7 @@ def validate_version(
                                 f"{exc.message}") from exc
         conf = read_flavor_conf(variant_dir)
         source_conf = read_flavor_conf(source_dir)
-        spec = get_task(conf[FlavorKey.TASK])
+        spec = task_of(conf)
         rows, reason = validation_rows(data, spec, source_dir)
         if rows is None:
             raise ExportError(f"Nothing to validate models:/{name}/{version} on ({SYNTHETIC_ONLY}: {reason}); "

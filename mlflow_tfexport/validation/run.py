@@ -86,7 +86,11 @@ def run_validation(
             # Static shapes and fixed-length graphs pad every request: their padded positions mean nothing.
             static = get_format(conf[FlavorKey.FORMAT]).static_shapes or bool(conf.get(FlavorKey.PAD_TO_MULTIPLE_OF))
             axes = {o.name: o.axes for o in source.spec.outputs} if static else None
-            report = validate(reference.run, exported.run, feeds, source.output_names, atol, real_positions=axes)
+            custom = source.spec.custom
+            mask_input = next((i.name for i in custom.tokenizer_inputs if i.source == "attention_mask"),
+                              "attention_mask") if custom is not None else "attention_mask"
+            report = validate(reference.run, exported.run, feeds, source.output_names, atol, real_positions=axes,
+                              mask_input=mask_input)
     report.extra.update({"format": conf[FlavorKey.FORMAT], "architecture": conf.get(FlavorKey.ARCHITECTURE)})
     if data is None:
         report.synthetic_reason = synthetic_reason or "no validation data"

@@ -124,7 +124,7 @@ class OnnxBackend:
         feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
         onnx_optimize.prepare_model(source.model, options)
-        wrapper = make_wrapper(source.model, names, outputs)
+        wrapper = make_wrapper(source.model, names, outputs, custom=source.spec.custom is not None)
         check_exportable(source, wrapper, args)
         path = os.path.join(staging_dir, ONNX_FILE)
         large = _param_bytes(source.model) > EXTERNAL_DATA_THRESHOLD

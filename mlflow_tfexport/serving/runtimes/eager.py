@@ -7,18 +7,23 @@ for greedy and beam search.
 
 from __future__ import annotations
 
+import importlib
+import os
 import queue
+import sys
 import threading
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport._lazy import require
-from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.constants import CODE_DIR, FlavorKey
+from mlflow_tfexport.errors import FlavorConfError, TfexportError
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.decoding import DecodeConfig, StopFn
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes.device import resolve_device
-from mlflow_tfexport.tasks import IMAGE, get_task
+from mlflow_tfexport.tasks import IMAGE
 
 #: Held while a sampling ``generate`` draws from torch's global generator (see ``EagerRunner._run``).
 _SAMPLING_LOCK = threading.Lock()
@@ -204,11 +209,56 @@ def _stream(runner: EagerRunner, prompt: Sequence[int], cfg: DecodeConfig) -> It
         thread.join()
 
 
-def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> Any:
-    """Load the saved transformers model (safetensors) with the task's auto class."""
+def model_class(model_dir: str, flavor_conf: Mapping[str, Any]) -> Any:
+    """The class of a source model defined outside transformers (``model_class``: ``module:QualName``), imported
+    as installed, else from the model's own ``code/`` folder (where ``log_model(code_paths=...)`` put it, and
+    which ``mlflow.pyfunc.load_model`` puts on ``sys.path`` too); None for a transformers class."""
+    named = flavor_conf.get(FlavorKey.MODEL_CLASS)
+    if not named:
+        return None
     transformers = require("transformers")
-    spec = get_task(flavor_conf[FlavorKey.TASK])
-    auto_cls = getattr(transformers, spec.auto_model)
+    module_name, _, qualname = str(named).partition(":")
+    parts = module_name.split(".") + qualname.split(".")
+    if not qualname or not all(p.isidentifier() for p in parts):
+        raise FlavorConfError(f"The MLmodel's model_class {named!r} is not 'module:ClassName'; log the model again.")
+    if module_name == "transformers" or module_name.startswith("transformers."):
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        code = os.path.join(model_dir, CODE_DIR)
+        if exc.name != module_name.split(".")[0] or not os.path.isdir(code):
+            raise _class_missing(named, exc) from exc
+        sys.path.append(code)  # after everything installed: the model's copy never shadows a package
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as again:
+            raise _class_missing(named, again) from again
+        finally:
+            sys.path.remove(code)
+    cls: Any = module
+    for part in qualname.split("."):
+        cls = getattr(cls, part, None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        raise FlavorConfError(f"model_class {named!r} is not a transformers PreTrainedModel class in {module_name}.")
+    return cls
+
+
+def _class_missing(named: str, exc: BaseException) -> TfexportError:
+    return TfexportError(
+        f"The source model's class {named} cannot be imported ({exc}). A model class outside transformers "
+        "travels with the source model when it is logged with code_paths=['path/to/its_module.py'] (the module "
+        "that defines and registers it); else install the package that defines it. Exported variants "
+        "(ONNX, TorchScript) do not need it."
+    )
+
+
+def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> Any:
+    """Load the saved transformers model (safetensors) with the task's auto class (or its own class,
+    ``model_class``, for a model defined outside transformers)."""
+    transformers = require("transformers")
+    spec = task_of(flavor_conf)
+    auto_cls = model_class(model_dir, flavor_conf) or getattr(transformers, spec.auto_model)
     path = artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE)
     model = auto_cls.from_pretrained(path).eval()
     pad = flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
@@ -221,7 +271,7 @@ def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> A
 
 def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> EagerRunner:
     model = load_transformers_model(model_dir, flavor_conf)
-    spec = get_task(flavor_conf[FlavorKey.TASK])
+    spec = task_of(flavor_conf)
     # An image model records the outputs it has (a backbone may lack pooler_output).
     outputs = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == IMAGE else None
     device = resolve_device(require("torch"), config)

@@ -14,8 +14,9 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.serving.export_config import task_of
 from mlflow_tfexport.serving.runtimes.base import Runner
-from mlflow_tfexport.tasks import SEQUENCE, TEXT_INPUTS, OutputSpec, get_task
+from mlflow_tfexport.tasks import SEQUENCE, TEXT_INPUTS, OutputSpec
 
 
 class SequencePadding:
@@ -64,7 +65,7 @@ def with_sequence_padding(runner: Runner, flavor_conf: Mapping[str, Any]) -> Run
     multiple = flavor_conf.get(FlavorKey.PAD_TO_MULTIPLE_OF)
     if not multiple or int(multiple) <= 1:
         return runner
-    outputs = get_task(flavor_conf[FlavorKey.TASK]).outputs
+    outputs = task_of(flavor_conf).outputs
     padded: Runner = SequencePadding(runner, int(multiple), int(flavor_conf.get(FlavorKey.PAD_TOKEN_ID) or 0),
                                      outputs)
     return padded

@@ -26,7 +26,8 @@ import numpy as np
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving.conf import artifact_path
-from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TEXT_INPUTS, OutputSpec, get_task
+from mlflow_tfexport.serving.export_config import task_of
+from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TEXT_INPUTS, OutputSpec
 
 Shape = Tuple[int, int]  # (batch, sequence)
 #: Runs one bucket's module on arrays of exactly that bucket's shape, in input order.
@@ -117,6 +118,7 @@ class StaticRunner:
         outputs: Sequence[OutputSpec],
         pad_token_id: int,
         describe: Mapping[str, Any] | None = None,
+        sequence_inputs: Mapping[str, str] | None = None,
     ) -> None:
         self.buckets: List[Shape] = sorted({(int(b), int(s)) for b, s in buckets}, key=lambda x: (x[1], x[0]))
         self.run_bucket = run_bucket
@@ -124,6 +126,10 @@ class StaticRunner:
         self.outputs: Tuple[OutputSpec, ...] = tuple(outputs)
         self.output_names: Tuple[str, ...] = tuple(o.name for o in self.outputs)
         self.pad_token_id = int(pad_token_id)
+        #: Inputs padded along their sequence axis -> the tokenizer output they carry (``input_ids`` is padded
+        #: with the pad id, masks and type ids with 0); every other input is padded along its batch only.
+        self.sequence_inputs: Dict[str, str] = dict(
+            sequence_inputs if sequence_inputs is not None else {n: n for n in self.input_names if n in TEXT_INPUTS})
         self.calls: Dict[Shape, int] = {b: 0 for b in self.buckets}  # per-bucket call count
         #: What one more run costs, in rows (``pick_bucket``); set by the runtime.
         self.run_cost_rows = FEWEST_CHUNKS
@@ -135,7 +141,7 @@ class StaticRunner:
         return max(s for _, s in self.buckets)
 
     def _pad_value(self, name: str) -> int:
-        return self.pad_token_id if name == "input_ids" else 0
+        return self.pad_token_id if self.sequence_inputs.get(name, name) == "input_ids" else 0
 
     def _chunk(self, feeds: Mapping[str, np.ndarray], start: int, stop: int, bucket: Shape) -> List[np.ndarray]:
         """Rows ``start:stop`` padded to ``bucket``: sequence with pad values, batch with copies of row 0.
@@ -143,7 +149,7 @@ class StaticRunner:
         b, s = bucket
         arrays = []
         for name in self.input_names:
-            if name not in TEXT_INPUTS:
+            if name not in self.sequence_inputs:
                 pixels = np.asarray(feeds[name][start:stop])
                 padded = np.empty((b,) + pixels.shape[1:], dtype=pixels.dtype)
                 padded[: len(pixels)] = pixels
@@ -163,8 +169,9 @@ class StaticRunner:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise BadInputError(f"Missing model inputs {missing}; this model takes {list(self.input_names)}.")
-        first = np.shape(feeds[self.input_names[0]])
-        if self.input_names[0] not in TEXT_INPUTS:  # images (N, C, H, W): buckets over the batch size only
+        text = [n for n in self.input_names if n in self.sequence_inputs]
+        first = np.shape(feeds[text[0] if text else self.input_names[0]])
+        if not text:  # images (N, C, H, W): buckets over the batch size only
             rows, sequence = int(first[0]), int(first[2])
             if sequence not in {s for _, s in self.buckets}:
                 raise BadInputError(
@@ -222,7 +229,10 @@ def static_runner(
     cls: Type[R] = StaticRunner,  # type: ignore[assignment]
 ) -> R:
     """A ``StaticRunner`` (or subclass ``cls``) configured from a variant's flavor block."""
-    spec = get_task(flavor_conf[FlavorKey.TASK])
+    spec = task_of(flavor_conf)
+    sequence_inputs = None
+    if spec.custom is not None:  # a user's export config: its tokenizer-fed inputs are padded along the sequence
+        sequence_inputs = {i.name: i.source for i in spec.custom.tokenizer_inputs}
     # An image model records the outputs it has (a backbone may lack pooler_output).
     recorded = flavor_conf.get(FlavorKey.OUTPUT_NAMES) if spec.input_kind == IMAGE else None
     return cls(
@@ -232,4 +242,5 @@ def static_runner(
         outputs=[o for o in spec.outputs if o.name in recorded] if recorded else spec.outputs,
         pad_token_id=int(flavor_conf.get(FlavorKey.PAD_TOKEN_ID) or 0),
         describe=describe,
+        sequence_inputs=sequence_inputs,
     )
