@@ -152,3 +152,8 @@ VALIDATION_PASSED = "passed"
 VALIDATION_FAILED = "failed"  # written by ``mlflow-tfexport validate --tag`` when a re-validation fails
 #: The artifact name an export logs its variant under (``Model.log(name=...)``), like ``log_model``'s default.
 LOGGED_MODEL_NAME = "model"
+
+#: A file path: a batching pyfunc writes its run counters there (JSON: runs, calls, rows, lone_runs; at most
+#: every ``BATCH_STATS_INTERVAL_S``), for benchmarks/serve_load.py's rows per run of a server process.
+BATCH_STATS_ENV = "MLFLOW_TFEXPORT_BATCH_STATS"
+BATCH_STATS_INTERVAL_S = 0.2
