@@ -382,6 +382,13 @@ def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(models: D
             mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"intra_op_num_threads": bad})
 
 
+def test_a_spark_worker_given_one_core_runs_on_one(models: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """PySpark gives each Python worker OMP_NUM_THREADS = its task's cores: "every core" is those."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    impl = mlflow.pyfunc.load_model(models["cls-onnx"])._model_impl
+    assert impl.runner.lanes is None and impl.runner.wide_session is None and impl.batcher.max_runs == 1
+
+
 @pytest.mark.parametrize("model", ["cls-onnx", "cls-source"])
 def test_in_the_serving_environment_predict_gives_the_json_records_of_its_frame(
         pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, model: str) -> None:

@@ -316,9 +316,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def given_cores() -> int:
+    """The cores this process is given: ``cpu_cores``, or fewer where ``OMP_NUM_THREADS`` says so (PySpark
+    sets it to the task's cores in each Python worker of ``spark_udf``)."""
+    cores = cpu_cores()
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(omp))) if omp.isdigit() and int(omp) > 0 else cores
+
+
 def concurrent_runs(value: Any) -> int:
-    """``concurrent_runs`` checked: model runs at once, 0 meaning one per CPU core (``cpu_cores``)."""
-    return _integer(CONCURRENT_RUNS, value, 0, MAX_RUNS, " (one run per CPU core)") or cpu_cores()
+    """``concurrent_runs`` checked: model runs at once, 0 meaning one per core given (``given_cores``)."""
+    return _integer(CONCURRENT_RUNS, value, 0, MAX_RUNS, " (one run per CPU core)") or given_cores()
 
 
 def _flag(value: Any) -> bool:

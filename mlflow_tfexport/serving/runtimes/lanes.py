@@ -13,6 +13,10 @@ runs of the same graph (``intra_op_num_threads: "auto"``):
 - ``narrow``: a session with one thread, which concurrent calls share (a
   session's ``run`` is safe from several threads at once).
 
+"Every core" is every core the process is given: its CPU affinity, or
+``OMP_NUM_THREADS`` where that is lower (PySpark sets it to the task's cores
+in each ``spark_udf`` worker, so workers do not fight over the cores).
+
 A call is *lone* when no other call is in flight as it starts (``run``
 counts calls in flight), or when the batcher says so (``run_lone``: no run
 going and nobody waiting, ``serving/batching.py``). A lone call of at least

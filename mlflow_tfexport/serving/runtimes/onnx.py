@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey
-from mlflow_tfexport.serving.batching import batchable, cpu_cores
+from mlflow_tfexport.serving.batching import batchable, given_cores
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.runtimes import onnx_with_past
 from mlflow_tfexport.serving.runtimes.lanes import Lanes
@@ -37,7 +37,7 @@ class OnnxRunner:
         self.session = new_session(path, narrow)
         self.input_names: Tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
         self.output_names: Tuple[str, ...] = tuple(o.name for o in self.session.get_outputs())
-        cores = cpu_cores()
+        cores = given_cores()
         #: With ``"auto"`` threads on several cores: the session of lone calls, one intra-op thread per core.
         self.wide_session: Any = None
         if auto and cores > 1 and "CUDAExecutionProvider" not in self.session.get_providers():
