@@ -289,7 +289,7 @@ def test_a_lone_call_gets_every_core_and_concurrent_calls_one_thread_each() -> N
             return _answer(feeds)
         return run
 
-    lanes = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes={"logits": 0})
+    lanes = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes={"logits": 0}, spare=lambda cores: True)
     one = {"input_ids": np.full((1, 4), 2, dtype=np.int64)}
     np.testing.assert_array_equal(lanes.run(one)["logits"], [[8]])
     assert [t[0] for t in threads] == [WIDE]
@@ -307,9 +307,13 @@ def test_a_lone_call_gets_every_core_and_concurrent_calls_one_thread_each() -> N
     held.join()
     assert [(t[0], t[1]) for t in threads] == [(WIDE, 1), (NARROW, 5)]
     assert lanes.taken == {WIDE: 2, NARROW: 1, SPLIT: 1}
-    lone = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes=None)  # outputs that cannot be joined
-    lone.run(rows)
+    lone = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes=None, spare=lambda cores: True)
+    lone.run(rows)  # outputs that cannot be joined: wide
     assert lone.taken[WIDE] == 1 and lone.taken[SPLIT] == 0
+    busy = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes={"logits": 0}, spare=lambda cores: False)
+    busy.run(rows)  # a saturated machine: one thread, even alone
+    busy.run(one)
+    assert busy.taken == {WIDE: 0, NARROW: 2, SPLIT: 0}
 
 
 def test_a_lone_call_holds_every_run_and_calls_arriving_meanwhile_share_the_next_runs() -> None:
@@ -356,11 +360,13 @@ def test_a_lone_call_holds_every_run_and_calls_arriving_meanwhile_share_the_next
         np.testing.assert_array_equal(results[i], [[(i + 1) * (3 + i)]])
 
 
-def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(models: Dict[str, str],
-                                                                        pyfuncs: Dict[str, Any]) -> None:
+def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(
+        models: Dict[str, str], pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The ONNX variant's MLmodel says intra_op_num_threads: auto; loaded, it has a one-thread session and a
-    session with a thread per core; a lone predict runs on every core and answers as one thread does;
-    a number in model_config gives one session of that many threads."""
+    session with a thread per core; a lone predict runs on every core (on a machine with spare cores: the
+    load average is set to 0 here, as this machine is shared) and answers as one thread does; a number in
+    model_config gives one session of that many threads."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert _mlmodel_config(models["cls-onnx"])["intra_op_num_threads"] == "auto"
     cores = len(os.sched_getaffinity(0))
     fresh = mlflow.pyfunc.load_model(models["cls-onnx"])

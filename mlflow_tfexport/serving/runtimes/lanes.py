@@ -17,6 +17,11 @@ runs of the same graph (``intra_op_num_threads: "auto"``):
 ``OMP_NUM_THREADS`` where that is lower (PySpark sets it to the task's cores
 in each ``spark_udf`` worker, so workers do not fight over the cores).
 
+Every core helps only where the cores are free: a lone call takes them when
+the machine's 1-minute load average is below the cores given (``spare_cores``),
+else it runs on one thread like a concurrent one (on a saturated machine extra
+threads only wait for a core, and cost CPU time to hand work over).
+
 A call is *lone* when no other call is in flight as it starts (``run``
 counts calls in flight), or when the batcher says so (``run_lone``: no run
 going and nobody waiting, ``serving/batching.py``). A lone call of at least
@@ -32,6 +37,7 @@ split. Serving path: numpy only, Python 3.10.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Mapping, Optional
@@ -45,12 +51,24 @@ RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
 WIDE, NARROW, SPLIT = "wide", "narrow", "split"
 
 
+def spare_cores(cores: int) -> bool:
+    """Whether the machine has free cores for a lone call: its 1-minute load average is below ``cores``
+    (True where the platform has no load average)."""
+    try:
+        return os.getloadavg()[0] < cores
+    except (OSError, AttributeError):
+        return True
+
+
 class Lanes:
     """Runs each call on the wide run, the narrow run, or as slices on the narrow run (see the module doc)."""
 
     def __init__(self, narrow: RunFn, wide: Optional[RunFn], cores: int,
-                 batch_axes: Optional[Mapping[str, int]] = None) -> None:
+                 batch_axes: Optional[Mapping[str, int]] = None,
+                 spare: Optional[Callable[[int], bool]] = None) -> None:
         self.narrow = narrow
+        #: Whether the cores are free for a lone call (default ``spare_cores``).
+        self.spare = spare or spare_cores
         self.wide = wide
         self.cores = max(1, int(cores))
         #: Output name -> batch axis; None: the outputs cannot be joined, a lone call is never sliced.
@@ -77,7 +95,10 @@ class Lanes:
         return self.narrow(feeds)
 
     def run_lone(self, feeds: Feeds) -> Dict[str, np.ndarray]:
-        """Every core: slices on the narrow run (a row per core or more), else the wide run."""
+        """Every core: slices on the narrow run (a row per core or more), else the wide run; one thread
+        when the machine has no spare cores."""
+        if self.cores > 1 and not self.spare(self.cores):
+            return self.run_shared(feeds)
         rows = _rows(feeds)
         if self.cores > 1 and self.batch_axes is not None and rows >= self.cores:
             self.taken[SPLIT] += 1
