@@ -9,11 +9,14 @@ temporary SQLite registry, it exports ONNX, int8 ONNX (``quantize="int8"``)
 and TorchScript (buckets 1x32, 8x32, 1x128) variants, logs the same model with
 ``mlflow.transformers`` (``text-classification`` pipeline), and for each serves
 ``mlflow models serve -m models:/... --env-manager local`` on a loopback port.
-The ONNX variant runs three times: as logged (batching of concurrent requests
-on, one onnxruntime intra-op thread per run, one run per core), with one run
-at a time (``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"concurrent_runs": 1}'``, the
-previous default) and with batching off (``{"batching": false}``), side by
-side in the same run. ``scoring-server`` serves a pyfunc that answers every
+The ONNX variant runs several times, side by side in the same run: as logged
+(``onnx``: threads chosen by the workload, ``intra_op_num_threads: auto``;
+batching of concurrent requests on, one run per core), with one onnxruntime
+thread for every call (``onnx-threads-1``:
+``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"intra_op_num_threads": 1}'``, the
+previous default), with one run at a time (``onnx-one-run``:
+``{"concurrent_runs": 1}``), with batching off (``onnx-unbatched``:
+``{"batching": false}``) and under the scoring-server settings below. ``scoring-server`` serves a pyfunc that answers every
 request with a constant, without a model: the most requests/s MLflow's
 scoring server and this load generator reach on the machine, the ceiling of
 every variant. Clients POST one sentence per request in a loop (keep-alive
