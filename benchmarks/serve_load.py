@@ -16,11 +16,11 @@ thread for every call (``onnx-threads-1``:
 ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"intra_op_num_threads": 1}'``, the
 previous default), with one run at a time (``onnx-one-run``:
 ``{"concurrent_runs": 1}``), with batching off (``onnx-unbatched``:
-``{"batching": false}``) and under the scoring-server settings below. ``scoring-server`` serves a pyfunc that answers every
-request with a constant, without a model: the most requests/s MLflow's
-scoring server and this load generator reach on the machine, the ceiling of
-every variant. Clients POST one sentence per request in a loop (keep-alive
-connections), for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed
+``{"batching": false}``) and under the scoring-server settings below.
+``scoring-server`` serves a pyfunc that answers every request with a constant,
+without a model: the most requests/s MLflow's scoring server and this load
+generator reach on the machine, the ceiling of every variant. Clients POST one
+sentence per request in a loop (keep-alive connections), for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed
 per variant and client count: requests, failed, requests/s, p50 and p99.
 
 The floor: the same machine, the same texts, in the same run, without any
