@@ -17,7 +17,9 @@ Texts: ``examples/data/reviews.csv`` (the shipped real-text set), else the
 built-in calibration texts of ``export/onnx/calibration.py``. For each variant:
 
 - agreement with the eager source, both served end to end (``mlflow.pyfunc``): label agreement
-  for the classifier, min and mean cosine of the embeddings for the embedder; whether the task's
+  for the classifier, min and mean cosine of the embeddings for the embedder, and its retrieval
+  agreement (each text's top-10 neighbours among all the texts, by cosine: the share the variant's
+  embeddings find too, what embedding users feel); whether the task's
   default ``quantized_min_agreement`` passes it (quantised variants are exported with
   ``min_agreement=0.01`` so that each is registered and measured; the gate is read from the
   agreement the export's validation recorded); the agreement on random tokens of the synthetic
@@ -57,15 +59,18 @@ SHAPES: Tuple[Tuple[int, int], ...] = ((1, 16), (32, 128))
 BAR_COSINE = 0.99
 BAR_SPEEDUP = 1.8
 BAR_LABELS = 0.99
+#: Retrieval agreement: top-k neighbours of each text among the shipped reviews, fp32 vs int8.
+NEIGHBOURS = 10
 #: (label, export options); the int8 rows quantise the fp32 (or fused) graph.
 VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
     ("onnx", {}),
     ("onnx optimize", {"optimize": True}),
     ("int8-per-tensor", {"quantize": "int8-per-tensor"}),
-    ("int8 (per channel)", {"quantize": "int8"}),
+    ("int8 (per channel)", {"quantize": "int8", "optimize": False}),
     ("int8-static", {"quantize": "int8-static"}),
     ("int8-blockwise", {"quantize": "int8-blockwise"}),
     ("optimize + int8 (per channel)", {"optimize": True, "quantize": "int8"}),
+    ("optimize + int8 (MatMul only)", {"optimize": True, "quantize": "int8", "quantize_op_types": "MatMul"}),
     ("optimize + int8-blockwise", {"optimize": True, "quantize": "int8-blockwise"}),
 )
 #: The variants of the issue's figures: fp32, fused, and the int8 modes it names.
@@ -132,7 +137,26 @@ def agreement(kind: str, source: Any, variant: Any, texts: List[str]) -> Dict[st
     a = np.asarray(source.predict(texts), dtype=np.float64)
     b = np.asarray(variant.predict(texts), dtype=np.float64)
     cos = (a * b).sum(-1) / np.clip(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12, None)
-    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+            f"top{NEIGHBOURS}_agreement": neighbour_agreement(a, b)}
+
+
+def neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` nearest other rows by cosine similarity (indices, nearest first)."""
+    unit = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def neighbour_agreement(reference: np.ndarray, variant: np.ndarray, k: Optional[int] = None) -> float:
+    """Retrieval agreement: the mean share of each text's top-``k`` neighbours (over every text) that the
+    variant's embeddings find too, against the reference's."""
+    k = min(k or NEIGHBOURS, len(reference) - 1)
+    if k < 1:
+        return 1.0
+    ref, got = neighbours(reference, k), neighbours(variant, k)
+    return float(np.mean([len(set(r) & set(g)) / k for r, g in zip(ref, got, strict=True)]))
 
 
 def measure(kind: str, name: str, variants: Dict[str, Any], source_dir: str, texts: List[str], trials: int,
@@ -166,10 +190,12 @@ def table(results: Dict[str, Any]) -> str:
         "|---|---|---|---|---|---:|---:|---:|",
     ]
     for kind in ("classifier", "embedder"):
-        for label, v in results[kind]["variants"].items():
+        for label, v in results.get(kind, {"variants": {}})["variants"].items():
             a = v["agreement"]
+            top = a.get(f"top{NEIGHBOURS}_agreement")
             acc = (f"labels {a['label_agreement']:.4f}" if kind == "classifier"
-                   else f"cosine min {a['min_cosine']:.4f} / mean {a['mean_cosine']:.4f}")
+                   else f"cosine min {a['min_cosine']:.4f} / mean {a['mean_cosine']:.4f}"
+                   + (f"; top-{NEIGHBOURS} neighbours {top:.3f}" if top is not None else ""))
             gate = v["default_gate"].split(" (")[0]
             synthetic = v["tags"].get("tfexport.label_agreement", "")
             cells = []
@@ -182,6 +208,8 @@ def table(results: Dict[str, Any]) -> str:
 
 
 def bar(results: Dict[str, Any]) -> List[str]:
+    if "embedder" not in results or "classifier" not in results:  # --models: one of the two
+        return []
     emb = {k: v for k, v in results["embedder"]["variants"].items() if "tfexport.quantized" in v["tags"]}
     clf = {k: v for k, v in results["classifier"]["variants"].items() if "tfexport.quantized" in v["tags"]}
     meets = [k for k, v in emb.items() if v["agreement"]["min_cosine"] >= BAR_COSINE
@@ -212,11 +240,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--budget", type=float, default=0.5,
                         help="about this many seconds of calls per candidate and trial (default 0.5)")
     parser.add_argument("--data", default=DATA, help="CSV with a text column (default examples/data/reviews.csv)")
+    parser.add_argument("--models", default="classifier,embedder", help="which models (comma-separated)")
+    parser.add_argument("--only", default=None, help="variant labels to run, comma-separated (onnx is always run)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
     texts, origin = texts_and_origin(args.data)
     variants = QUICK if args.quick else VARIANTS
+    if args.only:
+        wanted = {"onnx", *args.only.split(",")}
+        variants = tuple(v for v in VARIANTS if v[0] in wanted)
+    kinds = [m for m in MODELS if m[0] in args.models.split(",")]
     workdir = tempfile.mkdtemp(prefix="tfexport-quant-")
     res: Dict[str, Any] = {"command": "python benchmarks/quantization.py" + (" " + " ".join(argv) if argv else ""),
                            "machine": machine(), "texts": {"rows": len(texts), "origin": origin},
@@ -231,19 +265,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"Machine: {res['machine']}\nTexts: {len(texts)} rows from {origin}")
         log("[1/3] MiniLM-L6 classifier and embedder")
         models = load_models()
-        for kind, task, name in MODELS:
+        for kind, task, name in kinds:
             with mlflow.start_run(run_name=f"source-{kind}"):
                 mlflow.tfexport.log_model(models[kind], tokenizer=models["tokenizer"], task=task, name="model",
                                           registered_model_name=name)
         log("[2/3] exports, validated on the texts")
-        for kind, task, name in MODELS:
+        for kind, task, name in kinds:
             res[kind] = {"variants": export_variants(name, task, texts, workdir, variants)}
         log("[3/3] agreement and latency, served (mlflow.pyfunc)")
-        for kind, _, name in MODELS:
+        for kind, _, name in kinds:
             source_dir = mlflow.artifacts.download_artifacts(f"models:/{name}/1",
                                                              dst_path=os.path.join(workdir, name, "source"))
             measure(kind, name, res[kind]["variants"], source_dir, texts, args.trials, args.budget)
-        for kind, _, _ in MODELS:
+        for kind, _, _ in kinds:
             for v in res[kind]["variants"].values():
                 v.pop("local", None)
         res["bar"] = bar(res)

@@ -9,15 +9,18 @@ temporary SQLite registry, it exports ONNX, int8 ONNX (``quantize="int8"``)
 and TorchScript (buckets 1x32, 8x32, 1x128) variants, logs the same model with
 ``mlflow.transformers`` (``text-classification`` pipeline), and for each serves
 ``mlflow models serve -m models:/... --env-manager local`` on a loopback port.
-The ONNX variant runs three times: as logged (batching of concurrent requests
-on, one onnxruntime intra-op thread per run, one run per core), with one run
-at a time (``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"concurrent_runs": 1}'``, the
-previous default) and with batching off (``{"batching": false}``), side by
-side in the same run. ``scoring-server`` serves a pyfunc that answers every
-request with a constant, without a model: the most requests/s MLflow's
-scoring server and this load generator reach on the machine, the ceiling of
-every variant. Clients POST one sentence per request in a loop (keep-alive
-connections), for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed
+The ONNX variant runs several times, side by side in the same run: as logged
+(``onnx``: threads chosen by the workload, ``intra_op_num_threads: auto``;
+batching of concurrent requests on, one run per core), with one onnxruntime
+thread for every call (``onnx-threads-1``:
+``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"intra_op_num_threads": 1}'``, the
+previous default), with one run at a time (``onnx-one-run``:
+``{"concurrent_runs": 1}``), with batching off (``onnx-unbatched``:
+``{"batching": false}``) and under the scoring-server settings below.
+``scoring-server`` serves a pyfunc that answers every request with a constant,
+without a model: the most requests/s MLflow's scoring server and this load
+generator reach on the machine, the ceiling of every variant. Clients POST one
+sentence per request in a loop (keep-alive connections), for ``--seconds`` at each of ``--clients`` (1, 8, 32). Printed
 per variant and client count: requests, failed, requests/s, p50 and p99.
 
 The floor: the same machine, the same texts, in the same run, without any
@@ -28,8 +31,26 @@ as a ratio to that floor. ``--sweep`` serves the ONNX variant under
 onnxruntime ``intra_op_num_threads`` x ``concurrent_runs`` x ``--workers`` x
 batching (the combinations in ``SWEEP``) at 1, 8 and 32 clients.
 
+CPU per request: the CPU time (user + system) of the server's process tree
+(its session, workers included) over the requests answered at each point,
+read from ``/proc``; the one-thread floor beside it: CPU ms per text of
+tokenizers + onnxruntime with one intra-op thread on batches of 16, measured in
+the same round. ``cpu/floor`` divides the two: figures that hold on a shared
+machine, where req/s do not. Rows per run: a batching server writes its run
+counters to ``MLFLOW_TFEXPORT_BATCH_STATS`` (``serving/batching.py``); the
+difference over a point gives model runs, rows per run and the share of lone
+runs (a run of a call that found the model idle: every core).
+
+Scoring-server settings (``onnx-fast``): the same ONNX variant under uvicorn
+with the access log off (``UVICORN_ACCESS_LOG=false``), uvloop and httptools
+(``UVICORN_LOOP=uvloop``, ``UVICORN_HTTP=httptools``; ``pip install
+'mlflow-tfexport[serve-fast]'``, or ``--fast-path DIR`` naming a folder they
+were installed into with ``pip install --target``); ``onnx-no-access-log``:
+the access log off only.
+
 Writes ``--out``/serve_load.json and serve_load.md. The load generator runs on
-the same machine as the server and takes some of its CPU.
+the same machine as the server and takes some of its CPU; the load average
+before and after is recorded.
 """
 
 from __future__ import annotations
@@ -55,6 +76,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from harness import minilm  # noqa: E402
 from servers import models_serve  # noqa: E402
 
+from mlflow_tfexport.constants import BATCH_STATS_ENV  # noqa: E402
+
 SENTENCES = [
     "This was a fantastic film, I loved every minute of it.",
     "Terrible plot and awful acting, I hated it.",
@@ -65,8 +88,40 @@ CLIENTS = (1, 8, 32)
 FLOOR_BATCH = 16
 INFERENCE_CONFIG_ENV = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
 #: --sweep: (onnxruntime intra_op_num_threads, concurrent_runs, --workers, batching); 0: one per core.
-SWEEP = ((1, 0, 1, True), (1, 1, 1, True), (1, 0, 1, False), (2, 1, 1, True), (2, 0, 1, False), (0, 1, 1, True),
-         (1, 0, 2, True), (1, 0, 2, False))
+SWEEP: Tuple[Tuple[Any, int, int, bool], ...] = (
+    ("auto", 0, 1, True), (1, 0, 1, True), (1, 1, 1, True), (1, 0, 1, False), (2, 1, 1, True), (2, 0, 1, False),
+    (0, 1, 1, True), (1, 0, 2, True), (1, 0, 2, False))
+
+
+def tree_cpu_s(session: int) -> float:
+    """CPU seconds (user + system, reaped children included) of every process of ``session``."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ...
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+def batch_stats(server: Any) -> Optional[Dict[str, int]]:
+    """The server's run counters (``MLFLOW_TFEXPORT_BATCH_STATS``), after one request that writes them."""
+    path = getattr(server, "stats_path", None)
+    if path is None:
+        return None
+    time.sleep(0.25)  # the counters are written at most every 0.2 s: the next run writes them
+    server.invoke({"inputs": SENTENCES[:1]})
+    try:
+        with open(path) as f:
+            stats: Dict[str, int] = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return stats
 
 
 def load(url: str, clients: int, seconds: float) -> Dict[str, Any]:
@@ -127,8 +182,9 @@ def load(url: str, clients: int, seconds: float) -> Dict[str, Any]:
     }
 
 
-def floor(model_dir: str, seconds: float) -> Dict[str, Any]:
-    """Texts/s of tokenizers + onnxruntime on batches of ``FLOOR_BATCH`` of the same sentences, no server."""
+def floor(model_dir: str, seconds: float, threads: int = 0) -> Dict[str, Any]:
+    """Texts/s of tokenizers + onnxruntime (``threads`` intra-op threads, 0: one per core) on batches of
+    ``FLOOR_BATCH`` of the same sentences, no server; with the CPU ms per text."""
     import numpy as np
     import onnxruntime as ort
     import tokenizers
@@ -139,7 +195,10 @@ def floor(model_dir: str, seconds: float) -> Dict[str, Any]:
     tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, conf["tokenizer_dir"], "tokenizer.json"))
     tok.enable_truncation(int(conf["max_length"]))
     tok.enable_padding(pad_id=int(conf["pad_token_id"]))
-    session = ort.InferenceSession(os.path.join(model_dir, conf["model_file"]), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(os.path.join(model_dir, conf["model_file"]), options,
+                                   providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(FLOOR_BATCH)]
 
@@ -152,42 +211,59 @@ def floor(model_dir: str, seconds: float) -> Dict[str, Any]:
 
     for _ in range(5):
         once()
-    n, started = 0, time.perf_counter()
+    n, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         once()
         n += 1
-    wall = time.perf_counter() - started
-    return {"batch": FLOOR_BATCH, "batches": n, "seconds": round(wall, 2),
-            "texts_per_s": round(n * FLOOR_BATCH / wall, 1)}
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"batch": FLOOR_BATCH, "threads": threads, "batches": n, "seconds": round(wall, 2),
+            "texts_per_s": round(n * FLOOR_BATCH / wall, 1),
+            "cpu_ms_per_text": round(1000 * cpu / (n * FLOOR_BATCH), 3)}
 
 
 def start(stack: contextlib.ExitStack, uri: str, tracking: str, root: str, config: Optional[Dict[str, Any]] = None,
-          workers: int = 1) -> str:
-    """Start ``mlflow models serve`` of ``uri`` (``config`` through ``MLFLOW_PYFUNC_INFERENCE_CONFIG``), warm
-    it up, and return its URL; it stops when ``stack`` closes."""
-    env = {INFERENCE_CONFIG_ENV: json.dumps(config)} if config else {}
-    server = stack.enter_context(models_serve(uri, tracking, root, timeout=300, extra_env=env, workers=workers))
+          workers: int = 1, env: Optional[Dict[str, str]] = None) -> Any:
+    """Start ``mlflow models serve`` of ``uri`` (``config`` through ``MLFLOW_PYFUNC_INFERENCE_CONFIG``, more
+    environment in ``env``), warm it up, and return it; it stops when ``stack`` closes."""
+    extra = {INFERENCE_CONFIG_ENV: json.dumps(config)} if config else {}
+    stats_path = tempfile.mktemp(prefix="batch-stats-", suffix=".json", dir=root)
+    extra.update(env or {}, **{BATCH_STATS_ENV: stats_path})
+    server = stack.enter_context(models_serve(uri, tracking, root, timeout=300, extra_env=extra, workers=workers))
+    server.stats_path = stats_path
     for _ in range(20):  # warm up every worker
         server.invoke({"inputs": SENTENCES[:1]})
-    return server.url
+    return server
 
 
-def rounds(urls: Dict[str, str], clients: Sequence[int], seconds: float, model_dir: str) -> Dict[str, Any]:
-    """For each client count: the floor, then every server in turn (side by side, so drifting load on a
-    shared machine touches all alike); each figure with its ratio to that round's floor."""
-    out: Dict[str, Any] = {name: {} for name in urls}
-    out["floor"] = {}
+def rounds(servers: Dict[str, Any], clients: Sequence[int], seconds: float, model_dir: str) -> Dict[str, Any]:
+    """For each client count: the floors, then every server in turn (side by side, so drifting load on a
+    shared machine touches all alike); each figure with its ratio to that round's floors."""
+    out: Dict[str, Any] = {name: {} for name in servers}
+    out["floor"], out["floor_one_thread"] = {}, {}
     for n in clients:
         rate = floor(model_dir, min(seconds, 5.0))
-        out["floor"][str(n)] = rate
-        print(f"floor ({n}-client round): {rate['texts_per_s']:.1f} texts/s", flush=True)
-        for name, url in urls.items():
-            r = load(url, n, seconds)
+        one = floor(model_dir, min(seconds, 5.0), threads=1)
+        out["floor"][str(n)], out["floor_one_thread"][str(n)] = rate, one
+        print(f"floor ({n}-client round): {rate['texts_per_s']:.1f} texts/s; one thread: "
+              f"{one['cpu_ms_per_text']:.2f} CPU ms per text; load average {os.getloadavg()[0]:.1f}", flush=True)
+        for name, server in servers.items():
+            before, cpu = batch_stats(server), tree_cpu_s(server.pid)
+            r = load(server.url, n, seconds)
+            cpu = tree_cpu_s(server.pid) - cpu
+            after = batch_stats(server)
             r["served_over_floor"] = round(r["requests_per_s"] / rate["texts_per_s"], 3)
+            r["cpu_ms_per_request"] = round(1000 * cpu / max(1, r["sent"] - r["failed"]), 3)
+            r["cpu_over_floor"] = round(r["cpu_ms_per_request"] / one["cpu_ms_per_text"], 3)
+            if before and after and after["runs"] > before["runs"] + 1:
+                runs = after["runs"] - before["runs"] - 1  # less the request that wrote the counters
+                r["runs"] = runs
+                r["rows_per_run"] = round((after["rows"] - before["rows"] - 1) / runs, 2)
+                lone = max(0, after["lone_runs"] - before["lone_runs"] - 1)  # the counters' request ran alone
+                r["lone_share"] = round(lone / runs, 3)
             out[name][str(n)] = r
-            print(f"  {name:36s} {n:3d} clients  {r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                  f"p99 {r['p99_ms']:6.1f} ms  failed {r['failed']}  served/floor {r['served_over_floor']:.2f}",
-                  flush=True)
+            print(f"  {name:24s} {n:3d} clients  {r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+                  f"p99 {r['p99_ms']:6.1f} ms  failed {r['failed']}  cpu {r['cpu_ms_per_request']:.2f} ms/req  "
+                  f"cpu/floor {r['cpu_over_floor']:.2f}  rows/run {r.get('rows_per_run', '-')}", flush=True)
     return out
 
 
@@ -234,16 +310,19 @@ def build(root: str) -> Tuple[str, Dict[str, str]]:
 
 
 def _table(title: str, runs: Dict[str, Any], clients: Sequence[int]) -> List[str]:
-    lines = ["", title, "", "| variant | clients | requests | failed | req/s | p50 ms | p99 ms | floor texts/s | "
-             "served/floor |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["", title, "", "| variant | clients | requests | failed | req/s | p50 ms | p99 ms | served/floor | "
+             "CPU ms/request | one-thread floor CPU ms/text | cpu/floor | rows/run | lone runs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, by_clients in runs.items():
-        if name == "floor":
+        if name.startswith("floor"):
             continue
         for n in clients:
-            r, f = by_clients[str(n)], runs["floor"][str(n)]
+            r, one = by_clients[str(n)], runs["floor_one_thread"][str(n)]
+            lone = f"{100 * r['lone_share']:.0f}%" if "lone_share" in r else "-"
             lines.append(f"| {name} | {n} | {r['sent']} | {r['failed']} | {r['requests_per_s']:.1f} | "
-                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {f['texts_per_s']:.1f} | "
-                         f"{r['served_over_floor']:.2f} |")
+                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['served_over_floor']:.2f} | "
+                         f"{r['cpu_ms_per_request']:.2f} | {one['cpu_ms_per_text']:.2f} | {r['cpu_over_floor']:.2f} | "
+                         f"{r.get('rows_per_run', '-')} | {lone} |")
     return lines
 
 
@@ -252,9 +331,11 @@ def report(results: Dict[str, Any]) -> str:
         "# serve_load",
         "",
         f"`{results['command']}` on {results['cpus']} CPUs, {results['seconds']:g} s per point, one sentence per "
-        f"request. Floor: tokenizers + onnxruntime on batches of {FLOOR_BATCH} of the same sentences, no server, "
-        "measured at the start of each round (client count); served/floor divides by it. The load generator runs "
-        "on the same machine.",
+        f"request; load average {results.get('load_before')} before, {results.get('load_after')} after. Floor: "
+        f"tokenizers + onnxruntime on batches of {FLOOR_BATCH} of the same sentences, no server, measured at the "
+        "start of each round (client count); served/floor divides req/s by its texts/s (all cores); cpu/floor "
+        "divides the server tree's CPU ms per request by the one-thread floor's CPU ms per text. Rows/run and "
+        "lone runs: the batcher's counters (`-`: not batched). The load generator runs on the same machine.",
     ]
     lines += _table("Variants (the ONNX variant as logged, with one run at a time, and with batching off, side by "
                     "side; scoring-server: no model, the ceiling)", results["variants"],
@@ -270,8 +351,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per variant and client count")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts, comma-separated")
-    parser.add_argument("--variants", default="onnx,onnx-one-run,onnx-unbatched,onnx-int8,torchscript,source,"
-                                              "mlflow.transformers,scoring-server")
+    parser.add_argument("--variants", default="onnx,onnx-threads-1,onnx-unbatched,onnx-no-access-log,onnx-fast,"
+                                              "onnx-int8,torchscript,source,mlflow.transformers,scoring-server")
+    parser.add_argument("--fast-path", default=None,
+                        help="a folder holding uvloop and httptools (pip install --target) for onnx-fast")
     parser.add_argument("--sweep", action="store_true",
                         help="also ONNX threads x concurrent runs x workers x batching")
     parser.add_argument("--sweep-clients", default="1,8,32")
@@ -289,31 +372,44 @@ def main() -> int:
     results: Dict[str, Any] = {
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(), "seconds": args.seconds, "clients": clients,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
     }
-    configs = {"onnx-unbatched": ("onnx", {"batching": False}), "onnx-one-run": ("onnx", {"concurrent_runs": 1})}
+    fast = {"UVICORN_ACCESS_LOG": "false", "UVICORN_LOOP": "uvloop", "UVICORN_HTTP": "httptools"}
+    if args.fast_path:
+        fast["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(args.fast_path),
+                                                         os.environ.get("PYTHONPATH")) if p)
+    # name: (variant, model_config, environment); onnx-threads-1: the previous default (one thread per run)
+    configs: Dict[str, Tuple[str, Optional[Dict[str, Any]], Optional[Dict[str, str]]]] = {
+        "onnx-unbatched": ("onnx", {"batching": False}, None),
+        "onnx-one-run": ("onnx", {"concurrent_runs": 1}, None),
+        "onnx-threads-1": ("onnx", {"intra_op_num_threads": 1}, None),
+        "onnx-no-access-log": ("onnx", None, {"UVICORN_ACCESS_LOG": "false"}),
+        "onnx-fast": ("onnx", None, fast),
+    }
     with contextlib.ExitStack() as stack:
-        urls = {}
+        servers = {}
         for name in args.variants.split(","):
-            base, config = configs.get(name, (name, None))
-            urls[name] = start(stack, uris[base], tracking, root, config)
-        results["variants"] = rounds(urls, clients, args.seconds, onnx_dir)
+            base, config, env = configs.get(name, (name, None, None))
+            servers[name] = start(stack, uris[base], tracking, root, config, env=env)
+        results["variants"] = rounds(servers, clients, args.seconds, onnx_dir)
     if args.sweep:
         results["sweep_clients"] = sweep_clients
         with contextlib.ExitStack() as stack:
-            urls = {}
+            servers = {}
             for threads, runs, workers, batching in SWEEP:
                 config: Dict[str, Any] = {"intra_op_num_threads": threads, "concurrent_runs": runs,
                                           "batching": batching}
                 name = (f"intra_op={threads} runs={runs if batching else '-'} workers={workers} "
                         f"batching={'on' if batching else 'off'}")
-                urls[name] = start(stack, uris["onnx"], tracking, root, config, workers)
-            results["sweep"] = rounds(urls, sweep_clients, args.seconds, onnx_dir)
+                servers[name] = start(stack, uris["onnx"], tracking, root, config, workers)
+            results["sweep"] = rounds(servers, sweep_clients, args.seconds, onnx_dir)
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "serve_load.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(args.out, "serve_load.md"), "w") as f:
         f.write(report(results))
-    failed = [v for v, runs in results["variants"].items() if v != "floor"
+    failed = [v for v, runs in results["variants"].items() if not v.startswith("floor")
               for n in clients if runs[str(n)]["failed"]]
     return 1 if failed else 0
 

@@ -18,3 +18,16 @@ def save_input_example(mlflow_model: Any, input_example: Any, path: str) -> None
     from mlflow.models.utils import _save_example
 
     _save_example(mlflow_model, input_example, path)
+
+
+def in_serving_environment() -> bool:
+    """Whether this process runs inside MLflow's serving environment: the scoring server of ``mlflow models
+    serve``, ``mlflow models predict`` and ``validate_serving_input``, which write a prediction as JSON with
+    ``predictions_to_json``.
+
+    MLflow sets ``_MLFLOW_IS_IN_SERVING_ENVIRONMENT`` there and reads it for its own type-hinted models; no
+    public API says it.
+    """
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+
+    return bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())

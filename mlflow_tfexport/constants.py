@@ -163,3 +163,8 @@ VALIDATION_FAILED = "failed"  # written by ``mlflow-tfexport validate --tag`` wh
 LOGGED_MODEL_NAME = "model"
 #: The entry-point group through which packages register export configs per ``model_type``.
 EXPORT_CONFIG_ENTRY_POINTS = "mlflow_tfexport.export_configs"
+
+#: A file path: a batching pyfunc writes its run counters there (JSON: runs, calls, rows, lone_runs; at most
+#: every ``BATCH_STATS_INTERVAL_S``), for benchmarks/serve_load.py's rows per run of a server process.
+BATCH_STATS_ENV = "MLFLOW_TFEXPORT_BATCH_STATS"
+BATCH_STATS_INTERVAL_S = 0.2

@@ -58,10 +58,11 @@ FORMATS: Dict[str, FormatSpec] = {
             runtime=f"{_PKG}.serving.runtimes.onnx",
             backend=f"{_PKG}.export.onnx.backend",
             serving_packages=("onnxruntime", "tokenizers", "numpy"),
-            # One intra-op thread per run and one run per core (concurrent_runs 0): served, concurrent
-            # requests share runs (batching) on every core; measured by benchmarks/serve_load.py --sweep.
+            # Threads chosen by the workload ("auto", serving/runtimes/lanes.py): a lone call runs on every
+            # core; concurrent calls run on one thread each, one run per core (concurrent_runs 0), sharing
+            # runs (batching); measured by benchmarks/serve_load.py and benchmarks/threads.py.
             # intra_op_num_threads 0 is onnxruntime's own default (one per core); "all" is its default level.
-            model_config={"providers": [], "intra_op_num_threads": 1, "inter_op_num_threads": 0,
+            model_config={"providers": [], "intra_op_num_threads": "auto", "inter_op_num_threads": 0,
                           "graph_optimization_level": "all", **BATCHING_MODEL_CONFIG, "concurrent_runs": 0},
             options=("opset", "atol", "exporter", "optimize", "quantize", "min_agreement", "quantize_per_channel",
                      "quantize_op_types", "quantize_reduce_range"),

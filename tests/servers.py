@@ -79,9 +79,11 @@ def running(
 class ScoringServer:
     """A running ``mlflow models serve`` process."""
 
-    def __init__(self, url: str, log_path: str) -> None:
+    def __init__(self, url: str, log_path: str, pid: Optional[int] = None) -> None:
         self.url = url
         self.log_path = log_path
+        #: The server's process id, and its session id: the server's process tree (workers) shares it.
+        self.pid = pid
 
     def invoke(self, payload: Dict[str, Any]) -> requests.Response:
         return requests.post(f"{self.url}/invocations", json=payload, timeout=60)
@@ -105,5 +107,5 @@ def models_serve(
     ]
     url = f"http://127.0.0.1:{port}"
     log_path = os.path.join(workdir, f"serve-{port}.log")
-    with running(cmd, ready_url=f"{url}/ping", log_path=log_path, env=env, cwd=workdir, timeout=timeout):
-        yield ScoringServer(url, log_path)
+    with running(cmd, ready_url=f"{url}/ping", log_path=log_path, env=env, cwd=workdir, timeout=timeout) as proc:
+        yield ScoringServer(url, log_path, proc.pid)

@@ -13,6 +13,7 @@ serve`` with concurrent clients.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import threading
@@ -31,6 +32,7 @@ from servers import models_serve
 import mlflow_tfexport
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.serving.batching import Batcher
+from mlflow_tfexport.serving.runtimes.lanes import NARROW, SPLIT, WIDE, Lanes
 
 LONG = " ".join(["film"] * 200)  # over the tiny models' 64 tokens
 TEXTS = ["a great film", "dull", "the plot was slow but the actors were wonderful and the music too", "ok"]
@@ -205,6 +207,7 @@ def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answer
     results: Dict[str, Any] = {}
     runs, calls = batcher.runs, batcher.merged_calls
     batcher._run, max_runs, batcher.max_runs = held, batcher.max_runs, 1  # one run at a time: all others queue
+    run_lone, batcher._run_lone = batcher._run_lone, None  # the first call is held like any other
     try:
         lead = next(call for name, call in cases if not isinstance(expected[name], Exception))
         first = threading.Thread(target=lambda: results.__setitem__("first", lead()))
@@ -222,7 +225,7 @@ def test_calls_waiting_behind_a_run_share_the_next_one_and_get_their_solo_answer
         for t in [first, *waiting]:
             t.join()
     finally:
-        batcher._run, batcher.max_runs = real_run, max_runs
+        batcher._run, batcher.max_runs, batcher._run_lone = real_run, max_runs, run_lone
     assert batcher.merged_calls - calls > batcher.runs - runs, sizes  # some runs were shared
     for name, _ in cases:
         _same(results[name], expected[name])
@@ -267,6 +270,151 @@ def test_concurrent_runs_each_start_at_once_and_the_next_calls_share_a_run() -> 
     for i in range(6):
         np.testing.assert_array_equal(results[i], [[(i + 1) * (3 + i)]])
     assert batcher._running == 0
+
+
+def _answer(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {"logits": feeds["input_ids"].sum(axis=1, keepdims=True)}  # padding (0) adds nothing
+
+
+def test_a_lone_call_gets_every_core_and_concurrent_calls_one_thread_each() -> None:
+    """Lanes: with no other call in flight a call runs wide (one row) or as one slice per core (a row per core
+    or more, answers joined in order); a call starting while another is in flight runs narrow."""
+    threads: List[Tuple[str, int, str]] = []
+    release, entered = threading.Event(), threading.Event()
+
+    def lane(name: str) -> Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]:
+        def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+            threads.append((name, len(feeds["input_ids"]), threading.current_thread().name))
+            if int(feeds["input_ids"][0, 0]) == 99:  # the held call
+                entered.set()
+                assert release.wait(60)
+            return _answer(feeds)
+        return run
+
+    lanes = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes={"logits": 0}, spare=lambda cores: True)
+    one = {"input_ids": np.full((1, 4), 2, dtype=np.int64)}
+    np.testing.assert_array_equal(lanes.run(one)["logits"], [[8]])
+    assert [t[0] for t in threads] == [WIDE]
+    rows = {"input_ids": np.arange(15, dtype=np.int64).reshape(5, 3)}
+    np.testing.assert_array_equal(lanes.run(rows)["logits"], rows["input_ids"].sum(axis=1, keepdims=True))
+    split = threads[1:]
+    assert sorted(t[1] for t in split) == [2, 3] and {t[0] for t in split} == {NARROW}
+    assert len({t[2] for t in split}) == 2, "the slices run on two threads at once"
+    threads.clear()
+    held = threading.Thread(target=lanes.run, args=({"input_ids": np.full((1, 2), 99, dtype=np.int64)},))
+    held.start()
+    assert entered.wait(60)
+    np.testing.assert_array_equal(lanes.run(rows)["logits"][:, 0], [3, 12, 21, 30, 39])  # company: one thread
+    release.set()
+    held.join()
+    assert [(t[0], t[1]) for t in threads] == [(WIDE, 1), (NARROW, 5)]
+    assert lanes.taken == {WIDE: 2, NARROW: 1, SPLIT: 1}
+    lone = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes=None, spare=lambda cores: True)
+    lone.run(rows)  # outputs that cannot be joined: wide
+    assert lone.taken[WIDE] == 1 and lone.taken[SPLIT] == 0
+    busy = Lanes(lane(NARROW), lane(WIDE), cores=2, batch_axes={"logits": 0}, spare=lambda cores: False)
+    busy.run(rows)  # a saturated machine: one thread, even alone
+    busy.run(one)
+    assert busy.taken == {WIDE: 0, NARROW: 2, SPLIT: 0}
+
+
+def test_a_lone_call_holds_every_run_and_calls_arriving_meanwhile_share_the_next_runs() -> None:
+    """Batcher with a lone run: a call arriving to an idle model runs on run_lone and holds every slot, so the
+    calls arriving meanwhile wait (none runs beside it on one thread); released, they are handed out as one
+    batch per slot, and each caller gets its own rows."""
+    release, entered = threading.Event(), threading.Event()
+    shared: List[int] = []
+
+    def lone(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        entered.set()
+        assert release.wait(60)
+        return _answer(feeds)
+
+    def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        shared.append(len(feeds["input_ids"]))
+        return _answer(feeds)
+
+    batcher = Batcher(run, outputs=(), pad_token_id=0, max_batch_rows=64, max_batch_tokens=4096, max_runs=2,
+                      run_lone=lone)
+    results: Dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.run({"input_ids": np.full((1, 3 + i), i + 1, dtype=np.int64)})["logits"]
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert entered.wait(60)
+    later = [threading.Thread(target=call, args=(i,)) for i in range(1, 7)]
+    for t in later:
+        t.start()
+    for _ in range(3000):
+        with batcher._lock:
+            if len(batcher._queue) == 6:
+                break
+        threading.Event().wait(0.01)
+    assert len(batcher._queue) == 6 and not shared, "calls beside a lone run must wait"
+    release.set()
+    for t in [first, *later]:
+        t.join()
+    assert shared == [3, 3], shared  # six waiting calls, one run of three rows per slot
+    assert batcher.lone_runs == 1 and batcher.rows == 7 and batcher._running == 0
+    for i in range(7):
+        np.testing.assert_array_equal(results[i], [[(i + 1) * (3 + i)]])
+
+
+def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(
+        models: Dict[str, str], pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ONNX variant's MLmodel says intra_op_num_threads: auto; loaded, it has a one-thread session and a
+    session with a thread per core; a lone predict runs on every core (on a machine with spare cores: the
+    load average is set to 0 here, as this machine is shared) and answers as one thread does; a number in
+    model_config gives one session of that many threads."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert _mlmodel_config(models["cls-onnx"])["intra_op_num_threads"] == "auto"
+    cores = len(os.sched_getaffinity(0))
+    fresh = mlflow.pyfunc.load_model(models["cls-onnx"])
+    runner = fresh._model_impl.runner
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    fixed = mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"intra_op_num_threads": 1})
+    assert fixed._model_impl.runner.lanes is None and fixed._model_impl.runner.wide_session is None
+    if cores == 1:
+        assert runner.lanes is None
+        return
+    assert runner.wide_session.get_session_options().intra_op_num_threads == cores
+    texts = TEXTS * 8
+    pd.testing.assert_frame_equal(fresh.predict(texts), fixed.predict(texts), atol=1e-5)
+    assert runner.lanes.taken[SPLIT] == 1 and fresh._model_impl.batcher.lone_runs == 1
+    pd.testing.assert_frame_equal(fresh.predict(TEXTS[:1]), fixed.predict(TEXTS[:1]), atol=1e-5)
+    assert runner.lanes.taken[WIDE] == 1
+    for bad in ("most", -2, 1.5):
+        with pytest.raises(TfexportError, match="intra_op_num_threads"):
+            mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"intra_op_num_threads": bad})
+
+
+def test_a_spark_worker_given_one_core_runs_on_one(models: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """PySpark gives each Python worker OMP_NUM_THREADS = its task's cores: "every core" is those."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    impl = mlflow.pyfunc.load_model(models["cls-onnx"])._model_impl
+    assert impl.runner.lanes is None and impl.runner.wide_session is None and impl.batcher.max_runs == 1
+
+
+@pytest.mark.parametrize("model", ["cls-onnx", "cls-source"])
+def test_in_the_serving_environment_predict_gives_the_json_records_of_its_frame(
+        pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    """Where MLflow only writes the answer as JSON (its serving environment, which the scoring server and
+    `mlflow models predict` set), predict returns the records, and MLflow writes the same JSON as for the
+    DataFrame it returns elsewhere."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    texts = TEXTS + ["", "x" * 30]
+    frame = pyfuncs[model].predict(texts, params={"batch_size": 2})
+    assert isinstance(frame, pd.DataFrame)
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")  # what MLflow's scoring server sets
+    served = pyfuncs[model].predict(texts, params={"batch_size": 2})
+    assert isinstance(served, list) and all(isinstance(r, dict) for r in served), served
+    as_frame, as_records = io.StringIO(), io.StringIO()
+    predictions_to_json(frame, as_frame)
+    predictions_to_json(served, as_records)
+    assert as_records.getvalue() == as_frame.getvalue()
 
 
 @pytest.mark.integration

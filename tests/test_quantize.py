@@ -144,7 +144,7 @@ def test_op_types_and_reduce_range_are_applied_and_recorded(source_dir: str, tmp
 @pytest.mark.integration
 def test_an_op_type_the_graph_lacks_is_refused(source_dir: str, tmp_path: Any) -> None:
     with pytest.raises(ExportError, match=r"quantised no node.*Attention.*optimize=True"):
-        stage(source_dir, str(tmp_path), quantize="int8", quantize_op_types=["Attention"])
+        stage(source_dir, str(tmp_path), quantize="int8", quantize_op_types=["Attention"], optimize=False)
 
 
 @pytest.mark.integration
@@ -243,6 +243,31 @@ def test_quantize_settings_are_part_of_the_export_key() -> None:
     assert keys[0]["quantize_per_channel"] is True and keys[1]["quantize_per_channel"] is False
     # An fp32 export's key is what it was before these options existed.
     assert not any(k.startswith("quantize_") for k in backend.check(make_options("onnx"), conf, spec).key_fields())
+
+
+def test_int8_takes_the_measured_recipe_of_the_task(source_dir: str, tmp_path: Any) -> None:
+    """quantize="int8" without optimize fuses the graph first where the task's measured recipe says so
+    (classifier, embedder); optimize=False keeps it unfused; fp32 and the other modes stay unfused."""
+    backend = get_backend("onnx")
+    conf: Dict[str, Any] = {}
+
+    def optimize(task: str, **kw: Any) -> Any:
+        return backend.check(make_options("onnx", **kw), conf, get_task(task)).optimize
+
+    assert optimize("text-classification", quantize="int8") is True
+    assert optimize("feature-extraction", quantize="int8") is True
+    assert optimize("token-classification", quantize="int8") is False
+    assert optimize("text-classification", quantize="int8", optimize=False) is False
+    assert optimize("text-classification") is False
+    assert optimize("text-classification", quantize="int8-blockwise") is False
+    spec = get_task("text-classification")
+    recipe = backend.check(make_options("onnx", quantize="int8"), conf, spec).key_fields()
+    assert recipe == backend.check(make_options("onnx", quantize="int8", optimize=True), conf, spec).key_fields()
+    staging = str(tmp_path / "int8")
+    os.makedirs(staging)
+    staged = stage(source_dir, staging, quantize="int8")
+    assert staged.report.passed, staged.report.to_text()
+    assert staged.conf.get(FlavorKey.OPTIMIZED), staged.conf
 
 
 # --------------------------------------------------------------------------- from an existing ONNX version

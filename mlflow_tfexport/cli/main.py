@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-shape", action="append", help="BATCHxSEQ for static formats; repeat for buckets")
     p.add_argument("--registered-model-name", default=None, help="default: the source's registered model")
     p.add_argument("--exporter", choices=list(OPSET_RANGE), default=None, help="ONNX exporter")
-    p.add_argument("--optimize", action="store_true",
-                   help="ONNX: fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer")
+    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX: fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer (default: off, "
+                        "on with --quantize int8 where the task's measured recipe fuses first)")
     p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default=None,
                    help="ONNX int8: " + "; ".join(f"{m}: {h}" for m, h in QUANTIZE_HELP.items())
                    + ". MODEL_URI may also be an fp32 ONNX version: its graph is quantised")

@@ -190,7 +190,7 @@ def export_to_directory(
     atol: Optional[float] = None,
     exporter: Optional[str] = None,
     trace_shape: TraceShapeArg = None,
-    optimize: bool = False,
+    optimize: Optional[bool] = None,
     quantize: Optional[str] = None,
     quantize_per_channel: Optional[bool] = None,
     quantize_op_types: Union[str, Sequence[str], None] = None,
@@ -270,7 +270,7 @@ def export(
     atol: Optional[float] = None,
     registered_model_name: Optional[str] = None,
     exporter: Optional[str] = None,
-    optimize: bool = False,
+    optimize: Optional[bool] = None,
     quantize: Optional[str] = None,
     quantize_per_channel: Optional[bool] = None,
     quantize_op_types: Union[str, Sequence[str], None] = None,
@@ -313,7 +313,10 @@ def export(
             source's. It may not contain ``/``, ``:``, ``@`` or ``?`` (it could not be loaded back as a
             ``models:/`` URI).
         exporter: ONNX: ``"legacy"`` (default, TorchScript-based) or ``"dynamo"`` (opset >= 18).
-        optimize: ONNX: fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer.
+        optimize: ONNX: fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer. Default
+            None: off, except with ``quantize="int8"`` for a task whose measured int8 recipe fuses first
+            (``int8_optimize`` in the task table: text-classification, feature-extraction); False keeps
+            the graph unfused.
         quantize: ONNX: ``"int8"`` (dynamic, weights per channel; the default int8), ``"int8-per-tensor"``,
             ``"int8-static"`` (calibrated on the validation data) or ``"int8-blockwise"`` (the most accurate;
             for embedders), validated by task-level agreement on real data. With ``model_uri`` naming an fp32

@@ -81,7 +81,7 @@ class ExportOptions:
     trace_shapes: Tuple[Shape, ...] = ()
     atol: Optional[float] = None
     exporter: Optional[str] = None
-    optimize: bool = False
+    optimize: Optional[bool] = None  # None: False, or the task's int8 recipe with quantize="int8"
     quantize: Optional[str] = None
     min_agreement: Optional[float] = None  # quantised exports: label agreement required by validation
     quantize_per_channel: Optional[bool] = None  # weight scales per output channel (None: the mode's default)
@@ -103,7 +103,7 @@ class ExportOptions:
             "trace_shapes": [list(s) for s in self.trace_shapes],
             "atol": self.atol,
             "exporter": self.exporter,
-            "optimize": self.optimize,
+            "optimize": bool(self.optimize),
             "quantize": self.quantize,
             "neuron_target": self.neuron_target,
             "compiler_args": list(self.compiler_args),
@@ -291,8 +291,9 @@ def check_quantize(options: ExportOptions) -> None:
 
 def _check_values(options: ExportOptions) -> None:
     """Values whose range does not depend on the source model or the machine."""
-    if not isinstance(options.optimize, bool):
-        raise ExportError(f"optimize must be True or False, received {options.optimize!r}.")
+    if options.optimize is not None and not isinstance(options.optimize, bool):
+        raise ExportError(f"optimize must be True or False (or None: the task's recipe), received "
+                          f"{options.optimize!r}.")
     check_quantize(options)
     threshold = options.min_agreement
     if threshold is not None:
@@ -342,7 +343,7 @@ def make_options(
     trace_shape: TraceShapeArg = None,
     atol: Any = None,
     exporter: Optional[str] = None,
-    optimize: bool = False,
+    optimize: Optional[bool] = None,
     quantize: Optional[str] = None,
     min_agreement: Optional[float] = None,
     neuron_target: Optional[str] = None,

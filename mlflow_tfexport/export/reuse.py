@@ -104,7 +104,7 @@ def _graph_options(uri: str, conf: Any, tags: Any, options: ExportOptions) -> Ex
         options,
         opset=int(opset) if opset is not None else options.opset,
         exporter=exporter or options.exporter,
-        optimize=bool(options.optimize or conf.get(FlavorKey.OPTIMIZED)),
+        optimize=True if conf.get(FlavorKey.OPTIMIZED) else options.optimize,
     )
 
 

@@ -5,13 +5,18 @@ request tokenizes its own rows, with its own params, in its own thread (a bad
 row is refused there, before anything is merged); only the model run is shared.
 ``Batcher.run`` takes one call's feeds (int64 ``[rows, sequence]`` arrays):
 
+- no run going and no call waiting (a lone call): the call runs at once on
+  ``run_lone`` when the runner has one (every core, ``runtimes/lanes.py``),
+  holding every run slot, so calls arriving meanwhile wait and share the next
+  runs;
 - fewer than ``concurrent_runs`` runs going: the call runs at once, alone (no
-  added wait at low load);
+  added wait at low load), on one thread where the runner has lanes;
 - that many runs going: the call waits in a bounded queue. When a run ends,
-  its leader hands the queue over: the first waiting call becomes the next
-  leader and runs every waiting call that fits with it (same merge key, at
-  most ``max_batch_rows`` rows and ``max_batch_tokens`` = rows x padded
-  length) as one batch; each caller gets exactly its own rows back (its own
+  its leader hands the queue over, one batch per free run slot: the first
+  waiting call becomes a leader and runs every waiting call that fits with it
+  (same merge key, at most ``max_batch_rows`` rows and ``max_batch_tokens`` =
+  rows x padded length, and its share of the waiting rows when several slots
+  are free) as one batch; each caller gets exactly its own rows back (its own
   rows, cut back to its own padded length on every sequence axis).
 
 ``concurrent_runs`` is 0 (one run per CPU core) for ONNX variants, whose
@@ -37,16 +42,18 @@ batching). Serving path: numpy only, Python 3.10.
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.constants import BATCH_STATS_ENV, BATCH_STATS_INTERVAL_S, FlavorKey
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.formats import BATCHING_MODEL_CONFIG, default_model_config
 from mlflow_tfexport.serving.runtimes.base import Runner
@@ -100,8 +107,11 @@ class Batcher:
         max_batch_tokens: int,
         max_queued: int = MAX_QUEUED_CALLS,
         max_runs: int = 1,
+        run_lone: Optional[RunFn] = None,
     ) -> None:
         self._run = run
+        #: The run of a lone call (every core); None: lone calls run as any other, in one slot.
+        self._run_lone = run_lone
         self._axes = {o.name: dict(o.axes) for o in outputs}
         self.pad_token_id = int(pad_token_id)
         self.max_batch_rows = int(max_batch_rows)
@@ -111,9 +121,15 @@ class Batcher:
         self._queue: Deque[_Call] = deque()
         self.max_runs = int(max_runs)
         self._running = 0  # runs going now, at most max_runs
-        #: Counters (read them under no lock: they are for tests and benchmarks): model runs and calls served.
+        #: Counters (read them under no lock: they are for tests and benchmarks): model runs, calls served,
+        #: rows run and runs of lone calls.
         self.runs = 0
         self.merged_calls = 0
+        self.rows = 0
+        self.lone_runs = 0
+        #: ``MLFLOW_TFEXPORT_BATCH_STATS``: where the counters are written (benchmarks), else None.
+        self._stats_path = os.environ.get(BATCH_STATS_ENV) or None
+        self._stats_written = 0.0
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -123,10 +139,14 @@ class Batcher:
         if len(shape) != 2 or shape[0] == 0:
             return self._run(feeds)
         call = _Call(feeds, merge_key(feeds), int(shape[0]), int(shape[1]))
+        lone = False
         with self._lock:
-            if self._running < self.max_runs:
-                self._running += 1
+            if self._run_lone is not None and self._running == 0 and not self._queue:
+                self._running, lone = self.max_runs, True  # every slot: later calls wait and share runs
                 batch: Optional[List[_Call]] = [call]
+            elif self._running < self.max_runs:
+                self._running += 1
+                batch = [call]
             elif len(self._queue) < self.max_queued:
                 self._queue.append(call)
                 batch = None
@@ -137,7 +157,7 @@ class Batcher:
             batch = call.lead
             if batch is None:  # answered by another leader
                 return self._outcome(call)
-        self._lead(batch)
+        self._lead(batch, lone)
         return self._outcome(call)
 
     @staticmethod
@@ -149,33 +169,56 @@ class Batcher:
 
     # ------------------------------------------------------------------ the leader's side
 
-    def _lead(self, batch: List[_Call]) -> None:
-        """Run ``batch``, answer its calls, then hand the queue to the next leader (or stop running)."""
+    def _lead(self, batch: List[_Call], lone: bool = False) -> None:
+        """Run ``batch``, answer its calls, then hand the queue to the next leaders, one per free slot."""
         try:
-            self._run_batch(batch)
+            self._run_batch(batch, lone)
         finally:
+            following: List[List[_Call]] = []
             with self._lock:
-                following = self._take()
-                if not following:
-                    self._running -= 1
+                self._running -= self.max_runs if lone else 1
+                free = self.max_runs - self._running
+                while self._queue and len(following) < free:
+                    share = -(-sum(c.rows for c in self._queue) // (free - len(following)))
+                    following.append(self._take(share))
+                self._running += len(following)
             for call in batch[1:]:
                 call.done.set()
-            if following:
-                following[0].lead = following
-                following[0].done.set()
+            for taken in following:
+                taken[0].lead = taken
+                taken[0].done.set()
+            if self._stats_path is not None:
+                self._write_stats()
 
-    def _take(self) -> List[_Call]:
+    def _write_stats(self) -> None:
+        """The counters into ``BATCH_STATS_ENV``'s file, at most every ``BATCH_STATS_INTERVAL_S``."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._stats_written < BATCH_STATS_INTERVAL_S or self._stats_path is None:
+                return
+            self._stats_written = now
+            stats = {"runs": self.runs, "calls": self.merged_calls, "rows": self.rows, "lone_runs": self.lone_runs}
+            path = self._stats_path
+            try:
+                with open(f"{path}.tmp", "w") as f:
+                    json.dump(stats, f)
+                os.replace(f"{path}.tmp", path)
+            except OSError:  # a benchmark's aid: never a request's failure
+                self._stats_path = None
+
+    def _take(self, share: int = MAX_BUDGET) -> List[_Call]:
         """The next batch from the queue (under the lock): the first waiting call and every waiting call that
-        fits with it, in arrival order."""
+        fits with it (at most ``share`` rows as well), in arrival order."""
         if not self._queue:
             return []
         first = self._queue.popleft()
         taken, rows, length = [first], first.rows, first.length
         kept: Deque[_Call] = deque()
+        limit = min(self.max_batch_rows, share)
         while self._queue:
             call = self._queue.popleft()
             longest = max(length, call.length)
-            fits = (call.key == first.key and rows + call.rows <= self.max_batch_rows
+            fits = (call.key == first.key and rows + call.rows <= limit
                     and (rows + call.rows) * longest <= self.max_batch_tokens)
             if fits:
                 taken.append(call)
@@ -185,9 +228,18 @@ class Batcher:
         self._queue = kept
         return taken
 
-    def _run_batch(self, batch: List[_Call]) -> None:
+    def _run_batch(self, batch: List[_Call], lone: bool = False) -> None:
         self.runs += 1
         self.merged_calls += len(batch)
+        self.rows += sum(c.rows for c in batch)
+        if lone and self._run_lone is not None:
+            self.lone_runs += 1
+            call = batch[0]
+            try:
+                call.result, call.error = self._run_lone(call.feeds), None
+            except BaseException as exc:  # handed to the caller's thread, which raises it
+                call.result, call.error = None, exc
+            return
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
@@ -264,9 +316,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def given_cores() -> int:
+    """The cores this process is given: ``cpu_cores``, or fewer where ``OMP_NUM_THREADS`` says so (PySpark
+    sets it to the task's cores in each Python worker of ``spark_udf``)."""
+    cores = cpu_cores()
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(omp))) if omp.isdigit() and int(omp) > 0 else cores
+
+
 def concurrent_runs(value: Any) -> int:
-    """``concurrent_runs`` checked: model runs at once, 0 meaning one per CPU core (``cpu_cores``)."""
-    return _integer(CONCURRENT_RUNS, value, 0, MAX_RUNS, " (one run per CPU core)") or cpu_cores()
+    """``concurrent_runs`` checked: model runs at once, 0 meaning one per core given (``given_cores``)."""
+    return _integer(CONCURRENT_RUNS, value, 0, MAX_RUNS, " (one run per CPU core)") or given_cores()
 
 
 def _flag(value: Any) -> bool:
@@ -299,5 +359,8 @@ def make_batcher(runner: Runner, spec: TaskSpec, conf: Mapping[str, Any],
     runs = concurrent_runs(_setting(model_config, defaults, CONCURRENT_RUNS))
     if not on or not batchable(spec) or conf.get(FlavorKey.PAD_TOKEN_ID) is None:
         return None
-    return Batcher(lambda feeds: runner.run(feeds), outputs=spec.outputs, max_runs=runs,
+    laned: Any = runner if getattr(type(runner), "run_lone", None) is not None else None  # not through a wrapper
+    shared: RunFn = (lambda feeds: laned.run_shared(feeds)) if laned else (lambda feeds: runner.run(feeds))
+    lone: Optional[RunFn] = (lambda feeds: laned.run_lone(feeds)) if laned else None
+    return Batcher(shared, outputs=spec.outputs, max_runs=runs, run_lone=lone,
                    pad_token_id=int(conf[FlavorKey.PAD_TOKEN_ID]), max_batch_rows=rows, max_batch_tokens=tokens)

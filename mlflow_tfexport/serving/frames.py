@@ -1,5 +1,10 @@
 """The response of table-shaped tasks: a pandas DataFrame built from a batch's output columns.
 
+Inside MLflow's serving environment (the scoring server, ``mlflow models
+predict``), where the answer is only written as JSON, ``records`` gives the
+rows that MLflow's ``predictions_to_json`` would write for that frame,
+without building it.
+
 ``pd.DataFrame(rows)`` infers types and builds an index per call, which
 dominates a small batch; the task table says each column's type, so the frame
 is assembled column by column with public pandas APIs (``pd.array`` for
@@ -51,6 +56,25 @@ def concat_columns(parts: Sequence[Columns]) -> Columns:
         chunks = [part[name] for part in parts]
         out[name] = np.concatenate(chunks) if isinstance(first, np.ndarray) else [v for c in chunks for v in c]
     return out
+
+
+def records(columns: Columns, output_columns: OutputColumns) -> Optional[List[Dict[str, Any]]]:
+    """``frame_from_columns(columns, output_columns).to_dict(orient="records")`` without the frame: what
+    MLflow's ``predictions_to_json`` writes for that frame, value for value (doubles as Python floats of the
+    float64 value, longs as ints); None where a column holds values of other types (take the frame)."""
+    values: List[List[Any]] = []
+    for name, kind in output_columns:
+        column = columns[name]
+        if kind == "double":
+            values.append(np.asarray(column, dtype=np.float64).tolist())
+        elif kind == "long":
+            values.append(np.asarray(column, dtype=np.int64).tolist())
+        elif kind == "string" and all(type(v) is str for v in column):
+            values.append(list(column))
+        else:
+            return None
+    names = [name for name, _ in output_columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def frame(rows: List[Dict[str, Any]], output_columns: OutputColumns) -> Any:

@@ -13,12 +13,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
+from mlflow_tfexport._compat import in_serving_environment
 from mlflow_tfexport.constants import TOKENIZER_FILE, FlavorKey
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving.base import PyfuncBase
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
-from mlflow_tfexport.serving.frames import Columns, concat_columns, frame, frame_from_columns, rows_of
+from mlflow_tfexport.serving.frames import Columns, concat_columns, frame, frame_from_columns, records, rows_of
 from mlflow_tfexport.serving.inputs import parse_text_input
 from mlflow_tfexport.serving.postprocess import Context
 from mlflow_tfexport.serving.rules import decoder_of, postprocess_of
@@ -92,7 +93,14 @@ class TfexportPyfunc(PyfuncBase):
 
     def _format(self, parts: List[Any]) -> Any:
         if parts and all(isinstance(part, Columns) for part in parts):
-            return frame_from_columns(concat_columns(parts), self.spec.output_columns)
+            columns = concat_columns(parts)
+            # Inside MLflow's serving environment (set after the model loads, so asked per call) the answer
+            # is only written as JSON: the records MLflow writes for the DataFrame, without the round trip.
+            if in_serving_environment():
+                rows_out = records(columns, self.spec.output_columns)
+                if rows_out is not None:
+                    return rows_out
+            return frame_from_columns(columns, self.spec.output_columns)
         rows: List[Any] = [row for part in parts for row in (rows_of(part) if isinstance(part, Columns) else part)]
         kind = self.spec.output_kind
         if kind == OutputKind.ARRAY:

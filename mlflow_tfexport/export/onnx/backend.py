@@ -107,7 +107,11 @@ class OnnxBackend:
             check_padding_invariant(source_conf, spec, self.name)
         if with_past(spec, exporter):
             _check_generation(exporter, options, spec)
-        return onnx_optimize.complete_quantize(replace(options, opset=opset, exporter=exporter), spec)
+        optimize = options.optimize
+        if optimize is None:  # the task's measured int8 recipe (tasks.py int8_optimize), else no fusion
+            optimize = bool(options.quantize == "int8" and getattr(spec, "int8_optimize", False))
+        return onnx_optimize.complete_quantize(replace(options, opset=opset, exporter=exporter, optimize=optimize),
+                                               spec)
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         if getattr(options, "quantize_from_dir", None):  # the graph of an existing fp32 ONNX version, quantised

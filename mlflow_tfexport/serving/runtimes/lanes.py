@@ -1,0 +1,127 @@
+"""Threads chosen by the workload: a lone call gets every core, concurrent calls one thread each.
+
+A model run that is the only one going (an in-process ``predict``, ``mlflow
+models predict``, a ``spark_udf`` worker, one client of a server) should use
+every core it is given; runs of concurrent callers (``mlflow models serve``,
+which runs each request's ``predict`` in its own thread) are cheapest per
+CPU second on one thread each, one run per core. onnxruntime fixes a
+session's intra-op threads when the session is made, so ``Lanes`` holds two
+runs of the same graph (``intra_op_num_threads: "auto"``):
+
+- ``wide``: a session with one intra-op thread per core (worker threads do not
+  spin after a run, so they leave the cores to the next concurrent runs);
+- ``narrow``: a session with one thread, which concurrent calls share (a
+  session's ``run`` is safe from several threads at once).
+
+"Every core" is every core the process is given: its CPU affinity, or
+``OMP_NUM_THREADS`` where that is lower (PySpark sets it to the task's cores
+in each ``spark_udf`` worker, so workers do not fight over the cores).
+
+Every core helps only where the cores are free: a lone call takes them when
+the machine's 1-minute load average is below the cores given (``spare_cores``),
+else it runs on one thread like a concurrent one (on a saturated machine extra
+threads only wait for a core, and cost CPU time to hand work over).
+
+A call is *lone* when no other call is in flight as it starts (``run``
+counts calls in flight), or when the batcher says so (``run_lone``: no run
+going and nobody waiting, ``serving/batching.py``). A lone call of at least
+one row per core runs as one single-threaded run per core on the narrow
+session, each on a contiguous slice of its rows (rows are independent:
+attention-masked padding, as in the batcher's merged runs), and the slices'
+outputs are joined on their batch axis: on CPU that is faster per row than
+intra-op threads on small matrices. A lone call of fewer rows runs on the wide
+session. Calls never share mutable state: the counter and the pool are
+guarded by one lock; the pool (``cores - 1`` threads) is made at the first
+split. Serving path: numpy only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Mapping, Optional
+
+import numpy as np
+
+Feeds = Dict[str, np.ndarray]
+RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
+
+#: Say which path a run took (counters for tests and benchmarks; read without the lock).
+WIDE, NARROW, SPLIT = "wide", "narrow", "split"
+
+
+def spare_cores(cores: int) -> bool:
+    """Whether the machine has free cores for a lone call: its 1-minute load average is below ``cores``
+    (True where the platform has no load average)."""
+    try:
+        return os.getloadavg()[0] < cores
+    except (OSError, AttributeError):
+        return True
+
+
+class Lanes:
+    """Runs each call on the wide run, the narrow run, or as slices on the narrow run (see the module doc)."""
+
+    def __init__(self, narrow: RunFn, wide: Optional[RunFn], cores: int,
+                 batch_axes: Optional[Mapping[str, int]] = None,
+                 spare: Optional[Callable[[int], bool]] = None) -> None:
+        self.narrow = narrow
+        #: Whether the cores are free for a lone call (default ``spare_cores``).
+        self.spare = spare or spare_cores
+        self.wide = wide
+        self.cores = max(1, int(cores))
+        #: Output name -> batch axis; None: the outputs cannot be joined, a lone call is never sliced.
+        self.batch_axes = None if batch_axes is None else dict(batch_axes)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self.taken: Dict[str, int] = {WIDE: 0, NARROW: 0, SPLIT: 0}
+
+    def run(self, feeds: Feeds) -> Dict[str, np.ndarray]:
+        """``feeds``' outputs: all cores when no other call is in flight, else one thread."""
+        with self._lock:
+            lone = self._in_flight == 0
+            self._in_flight += 1
+        try:
+            return self.run_lone(feeds) if lone else self.run_shared(feeds)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def run_shared(self, feeds: Feeds) -> Dict[str, np.ndarray]:
+        """One thread: the run of a call with company."""
+        self.taken[NARROW] += 1
+        return self.narrow(feeds)
+
+    def run_lone(self, feeds: Feeds) -> Dict[str, np.ndarray]:
+        """Every core: slices on the narrow run (a row per core or more), else the wide run; one thread
+        when the machine has no spare cores."""
+        if self.cores > 1 and not self.spare(self.cores):
+            return self.run_shared(feeds)
+        rows = _rows(feeds)
+        if self.cores > 1 and self.batch_axes is not None and rows >= self.cores:
+            self.taken[SPLIT] += 1
+            return self._split(feeds, rows)
+        if self.wide is None:
+            return self.run_shared(feeds)
+        self.taken[WIDE] += 1
+        return self.wide(feeds)
+
+    def _split(self, feeds: Feeds, rows: int) -> Dict[str, np.ndarray]:
+        bounds = np.linspace(0, rows, self.cores + 1).astype(int)
+        parts = [{k: v[a:b] for k, v in feeds.items()} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.cores - 1, thread_name_prefix="tfexport-lane")
+            pool = self._pool
+        later = [pool.submit(self.narrow, part) for part in parts[1:]]
+        outs: List[Dict[str, np.ndarray]] = [self.narrow(parts[0])] + [f.result() for f in later]
+        axes = self.batch_axes or {}
+        return {name: np.concatenate([o[name] for o in outs], axis=axes.get(name, 0)) for name in outs[0]}
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    """The rows of ``feeds`` when every feed has the same first dimension, else 0 (never sliced)."""
+    firsts = {np.shape(v)[0] if np.ndim(v) else -1 for v in feeds.values()}
+    return int(next(iter(firsts))) if len(firsts) == 1 and -1 not in firsts else 0
