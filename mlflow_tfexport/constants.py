@@ -146,14 +146,14 @@ class Tag:
     QUANTIZE_REDUCE_RANGE = "tfexport.quantize.reduce_range"  # "true": 7-bit weights
     QUANTIZE_CALIBRATION = "tfexport.quantize.calibration"  # int8-static: method and rows calibrated on
     QUANTIZED_FROM = "tfexport.quantized_from"  # the ONNX version whose fp32 graph was quantised
-    # Guarded aliases (see policy.py, history.py). Registered model tags, edited in the UI:
+    # Guarded aliases (see registry/policy.py, registry/history.py). Registered model tags, edited in the UI:
     POLICY_PREFIX = "tfexport.policy."  # + "guarded", or "<alias>.<setting>": the promotion policy
     # Registered model tags written by promote/rollback and the worker's alias guard:
     ACCEPTED_PREFIX = "tfexport.accepted."  # + alias (or sha256:<digest> of a long one): signed accepted version (JSON)
     HISTORY_PREFIX = "tfexport.history."  # + sortable time key: one recorded alias change (JSON)
     # Model version tag written when a promotion onto this version was refused:
     REFUSED_PREFIX = "tfexport.refused."  # + alias: when, why, and where the alias went back to
-    #: Model version tag: HMAC of the validation tags by a holder of the worker's secret (see attest.py).
+    #: Model version tag: HMAC of the validation tags by a holder of the worker's secret (see registry/attest.py).
     ATTESTATION = "tfexport.attestation"
 
 

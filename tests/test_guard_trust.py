@@ -21,12 +21,11 @@ from helpers import wait_for, worker_in_thread
 from mlflow import MlflowClient
 from test_policy import NAME, SECRET, _alias, _secret, client, folder, variant  # noqa: F401  (fixtures)
 
-from mlflow_tfexport import history
-from mlflow_tfexport.attest import Signer, attest_version, validation_state
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.registry import promote, rollback
+from mlflow_tfexport.registry import history, promote, rollback
+from mlflow_tfexport.registry.attest import Signer, attest_version, validation_state
 from mlflow_tfexport.worker.guard import guard_all
 from mlflow_tfexport.worker.memory import GuardMemory
 

@@ -16,12 +16,11 @@ import yaml
 from helpers import wait_for, worker_in_thread
 from mlflow import MlflowClient
 
-from mlflow_tfexport import history, policy
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import FLAVOR_NAME, Tag
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.policy import AliasRule, Policy, VersionFacts, evaluate, read_policy
-from mlflow_tfexport.registry import promote, rollback
+from mlflow_tfexport.registry import history, policy, promote, rollback
+from mlflow_tfexport.registry.policy import AliasRule, Policy, VersionFacts, evaluate, read_policy
 from mlflow_tfexport.worker.guard import guard_alias, guard_all
 
 NAME = "guarded"

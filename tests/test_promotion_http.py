@@ -21,11 +21,11 @@ from mlflow import MlflowClient
 from test_worker import SECRET, _log_source, mlflow_server, remote  # noqa: F401  (fixtures)
 
 import mlflow_tfexport
-import mlflow_tfexport.history as history
+import mlflow_tfexport.registry.history as history
 from mlflow_tfexport import worker as wk
-from mlflow_tfexport.attest import Signer, validation_state
 from mlflow_tfexport.cli.main import main as cli_main
 from mlflow_tfexport.constants import Tag
+from mlflow_tfexport.registry.attest import Signer, validation_state
 
 pytestmark = pytest.mark.slow
 

@@ -20,14 +20,12 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mlflow_tfexport import worker
-from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer, attest_version
 from mlflow_tfexport.bench import bench
 from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.export.api import STAGES, export
 from mlflow_tfexport.export.onnx.backend import OPSET_RANGE
 from mlflow_tfexport.export.options import DEFAULT_OP_TYPES, QUANTIZE_HELP, QUANTIZE_MODES
-from mlflow_tfexport.policy import get_policy, set_policy
 from mlflow_tfexport.registry import (
     history_rows,
     parse_models_uri,
@@ -37,6 +35,8 @@ from mlflow_tfexport.registry import (
     set_version_tags,
     variant_rows,
 )
+from mlflow_tfexport.registry.attest import GUARD_SECRET_ENV, Signer, attest_version
+from mlflow_tfexport.registry.policy import get_policy, set_policy
 from mlflow_tfexport.serving.runtimes.neuron import TARGETS
 from mlflow_tfexport.validation import files
 from mlflow_tfexport.validation.files import ReadLimits

@@ -29,7 +29,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from mlflow_tfexport.attest import Signer, attest_version
 from mlflow_tfexport.constants import LOGGED_MODEL_NAME, VALIDATION_FILE, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.export.custom import check_fits, load_config
@@ -49,6 +48,7 @@ from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
 from mlflow_tfexport.flavor.environment import default_requirements, pinned
 from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
+from mlflow_tfexport.registry.attest import Signer, attest_version
 from mlflow_tfexport.serving.export_config import task_of, with_config
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.serving.runtimes.static import shape_name

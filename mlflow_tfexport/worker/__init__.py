@@ -21,7 +21,7 @@ The pieces, each importing only those listed before it:
 - ``memory``: the guard's own memory of the models it guards (``GuardMemory``, ``--state-dir``);
 - ``guard``: aliases moved in the UI checked against the model's promotion policy, refused ones undone
   (``guard_alias``, ``guard_all``, ``AliasGuard``; alias webhooks and every poll pass); its records are signed
-  (``mlflow_tfexport.attest``, docs/trust-model.md);
+  (``mlflow_tfexport.registry.attest``, docs/trust-model.md);
 - ``webhook``: MLflow's HMAC signatures (``SignatureVerifier``) and one delivery -> one reply
   (``WebhookReceiver``);
 - ``poll``: pending requests (``--poll``) and jobs whose worker died (``requeue_interrupted``);

@@ -36,11 +36,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 from mlflow.exceptions import MlflowException
 
-import mlflow_tfexport.history as history
-from mlflow_tfexport.attest import Signer, resolve
+import mlflow_tfexport.registry.history as history
 from mlflow_tfexport.constants import Tag
-from mlflow_tfexport.policy import Policy, decide, read_policy
 from mlflow_tfexport.registry import clear_refusal
+from mlflow_tfexport.registry.attest import Signer, resolve
+from mlflow_tfexport.registry.policy import Policy, decide, read_policy
 from mlflow_tfexport.worker.memory import GuardMemory, policy_snapshot
 
 _logger = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_tfexport.attest import Signer, attest_version, resolve
 from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.export import api as export_api
 from mlflow_tfexport.export.recovery import ProcessOwner
+from mlflow_tfexport.registry.attest import Signer, attest_version, resolve
 from mlflow_tfexport.worker.fetch import DataPolicy, request_data
 from mlflow_tfexport.worker.grammar import ExportSpec, RequestError, parse_request
 

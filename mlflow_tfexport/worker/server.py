@@ -27,7 +27,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from mlflow_tfexport.attest import GUARD_SECRET_ENV, Signer
+from mlflow_tfexport.registry.attest import GUARD_SECRET_ENV, Signer
 from mlflow_tfexport.worker.fetch import DataPolicy
 from mlflow_tfexport.worker.guard import AliasGuard, guard_all
 from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory

@@ -23,11 +23,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
-import mlflow_tfexport.history as history
-from mlflow_tfexport.attest import Signer
+import mlflow_tfexport.registry.history as history
 from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import ExportError, TfexportError
-from mlflow_tfexport.policy import Decision, decide
+from mlflow_tfexport.registry.attest import Signer
+from mlflow_tfexport.registry.policy import Decision, decide
 
 #: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")

@@ -42,9 +42,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from mlflow_tfexport.attest import Signer, resolve, validation_state
 from mlflow_tfexport.constants import FLAVOR_NAME, VALIDATION_PASSED, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import TfexportError
+from mlflow_tfexport.registry.attest import Signer, resolve, validation_state
 
 DEFAULT_GUARDED: Tuple[str, ...] = ("production",)
 GUARDED = "guarded"

@@ -35,8 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from mlflow.exceptions import MlflowException
 
-from mlflow_tfexport.attest import Signer, resolve
 from mlflow_tfexport.constants import Tag
+from mlflow_tfexport.registry.attest import Signer, resolve
 
 ACCEPTED = "accepted"
 REFUSED = "refused"
