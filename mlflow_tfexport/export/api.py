@@ -46,6 +46,7 @@ from mlflow_tfexport.export.source import ResolvedSource, local_source, resolve_
 from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
 from mlflow_tfexport.flavor.environment import default_requirements, pinned
+from mlflow_tfexport.flavor.signatures import with_default_inputs
 from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
 from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
 from mlflow_tfexport.serving.runtimes.static import shape_name
@@ -229,10 +230,11 @@ def export_to_directory(
         raise_for_failures(staged.report, what)
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
             f.write(staged.report.to_json())
+        example = source.input_example()
         variant.save_model(
             path, staged_dir=staging, flavor_conf=staged.conf,
             requirements=staged.artifact.requirements or default_requirements(format),
-            signature=source.signature, input_example=source.input_example(),
+            signature=with_default_inputs(source.signature, spec, example), input_example=example,
             python_version=staged.artifact.python_version, extra_index_urls=staged.artifact.extra_index_urls,
         )
     return staged.conf, staged.report
@@ -441,6 +443,8 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
     with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
         f.write(report.to_json())
     job.say("log", LOGGED_MODEL_NAME)
+    example = source.input_example()
+    spec = get_task(conf[FlavorKey.TASK])
     info = Model.log(
         artifact_path=None,
         name=LOGGED_MODEL_NAME,
@@ -448,8 +452,8 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         staged_dir=staging,
         flavor_conf=conf,
         requirements=artifact.requirements or default_requirements(fmt),
-        signature=source.signature,
-        input_example=source.input_example(),
+        signature=with_default_inputs(source.signature, spec, example),
+        input_example=example,
         python_version=artifact.python_version,
         extra_index_urls=artifact.extra_index_urls,
     )
