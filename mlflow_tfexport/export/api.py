@@ -463,6 +463,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         Tag.ATOL: f"{job.tolerance:g}",
         Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
         Tag.VALIDATION: VALIDATION_PASSED,
+        Tag.GATE: report.gate(),
         Tag.VALIDATED_SHAPE: ",".join(map(shape_name, report.shapes)),
         Tag.SOURCE: source.canonical_uri,
         Tag.EXPORT_KEY: job.key,
