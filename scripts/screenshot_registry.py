@@ -283,10 +283,10 @@ def take_schema_page(chromium: str, url: str, name: str, out_dir: str, timeout_s
                 raise SystemExit(f"the schema section of {ui} did not appear in {timeout_s:.0f} s")
             time.sleep(0.5)
         opened = 0
-        for _ in range(6):  # expanders may render late; open each once
+        for _ in range(6):  # expanders may render late; a click toggles, so stop once the rows show
             opened += int(tools.evaluate(_EXPAND) or 0)
             time.sleep(1.0)
-            if tools.evaluate("document.body.innerText.includes('text_pair')"):
+            if tools.evaluate("document.body.innerText.includes('score (required)')"):
                 break
         time.sleep(1.0)
         text = str(tools.evaluate("document.body.innerText"))

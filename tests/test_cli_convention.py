@@ -94,3 +94,22 @@ def test_the_flags_point_every_command_at_the_store(tracking_uri: str, tmp_path:
     err = capsys.readouterr().err
     assert "nope" in err and f"looked up in the tracking URI {tracking_uri}" in err, err
     assert os.listdir(other) == []
+
+
+def test_export_stage_lines_say_how_long_each_stage_took(capsys: Any) -> None:
+    from mlflow_tfexport.cli.main import StageLines
+
+    lines = StageLines()
+    lines("load", "models:/s/1")
+    lines("export", "onnx")
+    lines("validate", "atol 0.0001; 332 rows from file reviews.csv")
+    lines("validate", "332 rows through the source model...")
+    lines("log", "model")
+    lines.done()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[1/5] load: models:/s/1"
+    assert err[1].startswith("[2/5] export: onnx   (load took ") and err[1].endswith(" s)")
+    assert err[2].startswith("[3/5] validate: atol 0.0001; 332 rows") and "(export took " in err[2]
+    assert err[3] == "      332 rows through the source model..."
+    assert err[4].startswith("[4/5] log: model   (validate took ")
+    assert err[5].startswith("      done   (log took ")

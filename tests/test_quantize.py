@@ -365,3 +365,24 @@ def test_a_quantised_report_reads_as_its_agreement_gate_not_as_an_atol_pass() ->
     fp32 = ValidationReport(atol=1e-4)
     fp32.checks.append(OutputCheck("logits", (2, 3), (2, 3), 2.1e-6, 1e-4, (2, 16), True))
     assert fp32.gate() == "passed: max abs diff 2.10e-06 <= atol 0.0001"
+
+
+def test_a_quantised_export_shows_no_third_party_advice_or_bars(source_dir: str, tmp_path: Any,
+                                                                capfd: pytest.CaptureFixture[str],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime's "Please consider to run pre-processing" and transformers' "Loading weights" bar stay out of
+    the export's output; the stage lines report the stages."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    capfd.readouterr()
+    seen: List[Tuple[str, str]] = []
+    backend = get_backend("onnx")
+    source = local_source(source_dir)
+    spec = get_task(source.flavor_conf[FlavorKey.TASK])
+    options = backend.check(make_options("onnx", quantize="int8"), source.flavor_conf, spec)
+    api.stage_export(source, backend, options, spec.atol, str(tmp_path), say=lambda *a: seen.append(a))
+    out, err = capfd.readouterr()
+    assert "pre-processing before quantization" not in caplog.text + out + err
+    assert "Loading weights" not in out + err
+    assert [s for s, _ in seen] == ["export", "validate"]

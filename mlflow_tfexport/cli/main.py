@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 import traceback
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -41,9 +42,29 @@ from mlflow_tfexport.serving.runtimes.neuron import TARGETS
 from mlflow_tfexport.validation.revalidate import validate_version
 
 
-def _progress(stage: str, detail: str) -> None:
-    step = STAGES.index(stage) + 1 if stage in STAGES else 0
-    print(f"[{step}/{len(STAGES)}] {stage}: {detail}", file=sys.stderr, flush=True)
+class StageLines:
+    """The export's stage lines on stderr: ``[i/N] stage: detail``, each with how long the stage before it took;
+    further details of the same stage (e.g. validation's rows) as indented lines."""
+
+    def __init__(self) -> None:
+        self.stage: Optional[str] = None
+        self.started = time.perf_counter()
+
+    def __call__(self, stage: str, detail: str) -> None:
+        if stage == self.stage:
+            print(f"      {detail}", file=sys.stderr, flush=True)
+            return
+        step = STAGES.index(stage) + 1 if stage in STAGES else 0
+        print(f"[{step}/{len(STAGES)}] {stage}: {detail}{self._took()}", file=sys.stderr, flush=True)
+        self.stage, self.started = stage, time.perf_counter()
+
+    def _took(self) -> str:
+        return f"   ({self.stage} took {time.perf_counter() - self.started:.1f} s)" if self.stage else ""
+
+    def done(self) -> None:
+        if self.stage is not None:
+            print(f"      done{self._took()}", file=sys.stderr, flush=True)
+            self.stage = None
 
 
 def _quantize_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -59,6 +80,7 @@ def _quantize_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    stages = StageLines()
     result = export(
         args.model_uri,
         format=args.format,
@@ -75,9 +97,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         device=args.device,
         validation_data=args.validation_data or None,
         force=args.force,
-        progress=_progress,
+        progress=stages,
         **_quantize_options(args),
     )
+    stages.done()
     if not result.created:
         print(f"Already exported with these options: {result.model_uri} (use --force to export again)")
         return 0

@@ -153,7 +153,8 @@ def stage_export(
     say("validate", f"atol {tolerance:g}; " + (data.describe() if data is not None else SYNTHETIC_ONLY))
     try:
         report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options,
-                                data=data, synthetic_reason=synthetic_reason)
+                                data=data, synthetic_reason=synthetic_reason,
+                                progress=lambda detail: say("validate", detail))
     except TfexportError:
         raise
     except Exception as exc:

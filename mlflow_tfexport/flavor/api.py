@@ -259,7 +259,14 @@ def save_model(
     if spec.input_kind == IMAGE_TEXT:
         assets[FlavorKey.IMAGE_PROCESSOR_DIR] = IMAGE_PROCESSOR_DIR
     conf = source_block(facts, fmt=Format.TRANSFORMERS, model_file=MODEL_DIR, assets=assets)
-    model.save_pretrained(os.path.join(path, MODEL_DIR))
+    bars = require("transformers").utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # no "Writing model shards" bar inside log_model
+    try:
+        model.save_pretrained(os.path.join(path, MODEL_DIR))
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     check_no_pickle(os.path.join(path, MODEL_DIR))
     check_no_pickle(os.path.join(path, asset_dir))
     requirements = resolve_requirements(
