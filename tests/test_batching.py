@@ -129,7 +129,7 @@ def _cases(pyfuncs: Dict[str, Any], tokenizer_mask: str) -> List[Tuple[str, Any,
                                                                         "text_pair": TEXTS[2:]}))),
             (f"{variant}-numbers", m, lambda m=m: m.predict(pd.DataFrame({"text": [1, 2]}))),
             (f"{variant}-empty-text", m, lambda m=m: m.predict(_t(["", "dull"]))),
-            (f"{variant}-lone-surrogate", m, lambda m=m: m.predict(_t(["\ud800"]))),
+            (f"{variant}-lone-surrogate", m, lambda m=m: m.predict({"text": ["\ud800"]})),
             (f"{variant}-bad-param", m, lambda m=m: m.predict(_t(TEXTS[:1]), params={"batch_size": -1})),
         ]
     tc, qa, fm, fe = (pyfuncs[t] for t in ("token-classification", "question-answering", "fill-mask",
