@@ -101,6 +101,10 @@ class Tag:
     ATOL = "tfexport.atol"
     MAX_ABS_DIFF = "tfexport.max_abs_diff"
     VALIDATION = "tfexport.validation"
+    #: One line: what the version was gated on and the measured value, e.g.
+    #: ``passed: label_agreement 0.988 >= 0.98 on 332 rows`` (quantised) or
+    #: ``passed: max abs diff 2.1e-06 <= atol 0.0001``.
+    GATE = "tfexport.gate"
     SOURCE = "tfexport.source"
     EXPORT_KEY = "tfexport.export_key"
     EXPORTER = "tfexport.exporter"

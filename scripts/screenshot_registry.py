@@ -12,7 +12,7 @@ validation report as description), points ``@production`` at version 2 with
   where the description renders,
 - ``registry-version-schema.png`` (and its text, ``registry-version-schema.txt``): the same page,
   1400x2400, with the schema's Inputs and Outputs rows opened (Chromium driven over its
-  DevTools pipe); the model is logged with ``input_schema=True``.
+  DevTools pipe); the model is logged the default way (one unnamed string input).
 
 Usage::
 
@@ -161,7 +161,7 @@ def populate(url: str, name: str) -> None:
     with mlflow.start_run(run_name="train"):
         mlflow.tfexport.log_model(  # type: ignore[attr-defined]
             model, tokenizer=tok, name="model", registered_model_name=name,
-            input_example=["I loved this film, the plot was great."], input_schema=True,
+            input_example=["I loved this film, the plot was great."],  # the default signature: one string input
         )
     result = mlflow_tfexport.export(f"models:/{name}/1", format="onnx")
     print(f"registered {result.model_uri}", flush=True)
@@ -283,10 +283,10 @@ def take_schema_page(chromium: str, url: str, name: str, out_dir: str, timeout_s
                 raise SystemExit(f"the schema section of {ui} did not appear in {timeout_s:.0f} s")
             time.sleep(0.5)
         opened = 0
-        for _ in range(6):  # expanders may render late; open each once
+        for _ in range(6):  # expanders may render late; a click toggles, so stop once the rows show
             opened += int(tools.evaluate(_EXPAND) or 0)
             time.sleep(1.0)
-            if tools.evaluate("document.body.innerText.includes('text_pair')"):
+            if tools.evaluate("document.body.innerText.includes('score (required)')"):
                 break
         time.sleep(1.0)
         text = str(tools.evaluate("document.body.innerText"))

@@ -87,7 +87,9 @@ def models(tmp_path_factory: pytest.TempPathFactory, module_registry: str, tiny_
     paths: Dict[str, str] = {}
     model, tok = tiny_model("text-classification", "bert")
     with mlflow.start_run():
-        mlflow_tfexport.log_model(model, tokenizer=tok, name="model", registered_model_name="cls")
+        # Named columns (text, optional text_pair): the pair case reaches every variant (the unnamed default
+        # keeps only a request's first column).
+        mlflow_tfexport.log_model(model, tokenizer=tok, name="model", registered_model_name="cls", input_schema=True)
     paths["cls-source"] = mlflow.artifacts.download_artifacts("models:/cls/1")
     onnx = mlflow_tfexport.export("models:/cls/1", format="onnx")
     paths["cls-onnx"] = mlflow.artifacts.download_artifacts(f"models:/cls/{onnx.model_version.version}")
@@ -109,23 +111,28 @@ def pyfuncs(models: Dict[str, str]) -> Dict[str, Any]:
             for name, path in models.items()}
 
 
+def _t(texts: List[str]) -> Any:
+    """Texts as the named ``text`` column the classifier's schema asks for."""
+    return pd.DataFrame({"text": list(texts)})
+
+
 def _cases(pyfuncs: Dict[str, Any], tokenizer_mask: str) -> List[Tuple[str, Any, Callable[[], Any]]]:
     cases: List[Tuple[str, Any, Callable[[], Any]]] = []
     for variant in ("cls-source", "cls-onnx", "cls-torchscript"):
         m = pyfuncs[variant]
         cases += [
-            (f"{variant}-one", m, lambda m=m: m.predict(TEXTS[:1])),
-            (f"{variant}-all", m, lambda m=m: m.predict(TEXTS)),
-            (f"{variant}-batch-size-1", m, lambda m=m: m.predict(TEXTS, params={"batch_size": 1})),
-            (f"{variant}-long-truncated", m, lambda m=m: m.predict([LONG, "dull"])),
-            (f"{variant}-long-refused", m, lambda m=m: m.predict([LONG, "dull"], params={"truncation": False})),
-            (f"{variant}-short-not-truncated", m, lambda m=m: m.predict(TEXTS[1:], params={"truncation": False})),
+            (f"{variant}-one", m, lambda m=m: m.predict(_t(TEXTS[:1]))),
+            (f"{variant}-all", m, lambda m=m: m.predict(_t(TEXTS))),
+            (f"{variant}-batch-size-1", m, lambda m=m: m.predict(_t(TEXTS), params={"batch_size": 1})),
+            (f"{variant}-long-truncated", m, lambda m=m: m.predict(_t([LONG, "dull"]))),
+            (f"{variant}-long-refused", m, lambda m=m: m.predict(_t([LONG, "dull"]), params={"truncation": False})),
+            (f"{variant}-short-not-truncated", m, lambda m=m: m.predict(_t(TEXTS[1:]), params={"truncation": False})),
             (f"{variant}-pair", m, lambda m=m: m.predict(pd.DataFrame({"text": TEXTS[:2],
                                                                         "text_pair": TEXTS[2:]}))),
             (f"{variant}-numbers", m, lambda m=m: m.predict(pd.DataFrame({"text": [1, 2]}))),
-            (f"{variant}-empty-text", m, lambda m=m: m.predict(["", "dull"])),
-            (f"{variant}-lone-surrogate", m, lambda m=m: m.predict(["\ud800"])),
-            (f"{variant}-bad-param", m, lambda m=m: m.predict(TEXTS[:1], params={"batch_size": -1})),
+            (f"{variant}-empty-text", m, lambda m=m: m.predict(_t(["", "dull"]))),
+            (f"{variant}-lone-surrogate", m, lambda m=m: m.predict({"text": ["\ud800"]})),
+            (f"{variant}-bad-param", m, lambda m=m: m.predict(_t(TEXTS[:1]), params={"batch_size": -1})),
         ]
     tc, qa, fm, fe = (pyfuncs[t] for t in ("token-classification", "question-answering", "fill-mask",
                                              "feature-extraction"))
@@ -471,7 +478,8 @@ def test_concurrent_clients_of_a_real_scoring_server(tracking_uri: str, tmp_path
         "batch-size-1": {"inputs": TEXTS, "params": {"batch_size": 1}},
         "long": {"inputs": [LONG, "dull"]},
         "long-refused": {"inputs": [LONG], "params": {"truncation": False}},
-        "numbers": {"inputs": [1, 2]},
+        # MLflow's parser casts "inputs" values to the schema's string type; a dataframe_split int column it refuses.
+        "numbers": {"dataframe_split": {"columns": ["text"], "data": [[1], [2]]}},
     }
     with models_serve("models:/served/1", tracking_uri, str(tmp_path)) as server:
         def post(payload: Dict[str, Any]) -> Tuple[int, Any]:

@@ -88,8 +88,9 @@ def test_text_classification_round_trip(tracking_uri: str, tiny_model: Any, arch
 
 def test_text_classification_pairs_match_pipeline(tracking_uri: str, tiny_model: Any) -> None:
     model, tok = tiny_model("text-classification")
-    _, pf = log_and_load(model, "tc-pairs", tokenizer=tok)
     pairs = pd.DataFrame({"text": TEXTS[:3], "text_pair": ["what is it?", "capital city", "the end"]})
+    # Logged for pairs: a text_pair example makes the default schema name text and text_pair.
+    _, pf = log_and_load(model, "tc-pairs", tokenizer=tok, input_example=pairs.iloc[:1])
     got = pf.predict(pairs)
     classifier = pipe("text-classification", model, tok)
     rows = zip(pairs["text"], pairs["text_pair"], strict=True)
@@ -97,7 +98,7 @@ def test_text_classification_pairs_match_pipeline(tracking_uri: str, tiny_model:
     expected = [e[0] if isinstance(e, list) else e for e in expected]
     assert got["label"].tolist() == [e["label"] for e in expected]
     np.testing.assert_allclose(got["score"], [e["score"] for e in expected], atol=SCORE_ATOL)
-    alone = pf.predict(TEXTS[:3])
+    alone = mlflow.pyfunc.load_model(log_and_load(model, "tc-single", tokenizer=tok)[0].model_uri).predict(TEXTS[:3])
     assert not np.allclose(alone["score"], got["score"]), "text_pair must reach the model"
 
 
@@ -440,7 +441,8 @@ def test_signature_has_outputs_and_params(saved: Tuple[Any, str]) -> None:
     params = {p.name: p for p in signature.params.params}
     assert set(params) == {"truncation", "batch_size"}
     assert params["truncation"].default is True
-    assert signature.inputs is None  # inputs are checked by the pyfunc itself (see signatures.py)
+    # The default inputs: one unnamed string column (see signatures.default_inputs).
+    assert signature.inputs.to_dict() == [{"type": "string", "required": True}]
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

@@ -25,9 +25,31 @@ def paths() -> Dict[str, str]:
     return {}
 
 
+TASK_ARCHS = [
+    ("text-classification", "bert"),
+    ("question-answering", "bert"),
+    ("feature-extraction", "bert"),
+    ("token-classification", "bert"),
+    ("fill-mask", "bert"),
+    ("text-generation", "gpt2"),
+]
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any) -> Dict[str, Any]:
+    """The same models saved with ``input_schema=False``: every request reaches the pyfunc's own checks."""
+    loaded = {}
+    for task, arch in TASK_ARCHS:
+        model, tok = tiny_model(task, arch)
+        path = str(tmp_path_factory.mktemp(task) / "bare")
+        mlflow_tfexport.save_model(model, path, tokenizer=tok, input_schema=False)
+        loaded[task] = mlflow.pyfunc.load_model(path)
+    return loaded
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, paths: Dict[str, str]) -> Dict[str, Any]:
-    """Saved and loaded pyfuncs, one per task, shared by the module (read-only)."""
+    """Saved (default signature) and loaded pyfuncs, one per task, shared by the module (read-only)."""
     loaded = {}
     for task, arch in [
         ("text-classification", "bert"),
@@ -79,7 +101,6 @@ def assert_bad_input(excinfo: Any, *fragments: str) -> None:
     "data",
     [
         pytest.param(TEXTS, id="list"),
-        pytest.param(tuple(TEXTS), id="tuple"),
         pytest.param(np.array(TEXTS), id="ndarray"),
         pytest.param(np.array(TEXTS, dtype=object).reshape(-1, 1), id="ndarray-column"),
         pytest.param(pd.DataFrame({"text": TEXTS}), id="dataframe-text"),
@@ -93,9 +114,26 @@ def test_accepted_text_shapes(classifier: Any, reference: pd.DataFrame, data: An
     pd.testing.assert_frame_equal(classifier.predict(data), reference)
 
 
-def test_a_single_string_is_one_row(classifier: Any, reference: pd.DataFrame) -> None:
+def test_a_single_string_is_one_row(classifier: Any, bare: Dict[str, Any], reference: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(classifier.predict(TEXTS[0]), reference.iloc[:1])
-    pd.testing.assert_frame_equal(classifier.predict(np.array(TEXTS[0])), reference.iloc[:1])
+    pd.testing.assert_frame_equal(bare["text-classification"].predict(np.array(TEXTS[0])), reference.iloc[:1])
+    with pytest.raises(MlflowException, match="Must pass 2-d input"):  # a 0-d array: MLflow's schema check
+        classifier.predict(np.array(TEXTS[0]))
+
+
+def test_what_mlflow_does_first_under_the_default_schema(classifier: Any) -> None:
+    """Empty batches are refused as missing inputs (a 400); extra columns are dropped (the first is kept);
+    ``inputs`` values are cast to strings by MLflow's parser. Our own checks see the rest (below, on ``bare``)."""
+    for empty in ([], {"inputs": []}):
+        with pytest.raises(MlflowException, match="missing inputs") as info:
+            classifier.predict(empty) if isinstance(empty, list) else serve(classifier, empty)
+        assert info.value.get_http_status_code() == 400
+    got = classifier.predict(pd.DataFrame({"foo": TEXTS, "bar": ["x", "y"]}))
+    pd.testing.assert_frame_equal(got, classifier.predict(TEXTS))
+    assert len(serve(classifier, {"inputs": [1, None]})) == 2  # answered as the texts "1" and "None"
+    with pytest.raises(MlflowException, match="Incompatible input types for column 0") as info:
+        classifier.predict([1, 2])  # in process, nothing casts: MLflow refuses an int64 column (a 400)
+    assert info.value.get_http_status_code() == 400
 
 
 @pytest.mark.parametrize(
@@ -103,13 +141,64 @@ def test_a_single_string_is_one_row(classifier: Any, reference: pd.DataFrame) ->
     [
         pytest.param({"inputs": TEXTS}, id="inputs"),
         pytest.param({"instances": TEXTS}, id="instances"),
-        pytest.param({"inputs": {"text": TEXTS}}, id="inputs-dict"),
+        pytest.param({"instances": [{"text": t} for t in TEXTS]}, id="instances-records"),
+        pytest.param({"inputs": [[t] for t in TEXTS]}, id="inputs-column"),
         pytest.param({"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}, id="dataframe_split"),
+        pytest.param({"dataframe_split": {"data": [[t] for t in TEXTS]}}, id="dataframe_split-no-columns"),
         pytest.param({"dataframe_records": [{"text": t} for t in TEXTS]}, id="dataframe_records"),
     ],
 )
 def test_scoring_server_payloads(classifier: Any, reference: pd.DataFrame, body: Dict[str, Any]) -> None:
     pd.testing.assert_frame_equal(serve(classifier, body), reference)
+
+
+SINGLE_TEXT_TASKS = ("text-classification", "feature-extraction", "token-classification", "fill-mask",
+                     "text-generation")
+
+
+@pytest.mark.parametrize("task", SINGLE_TEXT_TASKS)
+def test_single_text_tasks_get_one_unnamed_string_column_by_default(models: Dict[str, Any], task: str) -> None:
+    """The default signature (no input_schema=): MLServer, spark_udf and the UI read one string input."""
+    schema = models[task].metadata.get_input_schema()
+    assert schema is not None and not schema.has_input_names(), task
+    assert [c.type.name for c in schema.inputs] == ["string"], task
+
+
+@pytest.mark.parametrize("task", SINGLE_TEXT_TASKS)
+def test_every_request_form_answers_under_the_default_schema(models: Dict[str, Any], task: str) -> None:
+    """Each form a single-text model took before it had a schema gives the same answer as a bare list."""
+    model = models[task]
+    texts = ["the [MASK] was great.", "the film [MASK] dull."] if task == "fill-mask" else TEXTS
+    params = {"max_new_tokens": 2} if task == "text-generation" else None
+    expected = model.predict(texts, params=params)
+    forms = [np.array(texts), pd.Series(texts), pd.DataFrame({"text": texts}), {"text": texts},
+             [{"text": t} for t in texts]]
+    bodies = [{"inputs": texts}, {"instances": texts}, {"dataframe_records": [{"text": t} for t in texts]},
+              {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}},
+              {"dataframe_split": {"data": [[t] for t in texts]}}]
+    answers = [model.predict(f, params=params) for f in forms]
+    answers += [serve(model, {**b, **({"params": params} if params else {})}) for b in bodies]
+    for i, got in enumerate(answers):
+        if isinstance(expected, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, expected, atol=1e-6, obj=f"form {i}")
+        elif isinstance(expected, np.ndarray):
+            np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=f"form {i}")
+        else:
+            assert got == expected, i
+
+
+def test_a_tuple_is_refused_by_mlflow_under_the_default_schema(classifier: Any) -> None:
+    """In process only (JSON has no tuples): MLflow's enforcement takes lists, arrays and frames, not tuples."""
+    with pytest.raises(MlflowException, match="Expected input to be DataFrame. Found: tuple"):
+        classifier.predict(tuple(TEXTS))
+    pd.testing.assert_frame_equal(classifier.predict(list(tuple(TEXTS))), classifier.predict(TEXTS))
+
+
+def test_a_named_inputs_dict_is_refused_by_mlflow_under_the_unnamed_default(classifier: Any) -> None:
+    """The one request form the unnamed default gives up (``input_schema=True`` keeps it, test_routes): a 400."""
+    with pytest.raises(MlflowException, match="un-named") as info:
+        serve(classifier, {"inputs": {"text": TEXTS}})
+    assert info.value.get_http_status_code() == 400
 
 
 def test_batch_size_param_does_not_change_results(classifier: Any) -> None:
@@ -119,7 +208,29 @@ def test_batch_size_param_does_not_change_results(classifier: Any) -> None:
     pd.testing.assert_frame_equal(chunked, full, atol=1e-6)
 
 
-def test_text_pair_columns(classifier: Any) -> None:
+@pytest.fixture(scope="module")
+def pair_classifier(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any) -> Any:
+    """A classifier logged with a text_pair input example: its default schema names text and text_pair."""
+    model, tok = tiny_model("text-classification", "bert")
+    path = str(tmp_path_factory.mktemp("pairs") / "model")
+    mlflow_tfexport.save_model(model, path, tokenizer=tok,
+                               input_example=pd.DataFrame({"text": TEXTS, "text_pair": ["a", "b"]}))
+    return mlflow.pyfunc.load_model(path)
+
+
+def test_a_pair_example_gives_named_text_and_text_pair_columns(pair_classifier: Any, classifier: Any) -> None:
+    schema = pair_classifier.metadata.get_input_schema()
+    assert schema.required_input_names() == ["text", "text_pair"]
+    # A pair sent to the single-text default loses text_pair in MLflow's enforcement (first column only):
+    # the reason a pair classifier is logged with a pair example (or input_schema=["text", "text_pair"]).
+    pairs = pd.DataFrame({"text": TEXTS, "text_pair": ["what is it?", "the end"]})
+    pd.testing.assert_frame_equal(classifier.predict(pairs), classifier.predict(TEXTS))
+    with pytest.raises(MlflowException, match=r"Model is missing inputs \['text_pair'\]"):
+        pair_classifier.predict(pd.DataFrame({"text": TEXTS}))
+
+
+def test_text_pair_columns(pair_classifier: Any, reference: pd.DataFrame) -> None:
+    classifier = pair_classifier  # the same weights as ``classifier``, logged for pairs
     pairs = ["what is it?", "the end"]
     frame = classifier.predict(pd.DataFrame({"text": TEXTS, "text_pair": pairs}))
     rows = list(zip(TEXTS, pairs, strict=True))
@@ -128,7 +239,7 @@ def test_text_pair_columns(classifier: Any) -> None:
     inputs = serve(classifier, {"inputs": {"text": TEXTS, "text_pair": pairs}})
     for other in (records, split, inputs):
         pd.testing.assert_frame_equal(other, frame)
-    assert not np.allclose(frame["score"], classifier.predict(TEXTS)["score"])
+    assert not np.allclose(frame["score"], reference["score"])  # the pairs reached the model
 
 
 def test_question_answering_shapes(models: Dict[str, Any]) -> None:
@@ -152,7 +263,8 @@ def test_question_answering_shapes(models: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- empty batches
 
 
-def test_empty_batches_return_empty_results_of_the_right_type(models: Dict[str, Any]) -> None:
+def test_empty_batches_return_empty_results_of_the_right_type(bare: Dict[str, Any]) -> None:
+    models = bare
     for data in ([], np.array([], dtype=str), pd.DataFrame({"text": pd.Series([], dtype=object)})):
         out = models["text-classification"].predict(data)
         assert isinstance(out, pd.DataFrame) and len(out) == 0 and list(out.columns) == ["label", "score"]
@@ -189,9 +301,9 @@ def test_empty_batches_return_empty_results_of_the_right_type(models: Dict[str, 
         pytest.param(object(), "object", id="object"),
     ],
 )
-def test_non_text_is_rejected(classifier: Any, data: Any, received: str) -> None:
+def test_non_text_is_rejected(bare: Dict[str, Any], data: Any, received: str) -> None:
     with pytest.raises(MlflowException) as excinfo:
-        classifier.predict(data)
+        bare["text-classification"].predict(data)
     assert_bad_input(excinfo, received)
 
 
@@ -205,10 +317,10 @@ def test_non_text_is_rejected(classifier: Any, data: Any, received: str) -> None
     ],
 )
 def test_non_text_is_rejected_through_the_scoring_server_parsing(
-    classifier: Any, body: Dict[str, Any], received: str
+    bare: Dict[str, Any], body: Dict[str, Any], received: str
 ) -> None:
     with pytest.raises(MlflowException) as excinfo:
-        serve(classifier, body)
+        serve(bare["text-classification"], body)
     assert_bad_input(excinfo, received)
 
 
@@ -218,9 +330,10 @@ def test_bad_input_error_is_an_mlflow_exception() -> None:
     assert err.get_http_status_code() == 400
 
 
-def test_missing_columns_are_named(classifier: Any, models: Dict[str, Any]) -> None:
+def test_missing_columns_are_named(bare: Dict[str, Any]) -> None:
+    models = bare
     with pytest.raises(MlflowException) as excinfo:
-        classifier.predict(pd.DataFrame({"foo": ["a"], "bar": ["b"]}))
+        bare["text-classification"].predict(pd.DataFrame({"foo": ["a"], "bar": ["b"]}))
     assert_bad_input(excinfo, "'text'", "'foo'", "'bar'")
     with pytest.raises(MlflowException) as excinfo:
         models["question-answering"].predict(pd.DataFrame({"question": ["q"]}))

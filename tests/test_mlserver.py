@@ -10,7 +10,9 @@ sets ``TFEXPORT_MLSERVER_REQUIRED=1``, under which a missing ``mlserver`` is an 
 One ``mlserver start`` on a folder with one ``model-settings.json`` per variant and a ``settings.json``,
 both taken from the docs page that shows them (docs/serving/mlserver.md: ``implementation:
 mlserver_mlflow.MLflowRuntime``, adaptive batching, ``parallel_workers: 0``, the model in ``./model``),
-with only names, ports and host replaced; models logged with ``input_schema=True``.
+with only names, ports and host replaced; models logged with ``input_schema=True``, and a model logged the default way
+(as ``examples/train_and_log.py`` logs it: one unnamed string input) with its ONNX export, which
+answer BYTES tensors of any name, shape ``[n]`` or ``[n, 1]``, and the ``pd`` codec.
 Each variant answers V2 ``infer`` requests (BYTES tensors named like the schema's inputs,
 with and without the optional ``text_pair``; and a ``pd`` (dataframe codec) request) and
 MLServer's MLflow-compatible ``/invocations`` exactly like the in-process pyfunc.
@@ -47,6 +49,9 @@ TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it 
 PAIRS = ["a second text", "another one", "and a third"]
 VARIANTS = ("transformers", "onnx", "torchscript")
 DOCS_PAGE = "serving/mlserver.md"  # the settings below are read from it
+#: The model logged the default way (no input_schema=) and its ONNX export, served beside the named ones.
+DEFAULT_NAME = "plain"
+DEFAULT_VARIANTS = ("transformers", "onnx")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
         with mlflow.start_run(experiment_id=experiment_id):
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME, input_schema=True,
                                       input_example=TEXTS[:2])
+            mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=DEFAULT_NAME,
+                                      input_example=TEXTS[:2])  # as examples/train_and_log.py
         uris = {
+            f"{DEFAULT_NAME}-transformers": f"models:/{DEFAULT_NAME}/1",
+            f"{DEFAULT_NAME}-onnx": mlflow_tfexport.export(f"models:/{DEFAULT_NAME}/1", format="onnx").model_uri,
             "transformers": f"models:/{NAME}/1",
             "onnx": mlflow_tfexport.export(f"models:/{NAME}/1", format="onnx").model_uri,
             "torchscript": mlflow_tfexport.export(f"models:/{NAME}/1", format="torchscript",
@@ -71,10 +80,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
         for variant, model_uri in uris.items():
             folder = repo / variant
             folder.mkdir(parents=True)
+            served = variant if variant.startswith(DEFAULT_NAME) else f"{NAME}-{variant}"
             # Where the page's model-settings.json says the model is (a path relative to that file).
             local = folder / model_settings["parameters"]["uri"]
             mlflow.artifacts.download_artifacts(model_uri, dst_path=str(local))
-            (folder / "model-settings.json").write_text(json.dumps({**model_settings, "name": f"{NAME}-{variant}"}))
+            (folder / "model-settings.json").write_text(json.dumps({**model_settings, "name": served}))
         http, grpc, metrics = free_port(), free_port(), free_port()
         settings = docs_json(DOCS_PAGE, "settings.json")
         assert settings["parallel_workers"] == 0
@@ -163,3 +173,34 @@ def test_the_mlserver_environment_is_what_the_readme_says() -> None:
                           "print(mlserver.__version__, pandas.__version__)"], capture_output=True, text=True)
     mlserver_version, pandas_version = out.stdout.split()
     assert mlserver_version == "1.7.1" and pandas_version.startswith("2."), out.stdout
+
+
+def _infer_default(server: Dict[str, Any], variant: str, body: Dict[str, Any]) -> Dict[str, Any]:
+    reply = requests.post(f"{server['base']}/v2/models/{DEFAULT_NAME}-{variant}/infer", json=body, timeout=60)
+    assert reply.status_code == 200, (reply.status_code, reply.text, tail(server["log"]))
+    return dict(reply.json())
+
+
+@pytest.mark.parametrize("variant", DEFAULT_VARIANTS)
+def test_a_default_logged_model_loads_with_one_string_input(server: Dict[str, Any], variant: str) -> None:
+    meta = requests.get(f"{server['base']}/v2/models/{DEFAULT_NAME}-{variant}", timeout=30).json()
+    assert [i["datatype"] for i in meta["inputs"]] == ["BYTES"], meta
+    assert [o["name"] for o in meta["outputs"]] == ["label", "score"]
+
+
+@pytest.mark.parametrize("variant", DEFAULT_VARIANTS)
+@pytest.mark.parametrize("name, shape", [("text", [3]), ("input-0", [3, 1]), ("anything", [3])])
+def test_a_default_logged_model_answers_bytes_tensors(server: Dict[str, Any], variant: str, name: str,
+                                                      shape: List[int]) -> None:
+    model = server["expected"][f"{DEFAULT_NAME}-{variant}"]
+    body = {"inputs": [{"name": name, "shape": shape, "datatype": "BYTES", "data": TEXTS}]}
+    _check(_columns(_infer_default(server, variant, body)), model.predict(TEXTS))
+
+
+@pytest.mark.parametrize("variant", DEFAULT_VARIANTS)
+def test_a_default_logged_model_with_the_dataframe_codec_and_params(server: Dict[str, Any], variant: str) -> None:
+    model = server["expected"][f"{DEFAULT_NAME}-{variant}"]
+    body = {"parameters": {"content_type": "pd", "batch_size": 1},
+            "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": TEXTS,
+                        "parameters": {"content_type": "str"}}]}
+    _check(_columns(_infer_default(server, variant, body)), model.predict(TEXTS))

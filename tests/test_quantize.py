@@ -380,3 +380,44 @@ def test_a_failed_symbolic_inference_leaves_no_dump(tmp_path: Any, monkeypatch: 
     assert sorted(os.listdir(tmp_path)) == ["1234-abcd.data", "sym_shape_infer_temp.onnx"]
     optimize._remove_symbolic_dump(existed=False)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_quantised_report_reads_as_its_agreement_gate_not_as_an_atol_pass() -> None:
+    """A difference 960x the fp32 atol is information for int8, never "passed (atol 0.0001)"."""
+    from mlflow_tfexport.validation.report import AgreementCheck, OutputCheck, ValidationReport, describe
+
+    report = ValidationReport(atol=1e-4)
+    report.checks.append(OutputCheck("logits", (2, 3), (2, 3), 9.6e-2, 1e-4, (2, 16), True, "int8 label agreement"))
+    report.extra.update({"quantized": "int8", "label_agreement": {"logits": 0.995}, "min_agreement": 0.99})
+    report.agreement = AgreementCheck(metric="label_agreement", value=0.988, threshold=0.98, passed=True, rows=332,
+                                      origin="file reviews.csv", digest="abc", mode="int8")
+    assert report.gate() == ("passed: label_agreement 0.988 >= 0.98 on 332 rows; "
+                             "agreement 0.995 >= 0.99 on random tokens")
+    text = describe(report, fmt="onnx", source_uri="models:/s/1", task="text-classification", architecture="Bert",
+                    opset=17)
+    assert "atol 0.0001" not in text and "(atol" not in text, text
+    assert "max abs diff 9.60e-02 against the fp32 source (information" in text
+    fp32 = ValidationReport(atol=1e-4)
+    fp32.checks.append(OutputCheck("logits", (2, 3), (2, 3), 2.1e-6, 1e-4, (2, 16), True))
+    assert fp32.gate() == "passed: max abs diff 2.10e-06 <= atol 0.0001"
+
+
+def test_a_quantised_export_shows_no_third_party_advice_or_bars(source_dir: str, tmp_path: Any,
+                                                                capfd: pytest.CaptureFixture[str],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime's "Please consider to run pre-processing" and transformers' "Loading weights" bar stay out of
+    the export's output; the stage lines report the stages."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    capfd.readouterr()
+    seen: List[Tuple[str, str]] = []
+    backend = get_backend("onnx")
+    source = local_source(source_dir)
+    spec = get_task(source.flavor_conf[FlavorKey.TASK])
+    options = backend.check(make_options("onnx", quantize="int8"), source.flavor_conf, spec)
+    api.stage_export(source, backend, options, spec.atol, str(tmp_path), say=lambda *a: seen.append(a))
+    out, err = capfd.readouterr()
+    assert "pre-processing before quantization" not in caplog.text + out + err
+    assert "Loading weights" not in out + err
+    assert [s for s, _ in seen] == ["export", "validate"]

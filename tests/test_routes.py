@@ -59,6 +59,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) ->
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=NAME, input_schema=["text"],
                                       input_example=EXAMPLE)
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="plain", input_example=EXAMPLE)
+            mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="bare", input_example=EXAMPLE,
+                                      input_schema=False)
         versions = {
             "transformers": "1",
             "onnx": str(mlflow_tfexport.export(f"models:/{NAME}/1", format="onnx").model_version.version),
@@ -84,7 +86,15 @@ def test_every_task_names_its_inputs() -> None:
         assert inputs.optional_input_names() == list(spec.optional_columns), spec.name
         expected = "binary" if spec.input_kind == IMAGE else "string"
         assert {c.type.name for c in inputs.inputs} == {expected}, spec.name
-        assert task_signature(spec, 8).inputs is None  # the default: no input schema
+        default = task_signature(spec, 8).inputs  # the default: one unnamed string column for one text per row
+        if spec.input_kind != "text":
+            assert default is None, spec.name
+        elif len(spec.text_columns) > 1:
+            assert default is not None and default.required_input_names() == list(spec.text_columns), spec.name
+        else:
+            assert default is not None and not default.has_input_names(), spec.name
+            assert [c.type.name for c in default.inputs] == ["string"], spec.name
+        assert task_signature(spec, 8, input_schema=False).inputs is None, spec.name
     pair = task_signature(TASKS["text-classification"], input_schema=["text", "text_pair"]).inputs
     assert pair is not None and pair.required_input_names() == ["text", "text_pair"]
 
@@ -157,10 +167,21 @@ def test_validate_serving_input_works_for_every_variant(registry: Dict[str, Any]
 
 
 @pytest.mark.integration
-def test_a_model_without_input_schema_still_takes_bare_lists(registry: Dict[str, Any]) -> None:
+def test_an_export_of_a_source_without_input_schema_writes_the_default(registry: Dict[str, Any]) -> None:
+    assert Model.load("models:/bare/1").signature.inputs is None
+    result = mlflow_tfexport.export("models:/bare/1", format="onnx")
+    inputs = Model.load(result.model_uri).signature.inputs
+    assert inputs is not None and not inputs.has_input_names() and [c.type.name for c in inputs.inputs] == ["string"]
+    assert Model.load(result.model_uri).signature.outputs == Model.load("models:/bare/1").signature.outputs
+    answer = mlflow.pyfunc.load_model(result.model_uri).predict({"text": EXAMPLE})
+    assert len(answer) == 2
+
+
+@pytest.mark.integration
+def test_a_model_with_the_default_schema_takes_bare_lists(registry: Dict[str, Any]) -> None:
     uri = "models:/plain/1"
     model = Model.load(uri)
-    assert model.signature.inputs is None
+    assert model.signature.inputs.to_dict() == [{"type": "string", "required": True}]
     example = model.load_input_example(mlflow.artifacts.download_artifacts(uri))
     serving_input = convert_input_example_to_serving_input(example)
     assert json.loads(serving_input or "{}") == {"inputs": EXAMPLE}

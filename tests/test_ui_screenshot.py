@@ -2,9 +2,9 @@
 
 What the test can check: the script runs end to end (server, log, ONNX export, promote, headless
 Chromium screenshots) and writes real, non-trivial PNGs of the requested size; on the version page,
-with the schema rows opened, the page text names every input (``text``, optional ``text_pair``) and
-output (``label``, ``score``) of the signature. (MLflow 3.17's version page does not show the params
-schema; the run's MLmodel holds it.) What
+with the schema rows opened, the page text shows the one string input of a model logged the default
+way (``Inputs (1)``) and the outputs (``label``, ``score``) of the signature. (MLflow 3.17's version
+page does not show the params schema; the run's MLmodel holds it.) What
 it cannot: whether the description reads well; look at ``docs/img/registry-*.png`` for that.
 
 Chromium must be installed (Debian: ``chromium``; ``.ci/apt-packages.sh`` installs it). Without it
@@ -84,17 +84,16 @@ def test_screenshot_script_writes_two_real_pngs(tmp_path: Any) -> None:
         pixels = png_pixel_bytes(str(png))
         assert len(set(pixels)) > 32, f"{name} looks blank"
         assert f"wrote {png}" in done.stdout
-    # The version page with its schema rows opened (the model is logged with input_schema=True):
+    # The version page with its schema rows opened (the model is logged the default way: one string input):
     # a taller screenshot and the page's text, which must name every input and output.
     schema_png = out_dir / "registry-version-schema.png"
     assert png_size(str(schema_png)) == (1400, 2400)
     assert len(set(png_pixel_bytes(str(schema_png)))) > 32, "registry-version-schema.png looks blank"
     text = (out_dir / "registry-version-schema.txt").read_text()
     schema = text[text.index("Schema"):]
-    for line in ("Inputs (2)", "text (required)", "text_pair (optional)", "Outputs (2)", "label (required)",
-                 "score (required)"):
+    for line in ("Inputs (1)", "string", "Outputs (2)", "label (required)", "score (required)"):
         assert line in schema, f"{line!r} not on the version page:\n{schema[:1500]}"
-    assert schema.index("text (required)") < schema.index("Outputs (2)") < schema.index("label (required)")
+    assert schema.index("Inputs (1)") < schema.index("string") < schema.index("Outputs (2)")
 
 
 def _script() -> Any:

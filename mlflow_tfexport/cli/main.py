@@ -15,12 +15,14 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 import traceback
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from mlflow_tfexport import worker
+from mlflow_tfexport import __version__, worker
 from mlflow_tfexport.bench import bench
+from mlflow_tfexport.cli.store import connect, with_store_hint
 from mlflow_tfexport.constants import Format, Tag
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.export.api import STAGES, export
@@ -46,9 +48,29 @@ from mlflow_tfexport.worker.fetch import DataPolicy
 from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory
 
 
-def _progress(stage: str, detail: str) -> None:
-    step = STAGES.index(stage) + 1 if stage in STAGES else 0
-    print(f"[{step}/{len(STAGES)}] {stage}: {detail}", file=sys.stderr, flush=True)
+class StageLines:
+    """The export's stage lines on stderr: ``[i/N] stage: detail``, each with how long the stage before it took;
+    further details of the same stage (e.g. validation's rows) as indented lines."""
+
+    def __init__(self) -> None:
+        self.stage: Optional[str] = None
+        self.started = time.perf_counter()
+
+    def __call__(self, stage: str, detail: str) -> None:
+        if stage == self.stage:
+            print(f"      {detail}", file=sys.stderr, flush=True)
+            return
+        step = STAGES.index(stage) + 1 if stage in STAGES else 0
+        print(f"[{step}/{len(STAGES)}] {stage}: {detail}{self._took()}", file=sys.stderr, flush=True)
+        self.stage, self.started = stage, time.perf_counter()
+
+    def _took(self) -> str:
+        return f"   ({self.stage} took {time.perf_counter() - self.started:.1f} s)" if self.stage else ""
+
+    def done(self) -> None:
+        if self.stage is not None:
+            print(f"      done{self._took()}", file=sys.stderr, flush=True)
+            self.stage = None
 
 
 def _quantize_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -64,6 +86,7 @@ def _quantize_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    stages = StageLines()
     result = export(
         args.model_uri,
         format=args.format,
@@ -80,10 +103,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         device=args.device,
         validation_data=args.validation_data or None,
         force=args.force,
-        progress=_progress,
+        progress=stages,
         config=args.export_config or None,
         **_quantize_options(args),
     )
+    stages.done()
     if not result.created:
         print(f"Already exported with these options: {result.model_uri} (use --force to export again)")
         return 0
@@ -207,8 +231,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.tracking_uri:
-        mlflow.set_tracking_uri(args.tracking_uri)
     if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, kubectl) stops cleanly
         signal.signal(signal.SIGTERM, _interrupt)
     limits = ReadLimits(max_rows=args.data_max_rows, max_bytes=args.data_max_bytes,
@@ -289,15 +311,37 @@ def _worker_data_options(p: argparse.ArgumentParser) -> None:
                    "'' keeps them in memory only)")
 
 
+_NAME_HELP = "the registered model's name, e.g. sentiment"
+
+
+def _store_options() -> argparse.ArgumentParser:
+    """``--tracking-uri`` and ``--registry-uri``: every command takes them (a parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("MLflow store")
+    group.add_argument("--tracking-uri", default=None, metavar="URI",
+                       help="the MLflow tracking store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000 "
+                       "(default: $MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db in this folder); "
+                       "a store that does not exist is an error, never created")
+    group.add_argument("--registry-uri", default=None, metavar="URI",
+                       help="the model registry, if not the tracking store (default: $MLFLOW_REGISTRY_URI, "
+                       "else the tracking URI)")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mlflow-tfexport`` parser: every command, option and help text (the CLI reference is built from it)."""
     parser = argparse.ArgumentParser(
         prog="mlflow-tfexport",
         description="Export logged Transformers models to ONNX, TorchScript or Neuron as registry versions.",
     )
     parser.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    store = _store_options()
 
-    p = sub.add_parser("export", help="export a logged version and register the result as a new version")
+    p = sub.add_parser("export", parents=[store],
+                       help="export a logged version and register the result as a new version")
     p.add_argument("model_uri", help="e.g. models:/sentiment/1 or models:/sentiment@champion")
     p.add_argument("--format", default=Format.ONNX, help="onnx (default), torchscript or neuron")
     p.add_argument("--opset", type=_optional_int, default=None, help="ONNX opset (default: the task's)")
@@ -321,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --quantize: 7-bit weights, for CPUs without VNNI (default off)")
     p.add_argument("--min-agreement", type=float, default=None,
                    help="with --quantize: the agreement with the source required by validation (default: the task's)")
-    p.add_argument("--neuron-target", choices=list(TARGETS), default=None)
+    p.add_argument("--neuron-target", choices=list(TARGETS), default=None,
+                   help="neuron: the Neuron SDK to compile for, " + " or ".join(TARGETS)
+                   + " (default: the one installed)")
     p.add_argument("--compiler-arg", action="append", help="extra Neuron compiler argument (repeatable)")
     p.add_argument("--device", default=None,
                    help="TorchScript: trace on this device (cpu, cuda, cuda:N); a trace runs on the device type "
@@ -336,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "validate",
+        "validate", parents=[store],
         help="re-validate a registered variant against its source version on new data",
         description="Serve the variant and its source version (its tfexport.source tag) on the rows of --data "
         "and check the task's agreement metric; with --tag, record the outcome on the version "
@@ -351,41 +397,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="store_true", help="record the outcome as tags on the version")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("list", help="the versions (variants) of a registered model, as a table")
-    p.add_argument("name")
+    p = sub.add_parser("list", parents=[store], help="the versions (variants) of a registered model, as a table")
+    p.add_argument("name", help=_NAME_HELP)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("promote", help="point an alias at a version whose validation passed")
-    p.add_argument("name")
-    p.add_argument("version")
-    p.add_argument("--alias", default="production")
+    p = sub.add_parser("promote", parents=[store], help="point an alias at a version whose validation passed")
+    p.add_argument("name", help=_NAME_HELP)
+    p.add_argument("version", help="the version number to point the alias at, e.g. 3")
+    p.add_argument("--alias", default="production", help="the alias to move (default production)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
-        "policy",
+        "policy", parents=[store],
         help="show or set the promotion policy of a registered model (its tfexport.policy.* tags)",
         description="Without --set, show the policy in force (defaults included). KEY is 'guarded' (the guarded "
         "aliases, comma-separated; default production) or ALIAS.SETTING with SETTING one of: formats (any, or e.g. "
         "onnx,torchscript), validation (passed or any), real_data (true/false), min_agreement (0..1 or none), "
         "same_task (true/false: task and label set of the version replaced). An empty VALUE restores the default.",
     )
-    p.add_argument("name")
+    p.add_argument("name", help=_NAME_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. production.formats=onnx (repeatable)")
     p.set_defaults(func=cmd_policy)
 
-    p = sub.add_parser("history", help="the recorded alias changes of a registered model (accepted and refused)")
-    p.add_argument("name")
+    p = sub.add_parser("history", parents=[store],
+                       help="the recorded alias changes of a registered model (accepted and refused)")
+    p.add_argument("name", help=_NAME_HELP)
     p.add_argument("--alias", default=None, help="only this alias")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("rollback", help="move an alias back one step in its history, through the policy")
-    p.add_argument("name")
-    p.add_argument("--alias", default="production")
+    p = sub.add_parser("rollback", parents=[store],
+                       help="move an alias back one step in its history, through the policy")
+    p.add_argument("name", help=_NAME_HELP)
+    p.add_argument("--alias", default="production", help="the alias to move back (default production)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(
-        "worker",
+        "worker", parents=[store],
         help="run exports asked for with the tfexport.request tag (registry webhooks, or --poll)",
         description="Receive MLflow registry webhooks (model_version_tag.set) on POST /webhook, or poll the "
         "registry, and export the versions whose tfexport.request tag asks for it (e.g. 'onnx', "
@@ -394,7 +442,6 @@ def build_parser() -> argparse.ArgumentParser:
         ".deleted webhooks, or each poll) are checked against the model's promotion policy: a refused promotion "
         "is undone and tagged on the version (tfexport.refused.<alias>).",
     )
-    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
     p.add_argument("--secret", default=None,
@@ -413,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_data_options(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("bench", help="measure a registered variant's latency on this machine")
+    p = sub.add_parser("bench", parents=[store], help="measure a registered variant's latency on this machine")
     p.add_argument("model_uri", help="e.g. models:/sentiment/2 or models:/sentiment@production")
     p.add_argument("--batch-size", type=int, default=1, help="texts per request (default 1)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per text, at most the variant's max_length "
@@ -442,7 +489,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.atol = float(args.atol)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        store = connect(args.tracking_uri, args.registry_uri)
+        try:
+            return func(args)
+        except Exception as exc:
+            raise with_store_hint(exc, store) from exc
     except Exception as exc:  # one line unless --verbose
         if args.verbose:
             traceback.print_exc()

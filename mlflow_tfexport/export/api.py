@@ -47,6 +47,7 @@ from mlflow_tfexport.export.source import ResolvedSource, local_source, resolve_
 from mlflow_tfexport.flavor import variant
 from mlflow_tfexport.flavor.block import variant_block
 from mlflow_tfexport.flavor.environment import default_requirements, pinned
+from mlflow_tfexport.flavor.signatures import with_default_inputs
 from mlflow_tfexport.registry import check_model_name, find_by_export_key, register_version, settle_duplicates
 from mlflow_tfexport.registry.attest import Signer, attest_version
 from mlflow_tfexport.serving.export_config import task_of, with_config
@@ -173,7 +174,8 @@ def stage_export(
     say("validate", f"atol {tolerance:g}; " + (data.describe() if data is not None else SYNTHETIC_ONLY))
     try:
         report = run_validation(loaded, staging, conf, backend.validation_shapes(options), tolerance, options,
-                                data=data, synthetic_reason=synthetic_reason)
+                                data=data, synthetic_reason=synthetic_reason,
+                                progress=lambda detail: say("validate", detail))
     except TfexportError:
         raise
     except Exception as exc:
@@ -252,10 +254,11 @@ def export_to_directory(
         raise_for_failures(staged.report, what)
         with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
             f.write(staged.report.to_json())
+        example = source.input_example()
         variant.save_model(
             path, staged_dir=staging, flavor_conf=staged.conf,
             requirements=staged.artifact.requirements or default_requirements(format),
-            signature=source.signature, input_example=source.input_example(),
+            signature=with_default_inputs(source.signature, spec, example), input_example=example,
             python_version=staged.artifact.python_version, extra_index_urls=staged.artifact.extra_index_urls,
         )
     return staged.conf, staged.report
@@ -472,6 +475,8 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
     with open(os.path.join(staging, VALIDATION_FILE), "w") as f:
         f.write(report.to_json())
     job.say("log", LOGGED_MODEL_NAME)
+    example = source.input_example()
+    spec = task_of(conf)
     info = Model.log(
         artifact_path=None,
         name=LOGGED_MODEL_NAME,
@@ -479,8 +484,8 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         staged_dir=staging,
         flavor_conf=conf,
         requirements=artifact.requirements or default_requirements(fmt),
-        signature=source.signature,
-        input_example=source.input_example(),
+        signature=with_default_inputs(source.signature, spec, example),
+        input_example=example,
         python_version=artifact.python_version,
         extra_index_urls=artifact.extra_index_urls,
     )
@@ -490,6 +495,7 @@ def _export_in_run(job: _Job, staging: str, run_id: str) -> ExportResult:
         Tag.ATOL: f"{job.tolerance:g}",
         Tag.MAX_ABS_DIFF: f"{report.max_abs_diff:.3e}",
         Tag.VALIDATION: VALIDATION_PASSED,
+        Tag.GATE: report.gate(),
         Tag.VALIDATED_SHAPE: ",".join(map(shape_name, report.shapes)),
         Tag.SOURCE: source.canonical_uri,
         Tag.EXPORT_KEY: job.key,

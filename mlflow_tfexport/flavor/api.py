@@ -288,7 +288,7 @@ def save_model(
     metadata: Optional[Dict[str, Any]] = None,
     mlflow_model: Optional[Model] = None,
     image_processor: Any = None,
-    input_schema: InputSchemaArg = False,
+    input_schema: InputSchemaArg = None,
     export_config: Any = None,
     code_paths: Optional[Sequence[str]] = None,
 ) -> None:
@@ -301,9 +301,12 @@ def save_model(
     ``code_paths`` (files or folders) are copied into the model's ``code/`` folder, as MLflow flavors do: a
     model class defined outside transformers travels that way with the source (its variants do not need it).
 
-    ``input_schema=True`` (or the column names, e.g. ``["text"]``) writes a named input schema
-    into the signature, which MLServer/KServe, ``spark_udf`` and the MLflow UI read; requests must
-    then name their columns (see ``flavor.signatures.task_signature``).
+    Without ``signature=``, the signature declares the task's default inputs (one unnamed string
+    column for single-text tasks, named columns for question answering and for a text classifier
+    whose ``input_example`` carries ``text_pair``; see ``flavor.signatures.default_inputs``), which
+    MLServer/KServe, ``spark_udf`` and the MLflow UI read. ``input_schema=True`` (or the column
+    names, e.g. ``["text", "text_pair"]``) declares named columns instead, which requests must
+    then name; ``input_schema=False`` writes no input schema.
 
     A vision model (one whose forward takes ``pixel_values``) is saved with its
     ``image_processor`` (as ``preprocessor_config.json``) instead of a tokenizer; a Pipeline
@@ -342,7 +345,14 @@ def save_model(
     if spec.input_kind == IMAGE_TEXT:
         assets[FlavorKey.IMAGE_PROCESSOR_DIR] = IMAGE_PROCESSOR_DIR
     conf = source_block(facts, fmt=Format.TRANSFORMERS, model_file=MODEL_DIR, assets=assets)
-    model.save_pretrained(os.path.join(path, MODEL_DIR))
+    bars = require("transformers").utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # no "Writing model shards" bar inside log_model
+    try:
+        model.save_pretrained(os.path.join(path, MODEL_DIR))
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     check_no_pickle(os.path.join(path, MODEL_DIR))
     check_no_pickle(os.path.join(path, asset_dir))
     requirements = resolve_requirements(
@@ -351,7 +361,7 @@ def save_model(
     if signature is None:
         config = model.config
         hidden = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
-        signature = task_signature(spec, hidden, input_schema)
+        signature = task_signature(spec, hidden, input_schema, input_example)
     elif input_schema:
         raise TfexportError("Pass either signature= or input_schema=, not both: input_schema builds the signature.")
     if input_example is not None:
@@ -381,7 +391,7 @@ def log_model(
     extra_pip_requirements: Optional[Sequence[str]] = None,
     metadata: Optional[Dict[str, Any]] = None,
     image_processor: Any = None,
-    input_schema: InputSchemaArg = False,
+    input_schema: InputSchemaArg = None,
     export_config: Any = None,
     code_paths: Optional[Sequence[str]] = None,
     **kwargs: Any,
@@ -405,9 +415,14 @@ def log_model(
     ``export("models:/<name>/<version>")``, the CLI, the MLproject and the worker use it without your code.
     ``code_paths=`` carries a model class of your own with the source (its exported variants do not need it).
 
-    ``input_schema=True`` declares the task's named input columns (``text``, optional
-    ``text_pair``; ``question`` and ``context``; ``image``) for MLServer/KServe, ``spark_udf`` and
-    the MLflow UI; ``input_schema=["text"]`` declares exactly those columns, all required.
+    The signature's inputs default to the task's (``default_inputs``: one unnamed string column
+    for single-text tasks, which keeps bare lists and every JSON request form working; named
+    columns for question answering, and ``text`` + ``text_pair`` for a classifier whose
+    ``input_example`` carries ``text_pair``). ``input_schema=True`` declares the task's named
+    columns (``text``, optional ``text_pair``; ``question`` and ``context``; ``image``);
+    ``input_schema=["text", "text_pair"]`` declares exactly those, all required (a pair
+    classifier: MLflow drops a ``text_pair`` column sent to the unnamed default);
+    ``input_schema=False`` writes none.
     """
     import sys
 

@@ -9,13 +9,16 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.tasks import IMAGE, OutputKind, TaskSpec
+from mlflow_tfexport.tasks import IMAGE, TEXT, OutputKind, TaskSpec
 
 _DTYPES = {"string": "string", "double": "double", "long": "long", "boolean": "boolean"}
 
-#: ``input_schema=`` of ``log_model``/``save_model``: ``False`` (no input schema), ``True`` (the task's
-#: columns) or the column names to declare, each required.
+#: ``input_schema=`` of ``log_model``/``save_model``: ``None`` (the task's default, ``default_inputs``),
+#: ``False`` (no input schema), ``True`` (the task's named columns) or the column names to declare, each required.
 InputSchemaArg = Union[bool, Sequence[str], None]
+
+#: The pair column of text classification: an input example that carries it makes the default schema named.
+PAIR_COLUMN = "text_pair"
 
 
 def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[ColSpec, TensorSpec]]:
@@ -49,14 +52,67 @@ def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[Co
     return columns + [ColSpec(dtype, n, required=False) for n in optional]
 
 
-def task_signature(
-    spec: TaskSpec, hidden_size: Optional[int] = None, input_schema: InputSchemaArg = False
-) -> ModelSignature:
-    """The default signature written for ``spec`` when the user gives none.
+def _example_columns(example: Any) -> List[str]:
+    """The column names an input example carries (a dict, a DataFrame or records); ``[]`` for bare texts."""
+    if isinstance(example, dict):
+        return [str(k) for k in example]
+    columns = getattr(example, "columns", None)
+    if columns is not None:
+        return [str(c) for c in columns]
+    if isinstance(example, (list, tuple)) and example and all(isinstance(r, dict) for r in example):
+        return list(dict.fromkeys(str(k) for r in example for k in r))
+    return []
 
-    It always declares the outputs and the ``params`` schema. The input schema is opt-in
-    (``input_schema=True`` or the column names), because MLflow enforces it before the pyfunc
-    sees the data (``mlflow.models.utils._enforce_schema``, MLflow 3.17):
+
+def default_inputs(spec: TaskSpec, input_example: Any = None) -> Optional[Schema]:
+    """The input schema a model of ``spec`` gets when the user names none (``input_schema=None``).
+
+    - one text per row (every text task but question answering): one *unnamed* string column,
+      the signature ``mlflow.transformers`` gives text pipelines. Bare lists, a string, arrays,
+      ``{"inputs": [...]}``, ``instances``, ``dataframe_split`` with or without columns and
+      ``dataframe_records`` all reach the model; MLServer/KServe, ``spark_udf`` and the MLflow UI
+      read one string input. MLflow keeps only the first column of a request under an unnamed
+      schema (a ``text_pair`` column is dropped before the model sees it), so a text classifier
+      whose ``input_example`` carries ``text_pair`` gets the named columns ``text`` and
+      ``text_pair`` instead;
+    - several texts per row (``question`` and ``context``): the named columns, each required; so are
+      the columns of a user's export config that feeds numbers from the request;
+    - images: none (``None``). MLflow's column enforcement refuses a list of ``HxWx3`` arrays, the
+      in-process form of an image batch, under any column schema; ``input_schema=True`` declares a
+      binary ``image`` column for MLServer/KServe and the UI (requests then send bytes or base64).
+    """
+    if spec.input_kind != TEXT:
+        return None
+    if spec.numeric_columns:  # a user's export config feeds request columns of numbers: every column named
+        return Schema(input_columns(spec, True))
+    if len(spec.text_columns) > 1:
+        return Schema([ColSpec("string", c) for c in spec.text_columns])
+    if PAIR_COLUMN in spec.optional_columns and PAIR_COLUMN in _example_columns(input_example):
+        return Schema([ColSpec("string", c) for c in (*spec.text_columns, PAIR_COLUMN)])
+    return Schema([ColSpec("string")])
+
+
+def with_default_inputs(signature: Optional[ModelSignature], spec: TaskSpec, input_example: Any = None
+                        ) -> ModelSignature:
+    """``signature`` with the task's default input schema where it has none (exports of older sources)."""
+    if signature is None:
+        return task_signature(spec, None, None, input_example)
+    if signature.inputs is not None:
+        return signature
+    return ModelSignature(inputs=default_inputs(spec, input_example), outputs=signature.outputs,
+                          params=signature.params)
+
+
+def task_signature(
+    spec: TaskSpec, hidden_size: Optional[int] = None, input_schema: InputSchemaArg = None,
+    input_example: Any = None,
+) -> ModelSignature:
+    """The signature written for ``spec`` when the user gives none.
+
+    It always declares the outputs and the ``params`` schema. The inputs are the task's default
+    (``input_schema=None``, see ``default_inputs``), none (``False``) or named columns (``True`` or
+    the column names). A named schema is enforced by MLflow before the pyfunc sees the data
+    (``mlflow.models.utils._enforce_schema``, MLflow 3.17):
 
     - a bare list or array of strings becomes a DataFrame column ``0`` and is refused with
       "Model is missing inputs ['text']", in process and as ``{"inputs": [...]}``: with a named
@@ -82,6 +138,8 @@ def task_signature(
     else:
         outputs = Schema([ColSpec("string")])
     params = ParamSchema([ParamSpec(p.name, p.dtype, p.default, shape=p.shape) for p in spec.all_params])
+    if input_schema is None:
+        return ModelSignature(inputs=default_inputs(spec, input_example), outputs=outputs, params=params)
     columns = input_columns(spec, input_schema)
     return ModelSignature(inputs=Schema(columns) if columns else None, outputs=outputs, params=params)
 

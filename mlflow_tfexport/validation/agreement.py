@@ -364,16 +364,23 @@ def measure(
     threshold: float,
     mode: str = FP32,
     note: str = "",
+    progress: Optional[Callable[[str], None]] = None,
 ) -> AgreementCheck:
     """Run both served models on ``data``'s rows and check the task's agreement metric against ``threshold``.
 
     ``source`` and ``variant`` are pyfuncs (``predict(request, params)``). The source failing on the rows is
-    an error of the data (``ExportError``); the variant failing is a failed check.
+    an error of the data (``ExportError``); the variant failing is a failed check. ``progress`` is told
+    before each model runs on the rows and how long it took.
     """
+    import time
+
+    say = progress or (lambda detail: None)
     metric = get_metric(spec.agreement_metric)
     params = dict(metric.params) or None
     check = AgreementCheck(metric=metric.name, value=float("nan"), threshold=float(threshold), passed=False,
                            rows=data.rows, origin=data.origin, digest=data.digest, mode=mode, note=note)
+    say(f"{data.rows} rows through the source model...")
+    started = time.perf_counter()
     try:
         expected = source.predict(data.to_request(), params)
     except TfexportError as exc:
@@ -381,8 +388,12 @@ def measure(
             f"The source model cannot answer the validation data ({data.origin}): {exc.message} Fix those rows "
             "(they must be what the served model accepts) or pass other validation data."
         ) from exc
+    say(f"source answered {data.rows} rows in {time.perf_counter() - started:.1f} s; the same rows through "
+        f"the {mode} variant...")
+    started = time.perf_counter()
     try:
         got = variant.predict(data.to_request(), params)
+        say(f"variant answered {data.rows} rows in {time.perf_counter() - started:.1f} s")
         measured = metric.compare(expected, got, float(threshold))
     except _RowCountMismatch as exc:
         check.problem = f"the variant's response does not match the source's: {exc}"

@@ -159,6 +159,37 @@ class ValidationReport:
     def shapes(self) -> List[Tuple[int, int]]:
         return sorted({c.input_shape for c in self.checks})
 
+    def gate(self) -> str:
+        """The verdict and what decided it, in one line.
+
+        fp32: ``passed: max abs diff 2.10e-06 <= atol 0.0001`` (and the check on real data, if any).
+        Quantised: the agreement it was gated on (``passed: label_agreement 0.988 >= 0.98 on 332 rows``),
+        never the fp32 atol its tensors exceed by design.
+        """
+        verdict = "passed" if self.passed else "failed"
+        check = self.agreement
+        real = None
+        if check is not None:
+            real = (f"{check.metric} not measured on {check.rows} rows: {check.problem}" if check.problem else
+                    f"{check.metric} {check.value:.3f} {'>=' if check.passed else '<'} {check.threshold:g} "
+                    f"on {check.rows} rows")
+        if self.extra.get("quantized"):
+            rates = self.extra.get("label_agreement") or {}
+            threshold = float(self.extra.get("min_agreement", 0.0))
+            worst = min(rates.values()) if rates else 0.0
+            synthetic = (f"agreement {worst:.3f} {'>=' if worst >= threshold else '<'} {threshold:g} "
+                         "on random tokens")
+            return f"{verdict}: {real}; {synthetic}" if real else f"{verdict}: {synthetic}"
+        worst_diff = self.max_abs_diff
+        tensors = (f"max abs diff {worst_diff:.2e} {'<=' if worst_diff <= self.atol else '>'} atol {self.atol:g}"
+                   if worst_diff == worst_diff else "no tensor check ran")
+        return f"{verdict}: {tensors}; {real}" if real else f"{verdict}: {tensors}"
+
+    def tensor_note(self) -> str:
+        """The tensor difference as information, for a quantised variant (its gate is agreement, not atol)."""
+        return (f"max abs diff {self.max_abs_diff:.2e} against the fp32 source (information: int8 rounding; "
+                "the fp32 atol does not apply)")
+
     def failures(self) -> List[OutputCheck]:
         return [c for c in self.checks if not c.passed]
 
@@ -201,7 +232,7 @@ class ValidationReport:
         for c in self.checks:
             diff = "n/a" if c.max_abs_diff is None else f"{c.max_abs_diff:.2e}"
             rows.append(row(f"`{c.name}`", f"{c.input_shape[0]}x{c.input_shape[1]}", "x".join(map(str, c.shape)),
-                            diff, f"{c.atol:g}", c.mark))
+                            diff, "n/a" if self.extra.get("quantized") else f"{c.atol:g}", c.mark))
         return "\n".join(rows)
 
 
@@ -267,8 +298,9 @@ def describe(
     return (
         # Plain first words: the registry's versions table previews the description's raw text.
         f"{what} export of `{source_uri}` ({task}, {architecture}).\n\n"
-        f"Validated against the eager model on padded batches: **{'passed' if report.passed else 'failed'}**, "
-        f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g}).\n\n" + report.to_markdown(gap=UI_CELL_GAP)
+        f"Validated against the eager model on padded batches: **{report.gate()}**"
+        + (f"; {report.tensor_note()}" if report.extra.get("quantized") else "")
+        + ".\n\n" + report.to_markdown(gap=UI_CELL_GAP)
         + "\n\n" + describe_real_data(report)
     )
 

@@ -23,7 +23,7 @@ use (``serving.runtimes.load_runner``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.export.options import ExportOptions, Shape, SourceModel
@@ -66,9 +66,10 @@ def run_validation(
     *,
     data: Optional[ValidationData] = None,
     synthetic_reason: str = "",
+    progress: Optional[Callable[[str], None]] = None,
 ) -> ValidationReport:
     """Validate the variant in ``staging`` (flavor block ``conf``) at ``shapes`` (and at the model's maximum
-    length), then on ``data``'s rows when given; never raises on a mismatch."""
+    length), then on ``data``'s rows when given; never raises on a mismatch. ``progress`` hears each step."""
     shapes = with_max_length(shapes, source, conf)
     exported: Optional[Runner] = None
     if conf.get(FlavorKey.GENERATION):  # graphs with past key values: checked step by step
@@ -107,6 +108,6 @@ def run_validation(
                               EagerRunner(source.model, source.input_names, source.output_names))
     variant_model = pyfunc_for(staging, conf, exported if exported is not None else load_runner(staging, conf, {}))
     report.agreement = measure(source_model, variant_model, data, source.spec, threshold=threshold,
-                               mode=str(quantized) if quantized else FP32, note=note)
+                               mode=str(quantized) if quantized else FP32, note=note, progress=progress)
     report.tags.update(report.agreement.tags())
     return report

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlflow_tfexport._lazy import require
+from mlflow_tfexport._quiet import ORT_PREPROCESS_ADVICE, without_root_messages
 from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.onnx import calibration
@@ -367,7 +368,8 @@ def quantize_and_record(path: str, options: Any, external_data: bool,
     onnx = require("onnx")
     before = onnx.load(path, load_external_data=False)
     feeds = calibration[1] if calibration else None
-    quantize(path, options, external_data, feeds)
+    with without_root_messages(ORT_PREPROCESS_ADVICE):  # onnxruntime's advice does not apply: shapes are ours
+        quantize(path, options, external_data, feeds)
     after = onnx.load(path, load_external_data=False)
     counts = quantized_nodes(before, after, options.quantize_op_types)
     if not any(counts.values()):

@@ -260,7 +260,14 @@ def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> A
     spec = task_of(flavor_conf)
     auto_cls = model_class(model_dir, flavor_conf) or getattr(transformers, spec.auto_model)
     path = artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE)
-    model = auto_cls.from_pretrained(path).eval()
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # no "Loading weights" bar per load: the stage lines say what is loading
+    try:
+        model = auto_cls.from_pretrained(path).eval()
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     pad = flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
     if getattr(model.config, "pad_token_id", 0) is None and pad is not None:
         # Batches are padded with this id (GPT-2 has none of its own: its eos is used), and
