@@ -47,13 +47,15 @@ _BLOCK_SPARSE = "cannot be exported with dynamic sequence length: it uses full a
 _LONGFORMER_FE = "Validation of the onnx export of LongformerModel (feature-extraction)"
 _FUNNEL_TOKENS = "FunnelModel (feature-extraction) cannot be exported to onnx: Funnel pools the sequence into blocks"
 TS = "torchscript"
-_TS_T2T = "cannot be exported to torchscript yet"
 #: The bucket of a TorchScript cell (default 2x32).
 TS_SHAPES: Mapping[str, str] = {TG: "1x64"}
 #: Cells also exported to TorchScript (one bucket): those made to work or refused precisely on static shapes.
 TS_CELLS: Tuple[Tuple[str, str], ...] = (
     ("BERT", FE), ("DeBERTa", FE), ("DeBERTa-v2", FE), ("BLOOM", TC), ("Longformer", FE),
     ("Longformer", TC), ("ConvBERT", FE), ("Funnel", FE), ("Funnel", TC),
+    # Encoder per bucket, cache-free decoder per decoder length (export/static_seq2seq.py).
+    *((name, T2T) for name in ("T5", "MT5", "LongT5", "BART", "mBART", "PLBart", "Marian", "M2M100", "Blenderbot",
+                                "BlenderbotSmall", "BigBird-Pegasus")),
 )
 #: TorchScript cells that must fail, with the start of their message.
 TS_UNSUPPORTED: Mapping[Tuple[str, str], str] = {
@@ -133,6 +135,10 @@ ARCHITECTURES: Tuple[Arch, ...] = (
     Arch("GPT-J", "GPTJConfig", {**_GPT, "rotary_dim": 8}, "bytelevel", (TG, TC)),
     Arch("CodeGen", "CodeGenConfig", {**_GPT, "n_head": 4, "n_ctx": 64, "rotary_dim": 4}, "bytelevel", (TG,)),
     Arch("BLOOM", "BloomConfig", dict(hidden_size=32, n_layer=2, n_head=2), "bytelevel", (TG, TC)),
+    # OPT and BioGPT derive positions from the attention mask (a left-padded row counts from its first token).
+    Arch("OPT", "OPTConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=37,
+                                  word_embed_proj_dim=32, max_position_embeddings=64), "bytelevel", (TG, TC)),
+    Arch("BioGPT", "BioGptConfig", {**_BERTLIKE, "max_position_embeddings": 64}, "bytelevel", (TG, TC)),
     Arch("BART", "BartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T), registry=(TC,), dynamo=(TC,)),
     Arch("mBART", "MBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T)),
     Arch("PLBart", "PLBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T)),
@@ -272,7 +278,7 @@ def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: 
     if exporter == TS:
         # A forward that needs other inputs is refused alike; ONNX's length-dependent refusals do not apply.
         same = expected if expected and "forward needs decoder inputs" in expected else None
-        expected = TS_UNSUPPORTED.get((arch_name, task)) or (_TS_T2T if task == T2T else same)
+        expected = TS_UNSUPPORTED.get((arch_name, task)) or same
     return CellResult(arch_name, task, exporter, passed, detail, time.perf_counter() - started, expected)
 
 

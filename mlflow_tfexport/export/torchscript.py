@@ -45,6 +45,7 @@ from mlflow_tfexport.export.options import (
     check_padding_invariant,
     check_sequence_lengths,
 )
+from mlflow_tfexport.export.static_seq2seq import export_static_seq2seq
 from mlflow_tfexport.export.wrapper import check_runs, make_wrapper, source_inputs, untie_weights
 from mlflow_tfexport.serving.runtimes.device import check_device_name
 from mlflow_tfexport.serving.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
@@ -53,13 +54,8 @@ from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TaskSpec
 
 def check_traceable(spec: TaskSpec, fmt: str) -> None:
     """Every output needs a batch axis (and at most a sequence axis besides) so padding can be stripped."""
-    if spec.encoder_decoder:
-        raise ExportError(
-            f"Task {spec.name!r} cannot be exported to {fmt} yet: a static-shape trace fixes every tensor's "
-            "shape, and an encoder-decoder's decoder cache grows by one position per generated token (a trace per "
-            "cache length, or a fixed-size cache with a position mask, is not implemented). Its encoder and "
-            "decoder with past key values export to ONNX: use format='onnx'."
-        )
+    if spec.encoder_decoder:  # an encoder per bucket, a cache-free decoder per length (export/static_seq2seq.py)
+        return
     bad = [
         o.name for o in spec.outputs
         if BATCH not in o.axes.values() or any(name not in (BATCH, SEQUENCE) for name in o.axes.values())
@@ -177,7 +173,13 @@ class StaticBackend:
         wrapper = make_wrapper(model, names, source.output_names)
         folder = os.path.join(staging_dir, self.folder)
         os.makedirs(folder)
-        for i, shape in enumerate(options.trace_shapes):
+        conf: Dict[str, Any] = {FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes]}
+        tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
+        if source.spec.encoder_decoder:
+            more_conf, more_tags = export_static_seq2seq(self, source, model, options, folder, device)
+            conf.update(more_conf)
+            tags.update(more_tags)
+        for i, shape in enumerate(() if source.spec.encoder_decoder else options.trace_shapes):
             feeds = trace_inputs(source, shape, seed=i)
             args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
             if i == 0:
@@ -200,10 +202,8 @@ class StaticBackend:
             self._save(traced, os.path.join(folder, bucket_file(shape)), source, shape)
             del traced
         largest = max(s for _, s in options.trace_shapes)
-        conf: Dict[str, Any] = {FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes]}
         if source.spec.input_kind != IMAGE:  # an image model's size is fixed by its processor
             conf[FlavorKey.MAX_LENGTH] = min(largest, source.max_length)
-        tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
         if self.name == Format.TORCHSCRIPT:
             conf[FlavorKey.TRACE_DEVICE] = tags[Tag.TRACE_DEVICE] = device.type
         return self.artifact(source, options, conf, tags)
