@@ -32,6 +32,7 @@ from mlflow_tfexport.constants import FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.onnx.generation import generation_facts, sample_ids
 from mlflow_tfexport.export.options import ExportOptions, SourceModel
+from mlflow_tfexport.export.tracing import trace_inputs, traceable_masks
 from mlflow_tfexport.serving.runtimes.static import decoder_file, shape_name
 
 
@@ -78,8 +79,6 @@ def export_static_seq2seq(backend: Any, source: SourceModel, model: Any, options
                           device: Any) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Trace (``backend.compile``) and save the encoder at every bucket and the decoder at every bucket and
     decoder length into ``folder``; returns the flavor-block entries and tags."""
-    from mlflow_tfexport.export.torchscript import trace_inputs
-
     torch = require("torch")
     facts = generation_facts(model)
     start = int(facts[FlavorKey.DECODER_START_TOKEN_ID])
@@ -110,8 +109,6 @@ def export_static_seq2seq(backend: Any, source: SourceModel, model: Any, options
 def _traced(backend: Any, module: Any, args: Sequence[Any], options: ExportOptions, arch: str,
             what: str) -> Tuple[Any, Tuple[Any, ...]]:
     """``backend.compile(module, args)`` and its outputs on ``args``; a failure names the part and shape."""
-    from mlflow_tfexport.export.torchscript import traceable_masks
-
     torch = require("torch")
     try:
         with torch.no_grad(), warnings.catch_warnings(), traceable_masks():

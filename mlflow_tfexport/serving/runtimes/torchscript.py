@@ -24,6 +24,7 @@ from mlflow_tfexport.serving.runtimes.static import (
     shape_name,
     static_runner,
 )
+from mlflow_tfexport.serving.runtimes.static_seq2seq import StaticSeq2SeqRunner
 
 
 def load_modules(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, device: Any = "cpu") -> Dict[Shape, Any]:
@@ -64,8 +65,6 @@ def seq2seq_runner(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, d
                    facts: Mapping[str, Any]) -> Any:
     """A static encoder-decoder: the encoder modules (one per bucket) and the decoder modules (per bucket and
     decoder length) behind ``StaticSeq2SeqRunner``."""
-    from mlflow_tfexport.serving.runtimes.static_seq2seq import StaticSeq2SeqRunner
-
     encoders = load_modules(model_dir, flavor_conf, torch, device)
     lengths = [int(t) for t in flavor_conf.get(FlavorKey.DECODER_LENGTHS) or []]
     decoders = {}
