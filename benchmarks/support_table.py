@@ -109,12 +109,15 @@ def render(results: List[CellResult]) -> str:
         "text-classification cells also compare the exported variant's pyfunc predictions with the source's "
         "(labels equal, scores within 1e-4). text-generation and text2text-generation export with past key "
         "values (one decoder graph; encoder + decoder for text2text), are validated step by step (empty past, "
-        "multi-token and one-token steps), and their pyfuncs' greedy generations equal the source's token for "
-        "token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
+        "multi-token and one-token steps; text-generation on left-padded rows, as serving batches prompts, with "
+        "the positions transformers' generate gives), and their pyfuncs' greedy generations equal the source's "
+        "token for token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
         "(TorchScript-based) exporter, "
         "`onnx (dynamo)` is `exporter=\"dynamo\"`. `torchscript` traces one bucket (2x32; 1x64 for "
         "text-generation) and is validated at real positions (padded ones skipped) at the bucket, with "
-        "chunking and padding. — : the "
+        "chunking and padding; text2text-generation traces the encoder at the bucket and a cache-free decoder at "
+        "32 decoder positions, and its greedy and beam tokens must equal the source's (docs/static-seq2seq.md). "
+        "— : the "
         "architecture has no head for the task in transformers, or the task is not in the matrix.",
         "",
         f"**{passed}/{len(results)} cells export and validate** ({counts}); "
