@@ -1,4 +1,6 @@
-"""Generation speed: the source variant, the ONNX variant (with past, numpy loop) and ``mlflow.transformers``.
+"""Generation speed: the source variant, the ONNX variant (with past, numpy loop) and ``mlflow.transformers``;
+for an encoder-decoder (``--models bart``) also the static TorchScript variant (encoder per bucket, cache-free
+decoder re-run per token: ``docs/static-seq2seq.md``).
 
 For a GPT-2-small-sized model (hidden 768, 12 layers, 12 heads, 50257 vocabulary: 124M parameters) and a
 Llama-style model of similar size (hidden 768, 12 layers, 12 heads, 4 key/value heads, MLP 2048, 32000
@@ -12,6 +14,11 @@ shared.
 
     python benchmarks/bench_generation.py [--new 128] [--prompt 32] [--batches 1,8] [--models gpt2,llama]
         [--hidden 768] [--layers 12] [--repeats 1]
+    python benchmarks/bench_generation.py --models bart --new 24 --prompt 24 --hidden 512 --layers 6 --heads 8
+
+``bart``: a BART of ``--hidden``/``--layers`` (encoder and decoder each)/``--heads`` with a 32000 vocabulary;
+its TorchScript variant is traced at ``1xS,8xS`` with ``S`` the smallest power of two above prompt and new
+tokens (so one decoder length ``S``); the ratios are to the source variant.
 """
 
 from __future__ import annotations
@@ -87,6 +94,8 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
     from mlflow_tfexport.export.api import export_to_directory
 
     tok = gpt2_tokenizer(model_max_length=1024)
+    if kind == "bart":
+        return bench_seq2seq(args, root, tok)
     model = _model(kind, args, tok)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     source, onnx, hf = (os.path.join(root, kind, n) for n in ("source", "onnx", "transformers"))
@@ -120,6 +129,70 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
     for name, pyfunc in list(variants.items())[:2]:
         ttft = min(_ttft(pyfunc, prompt, params) for _ in range(max(1, args.repeats)))
         print(f"  time to first token, predict_stream, {name:42s} {ttft * 1000:7.1f} ms")
+    return results
+
+
+def _bart(args: argparse.Namespace, tok: Any) -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    config = transformers.BartConfig(vocab_size=32000, d_model=args.hidden, encoder_layers=args.layers,
+                                     decoder_layers=args.layers, encoder_attention_heads=args.heads,
+                                     decoder_attention_heads=args.heads, encoder_ffn_dim=4 * args.hidden,
+                                     decoder_ffn_dim=4 * args.hidden, max_position_embeddings=1024,
+                                     pad_token_id=eos, bos_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
+                                     forced_eos_token_id=None, forced_bos_token_id=None)
+    model = transformers.BartForConditionalGeneration(config)
+    with torch.no_grad():  # only ids the tokenizer knows win (their text is stable); the vocabulary's cost stays
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        model.lm_head.weight[len(tok):] = 0.0
+        model.lm_head.weight[eos] = 0.0  # no early end: every row generates --new tokens
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos
+    model.generation_config.forced_eos_token_id = None
+    return model.eval()
+
+
+def bench_seq2seq(args: argparse.Namespace, root: str, tok: Any) -> List[Tuple[str, int, float]]:
+    """Source, ONNX (encoder + decoder with past) and static TorchScript (cache-free decoder) of one BART."""
+    import mlflow
+    import torch
+
+    import mlflow_tfexport
+    from mlflow_tfexport.export.api import export_to_directory
+
+    model = _bart(args, tok)
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    source, onnx, ts = (os.path.join(root, "bart", n) for n in ("source", "onnx", "torchscript"))
+    mlflow_tfexport.save_model(model, source, tokenizer=tok, task="text2text-generation")
+    bucket = 1 << max(args.prompt, args.new + 1).bit_length()
+    seconds = {}
+    for path, fmt, options in ((onnx, "onnx", {}), (ts, "torchscript", {"trace_shape": f"1x{bucket},8x{bucket}"})):
+        started = time.perf_counter()
+        export_to_directory(source, path, fmt, **options)
+        seconds[fmt] = time.perf_counter() - started
+    variants = {"source (tfexport, transformers generate)": mlflow.pyfunc.load_model(source),
+                "onnx (tfexport, encoder + decoder with past)": mlflow.pyfunc.load_model(onnx),
+                f"torchscript (static, 1x{bucket},8x{bucket}, no cache)": mlflow.pyfunc.load_model(ts)}
+    prompt = _prompt(tok, args.prompt)
+    params = {"max_new_tokens": args.new}
+    print(f"\nbart: {params_m:.0f}M parameters, prompt {args.prompt} tokens, {args.new} new tokens (greedy), "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs; export ONNX {seconds['onnx']:.0f} s, "
+          f"TorchScript {seconds['torchscript']:.0f} s (with validation)")
+    results = []
+    for batch in args.batches:
+        prompts = [prompt] * batch
+        rates: Dict[str, float] = {}
+        for name, pyfunc in variants.items():
+            pyfunc.predict(prompts[:1], params={"max_new_tokens": 4})  # warm-up
+            elapsed = _best(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats)
+            rates[name] = batch * args.new / elapsed
+            results.append((f"bart {name}", batch, rates[name]))
+        base = rates["source (tfexport, transformers generate)"]
+        print(f"  batch {batch}:")
+        for name, rate in rates.items():
+            print(f"    {name:48s} {rate:8.1f} tokens/s  ({rate / base:.2f}x source)")
     return results
 
 

@@ -10,6 +10,9 @@ format with the reason of every failure and the pass count.
     python benchmarks/support_table.py --all-dynamo    # also the dynamo exporter on every cell
     python benchmarks/support_table.py --output -      # print instead
     python benchmarks/support_table.py --custom-only   # only the rows of user export configs (their section)
+    python benchmarks/support_table.py --only OPT:text-generation --only BART:text2text-generation:torchscript
+        # re-runs those cells (every format of a cell without one) and keeps the other cells' verdicts and
+        # the vision section from the current docs/support-table.md
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -38,6 +42,7 @@ from test_architectures import (  # noqa: E402
     TG,
     TS,
     CellResult,
+    expected_error,
     run_cell,
 )
 from test_vision import (  # noqa: E402
@@ -52,6 +57,7 @@ from test_vision import (  # noqa: E402
 TASK_COLUMNS = (FE, TG, T2T, TC)
 VISION_TASKS = ("image-classification", "image-feature-extraction", "object-detection", FE)
 FORMAT_NAMES = {LEGACY: "onnx", DYNAMO: "onnx (dynamo)", TS: "torchscript"}
+VISION_HEADING = "\n## Vision and multimodal"
 
 
 def _version(package: str) -> str:
@@ -106,12 +112,15 @@ def render(results: List[CellResult]) -> str:
         "text-classification cells also compare the exported variant's pyfunc predictions with the source's "
         "(labels equal, scores within 1e-4). text-generation and text2text-generation export with past key "
         "values (one decoder graph; encoder + decoder for text2text), are validated step by step (empty past, "
-        "multi-token and one-token steps), and their pyfuncs' greedy generations equal the source's token for "
-        "token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
+        "multi-token and one-token steps; text-generation on left-padded rows, as serving batches prompts, with "
+        "the positions transformers' generate gives), and their pyfuncs' greedy generations equal the source's "
+        "token for token (the dynamo exporter writes text-generation's logits-only graph). `onnx` is the default "
         "(TorchScript-based) exporter, "
         "`onnx (dynamo)` is `exporter=\"dynamo\"`. `torchscript` traces one bucket (2x32; 1x64 for "
         "text-generation) and is validated at real positions (padded ones skipped) at the bucket, with "
-        "chunking and padding. — : the "
+        "chunking and padding; text2text-generation traces the encoder at the bucket and a cache-free decoder at "
+        "32 decoder positions, and its greedy and beam tokens must equal the source's (docs/static-seq2seq.md). "
+        "— : the "
         "architecture has no head for the task in transformers, or the task is not in the matrix.",
         "",
         f"**{passed}/{len(results)} cells export and validate** ({counts}); "
@@ -324,6 +333,35 @@ def replace_custom_section(path: str, section: str) -> None:
         f.write(content)
 
 
+def previous_results(path: str) -> Tuple[List[CellResult], str]:
+    """The text cells' verdicts (``CellResult``s, details of failures from the notes) and the vision section of a
+    support table this script wrote."""
+    with open(path) as f:
+        text = f.read()
+    head, _, vision = text.partition(VISION_HEADING)
+    notes = dict(re.findall(r"^(\d+)\. (.+)$", head, re.M))
+    names = {f"`{a.config}`": a for a in ARCHITECTURES}
+    by_format = {v: k for k, v in FORMAT_NAMES.items()}
+    results = []
+    for line in head.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        arch = next((a for a in ARCHITECTURES if parts and parts[0] == a.name and len(parts) > 1
+                     and parts[1] in names), None)
+        if arch is None:
+            continue
+        for task, cell in zip(TASK_COLUMNS, parts[2:], strict=False):
+            for item in filter(None, (c.strip() for c in cell.split(", ") if c.strip() != "—")):
+                found = re.match(r"([✓✗]) (.+?)(?: \[(\d+)\])?$", item)
+                if not found or found.group(2) not in by_format:
+                    continue
+                exporter = by_format[found.group(2)]
+                note = notes.get(found.group(3) or "", "")
+                detail = note.split(f"{arch.name}, {task}, {found.group(2)}: ", 1)[-1]
+                results.append(CellResult(arch.name, task, exporter, found.group(1) == "✓", detail, 0.0,
+                                          expected_error(arch.name, task, exporter)))
+    return results, VISION_HEADING + vision if vision else ""
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "support-table.md"),
@@ -331,6 +369,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--all-dynamo", action="store_true", help="run the dynamo exporter on every cell too")
     parser.add_argument("--custom-only", action="store_true",
                         help="run only the custom export config rows and replace their section of --output")
+    parser.add_argument("--only", action="append", default=[], metavar="ARCH:TASK[:FORMAT]",
+                        help="re-run these cells only (FORMAT: onnx, onnx (dynamo), torchscript; all when left out) "
+                             "and keep the others from --output")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -347,7 +388,20 @@ def main(argv: List[str] | None = None) -> int:
     if args.all_dynamo:
         cells += [(a, t, DYNAMO) for a, t, e in CELLS if e == LEGACY and (a, t, DYNAMO) not in CELLS]
     cells += [(a, t, TS) for a, t, e in CELLS if e == LEGACY]
-    results = []
+    kept: List[CellResult] = []
+    vision_text = ""
+    if args.only:
+        by_format = {v: k for k, v in FORMAT_NAMES.items()}
+        wanted = [tuple(o.split(":", 2)) for o in args.only]
+        chosen = [c for c in cells if any(w[:2] == c[:2] and (len(w) == 2 or by_format.get(w[2]) == c[2])
+                                          for w in wanted)]
+        if not chosen:
+            parser.error(f"--only {args.only} names no cell of the matrix")
+        previous, vision_text = previous_results(args.output)
+        kept = [r for r in previous if (r.arch, r.task, r.exporter) in set(cells) - set(chosen)]
+        missing = set(cells) - set(chosen) - {(r.arch, r.task, r.exporter) for r in kept}
+        cells = chosen + sorted(missing)  # cells the previous table lacks run too
+    results = list(kept)
     for cell in cells:
         result = run_cell(*cell)
         mark = "✓" if result.passed else "✗"
@@ -355,14 +409,17 @@ def main(argv: List[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         results.append(result)
     vision = []
-    for arch_name, task in VISION_CELLS:
+    for arch_name, task in [] if vision_text else VISION_CELLS:
         for fmt in (ONNX, TORCHSCRIPT):
             v = run_vision_cell(arch_name, task, fmt)
             print(f"{'✓' if v.passed else '✗'} {arch_name} {task} {fmt} ({v.seconds:.1f}s): {v.detail}",
                   file=sys.stderr, flush=True)
             vision.append(v)
     custom = run_custom()
-    text = render(results) + render_vision(vision) + "\n" + render_custom(custom)
+    order = {c: i for i, c in enumerate(list(CELLS) + [(a, t, x) for a, t, e in CELLS for x in (DYNAMO, TS)])}
+    results.sort(key=lambda r: order.get((r.arch, r.task, r.exporter), len(order)))
+    vision_part = vision_text.split(CUSTOM_START)[0].rstrip("\n") + "\n" if vision_text else render_vision(vision)
+    text = render(results) + vision_part + "\n" + render_custom(custom)
     if args.output == "-":
         print(text, end="")
     else:

@@ -37,6 +37,8 @@ class Generation:
 
     DECODER_WITH_PAST = "decoder-with-past"  # one graph: ids, mask, past key/values -> logits, presents
     ENCODER_DECODER = "encoder-decoder"  # encoder graph (+ cross-attention caches) and decoder-with-past graph
+    #: static shapes: an encoder per bucket, a cache-free decoder per bucket and decoder length
+    STATIC_ENCODER_DECODER = "static-encoder-decoder"
 
 
 class FlavorKey:
@@ -71,6 +73,7 @@ class FlavorKey:
     GENERATION = "generation"  # a Generation value; absent: a single logits-only graph
     ENCODER_FILE = "encoder_file"  # encoder-decoder: the encoder graph beside the decoder (model_file)
     DECODER_START_TOKEN_ID = "decoder_start_token_id"
+    DECODER_LENGTHS = "decoder_lengths"  # static encoder-decoder: the decoder lengths traced per bucket
     FORCED_BOS_TOKEN_ID = "forced_bos_token_id"
     FORCED_EOS_TOKEN_ID = "forced_eos_token_id"
     IMAGE_PROCESSOR_DIR = "image_processor_dir"
@@ -97,6 +100,7 @@ class Tag:
     OPSET = "tfexport.opset"
     TRACE_SHAPE = "tfexport.trace_shape"
     TRACE_DEVICE = "tfexport.trace_device"
+    DECODER_LENGTHS = "tfexport.decoder_lengths"  # static encoder-decoder: decoder lengths traced, "32,64"
     VALIDATED_SHAPE = "tfexport.validated_shape"
     ATOL = "tfexport.atol"
     MAX_ABS_DIFF = "tfexport.max_abs_diff"

@@ -44,20 +44,21 @@ _GPT = dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)
 
 _T5_FE = "T5Model's forward needs decoder inputs"
 _BLOCK_SPARSE = "cannot be exported with dynamic sequence length: it uses full attention up to 704 tokens"
-_LONGFORMER_FE = "Validation of the onnx export of LongformerModel (feature-extraction)"
 _FUNNEL_TOKENS = "FunnelModel (feature-extraction) cannot be exported to onnx: Funnel pools the sequence into blocks"
 TS = "torchscript"
-_TS_T2T = "cannot be exported to torchscript yet"
 #: The bucket of a TorchScript cell (default 2x32).
 TS_SHAPES: Mapping[str, str] = {TG: "1x64"}
 #: Cells also exported to TorchScript (one bucket): those made to work or refused precisely on static shapes.
 TS_CELLS: Tuple[Tuple[str, str], ...] = (
     ("BERT", FE), ("DeBERTa", FE), ("DeBERTa-v2", FE), ("BLOOM", TC), ("Longformer", FE),
     ("Longformer", TC), ("ConvBERT", FE), ("Funnel", FE), ("Funnel", TC),
+    # Encoder per bucket, cache-free decoder per decoder length (export/static_seq2seq.py).
+    *((name, T2T) for name in ("T5", "MT5", "LongT5", "BART", "mBART", "PLBart", "Marian", "M2M100", "Blenderbot",
+                                "BlenderbotSmall", "BigBird-Pegasus")),
 )
 #: TorchScript cells that must fail, with the start of their message.
 TS_UNSUPPORTED: Mapping[Tuple[str, str], str] = {
-    ("ConvBERT", FE): "Validation of the torchscript export of ConvBertModel (feature-extraction)",
+    ("ConvBERT", FE): "ConvBertModel (feature-extraction) cannot be exported to torchscript: ConvBERT's span-based",
     ("Funnel", FE): "FunnelModel (feature-extraction) cannot be exported to torchscript: Funnel pools",
     # The eager Funnel itself fails below 3 tokens (the 1-token validation input of a static variant).
     ("Funnel", TC): "failed: running the source model at input 3x1: RuntimeError: index 4 is out of bounds",
@@ -109,9 +110,9 @@ ARCHITECTURES: Tuple[Arch, ...] = (
     Arch("I-BERT", "IBertConfig", _BERTLIKE, "wordpiece", (FE, TC)),
     Arch("LayoutLM", "LayoutLMConfig", _BERTLIKE, "wordpiece", (FE, TC)),
     # Longformer pads to a multiple of its attention window (4 here: every prompt crosses it): ONNX is traced at
-    # the maximum length and every request padded to it; its token outputs differ by 3e-4 there.
+    # the maximum length and every request padded to it, with its export-safe chunking (config.onnx_export).
     Arch("Longformer", "LongformerConfig", {**_BERTLIKE, "attention_window": 4, "max_position_embeddings": 66},
-         "wordpiece", (FE, TC), unsupported={FE: _LONGFORMER_FE}),
+         "wordpiece", (FE, TC)),
     Arch("Funnel", "FunnelConfig",
          dict(d_model=32, n_head=2, d_head=16, d_inner=37, block_sizes=[1, 1], num_decoder_layers=1,
               architectures=["FunnelModel"]), "wordpiece", (FE, TC), unsupported={FE: _FUNNEL_TOKENS}),
@@ -133,6 +134,10 @@ ARCHITECTURES: Tuple[Arch, ...] = (
     Arch("GPT-J", "GPTJConfig", {**_GPT, "rotary_dim": 8}, "bytelevel", (TG, TC)),
     Arch("CodeGen", "CodeGenConfig", {**_GPT, "n_head": 4, "n_ctx": 64, "rotary_dim": 4}, "bytelevel", (TG,)),
     Arch("BLOOM", "BloomConfig", dict(hidden_size=32, n_layer=2, n_head=2), "bytelevel", (TG, TC)),
+    # OPT and BioGPT derive positions from the attention mask (a left-padded row counts from its first token).
+    Arch("OPT", "OPTConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=37,
+                                  word_embed_proj_dim=32, max_position_embeddings=64), "bytelevel", (TG, TC)),
+    Arch("BioGPT", "BioGptConfig", {**_BERTLIKE, "max_position_embeddings": 64}, "bytelevel", (TG, TC)),
     Arch("BART", "BartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T), registry=(TC,), dynamo=(TC,)),
     Arch("mBART", "MBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T)),
     Arch("PLBart", "PLBartConfig", _SEQ2SEQ, "wordpiece", (TC, FE, T2T)),
@@ -268,12 +273,18 @@ def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: 
             passed, detail = True, f"max abs diff {report.max_abs_diff:.1e} (atol {report.atol:g})"
         except Exception as exc:  # noqa: BLE001 - a cell records whatever went wrong
             passed, detail = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
-    expected = arch.unsupported.get(task)
+    return CellResult(arch_name, task, exporter, passed, detail, time.perf_counter() - started,
+                      expected_error(arch_name, task, exporter))
+
+
+def expected_error(arch_name: str, task: str, exporter: str) -> Optional[str]:
+    """The start of the error a cell must fail with, or None when it must pass."""
+    expected = BY_NAME[arch_name].unsupported.get(task)
     if exporter == TS:
         # A forward that needs other inputs is refused alike; ONNX's length-dependent refusals do not apply.
         same = expected if expected and "forward needs decoder inputs" in expected else None
-        expected = TS_UNSUPPORTED.get((arch_name, task)) or (_TS_T2T if task == T2T else same)
-    return CellResult(arch_name, task, exporter, passed, detail, time.perf_counter() - started, expected)
+        expected = TS_UNSUPPORTED.get((arch_name, task)) or same
+    return expected
 
 
 # --------------------------------------------------------------------------- tests

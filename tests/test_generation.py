@@ -26,7 +26,7 @@ from mlflow_tfexport.errors import BadInputError, ExportError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
 
-CAUSAL = ["GPT-2", "GPT Neo", "GPT-J", "CodeGen", "BLOOM"]
+CAUSAL = ["GPT-2", "GPT Neo", "GPT-J", "CodeGen", "BLOOM", "OPT", "BioGPT"]
 SEQ2SEQ = ["T5", "MT5", "BART", "mBART", "PLBart"]  # LongT5, Marian, M2M100, Blenderbot(Small), BigBird-Pegasus:
 # test_architectures.py (export, validation and pyfunc equality)
 PROMPTS = ["I loved this film, the plot was", "Paris is the capital of", "it was not good and the end was"]
@@ -107,6 +107,36 @@ def test_decoding_runs_one_new_position_per_token(tmp_path: Any) -> None:
     assert seen == [(n, 0)] + [(1, n + i) for i in range(5)]
 
 
+@pytest.mark.parametrize("arch", ["OPT", "GPT-2"])
+def test_left_padded_prompts_decode_together_like_the_source(arch: str, tmp_path: Any) -> None:
+    """Prompts of different lengths in one request are left-padded into one batch: OPT derives positions from the
+    attention mask, GPT-2 gets position_ids; either way every row's greedy tokens are the source's."""
+    from mlflow.pyfunc import load_model
+
+    _, _, source, exported = _export(arch, TG, str(tmp_path), rare_eos=True)
+    runner = _runners(source, exported)[1]
+    assert runner.has_positions and runner.steps().batches
+    params = {"max_new_tokens": 6}
+    assert load_model(exported).predict(PROMPTS + ["a"], params=params) == load_model(source).predict(
+        PROMPTS + ["a"], params=params)
+
+
+def test_validation_left_pads_causal_rows(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A causal graph that counts positions from its past length (GPT-2 exported without position_ids) is right
+    for right-padded rows only; validation pads rows on the left, as serving batches prompts, and refuses it."""
+    import mlflow_tfexport
+    from mlflow_tfexport.errors import ValidationFailedError
+    from mlflow_tfexport.export.api import export_to_directory
+    from mlflow_tfexport.export.onnx import generation
+
+    model, tok = build(BY_NAME["GPT-2"], TG)
+    source = str(tmp_path / "source")
+    mlflow_tfexport.save_model(model, source, tokenizer=tok, task=TG)
+    monkeypatch.setattr(generation, "takes_positions", lambda model: False)
+    with pytest.raises(ValidationFailedError, match=r"logits \(past 0\) at 3x11: max abs diff"):
+        export_to_directory(source, str(tmp_path / "onnx"), "onnx")
+
+
 def test_num_beams(tmp_path: Any) -> None:
     from mlflow.pyfunc import load_model
 
@@ -129,8 +159,6 @@ def test_unsupported_generation_exports_raise_precise_errors(tmp_path: Any) -> N
     mlflow_tfexport.save_model(model, source, tokenizer=tok, task="seq2seq-lm-with-past")
     with pytest.raises(ExportError, match="exporter='dynamo' does not export text2text-generation"):
         export_to_directory(source, str(tmp_path / "dynamo"), "onnx", exporter="dynamo")
-    with pytest.raises(ExportError, match="cannot be exported to torchscript yet"):
-        export_to_directory(source, str(tmp_path / "ts"), "torchscript", trace_shape="1x16")
     from mlflow_tfexport.export.formats import get_backend
     from mlflow_tfexport.export.options import ExportOptions
     from mlflow_tfexport.serving.conf import read_flavor_conf

@@ -309,13 +309,20 @@ def test_deberta_v2_question_answering_compares_real_positions_only(tmp_path: An
 
 
 @pytest.mark.integration
-def test_convbert_real_difference_is_still_caught(tmp_path: Any) -> None:
-    """ConvBERT's convolution over the sequence sees the bucket's padding: its real tokens differ (~1e-3), and the
-    message says so with advice for a static-shape variant (no opset or exporter there)."""
-    from mlflow_tfexport.errors import ValidationFailedError
+def test_convbert_token_outputs_are_refused_and_validation_would_catch_them(tmp_path: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """ConvBERT's convolution over the sequence sees the bucket's padding: feature-extraction is refused before any
+    tracing, with the measured figure; without the refusal, validation catches the difference at real tokens."""
+    from mlflow_tfexport.errors import ExportError, ValidationFailedError
+    from mlflow_tfexport.export import options
     from mlflow_tfexport.export.api import export_to_directory
 
     _save_arch("ConvBERT", "feature-extraction", tmp_path / "src")
+    with pytest.raises(ExportError, match=r"ConvBertModel \(feature-extraction\) cannot be exported to torchscript: "
+                       r"ConvBERT's span-based dynamic convolution .*\(by 8\.2e-03 at real tokens") as refused:
+        export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x32")
+    assert not isinstance(refused.value, ValidationFailedError) and not os.path.exists(tmp_path / "ts")
+    monkeypatch.setattr(options, "STATIC_PADDING_SENSITIVE", {})
     with pytest.raises(ValidationFailedError) as info:
         export_to_directory(str(tmp_path / "src"), str(tmp_path / "ts"), "torchscript", trace_shape="2x32")
     message = info.value.message

@@ -22,15 +22,11 @@ here, the Neuron compiler in ``export/neuron.py``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
 import os
 import warnings
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
-
-import numpy as np
+from typing import Any, Dict, List, Mapping, Tuple
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Format, Tag
@@ -45,7 +41,9 @@ from mlflow_tfexport.export.options import (
     check_padding_invariant,
     check_sequence_lengths,
 )
-from mlflow_tfexport.export.wrapper import check_runs, make_wrapper, source_inputs, untie_weights
+from mlflow_tfexport.export.static_seq2seq import export_static_seq2seq
+from mlflow_tfexport.export.tracing import trace_inputs, traceable_masks
+from mlflow_tfexport.export.wrapper import check_runs, make_wrapper, untie_weights
 from mlflow_tfexport.serving.runtimes.device import check_device_name
 from mlflow_tfexport.serving.runtimes.static import TORCHSCRIPT_DIR, bucket_file, shape_name
 from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TaskSpec
@@ -53,13 +51,8 @@ from mlflow_tfexport.tasks import BATCH, IMAGE, SEQUENCE, TaskSpec
 
 def check_traceable(spec: TaskSpec, fmt: str) -> None:
     """Every output needs a batch axis (and at most a sequence axis besides) so padding can be stripped."""
-    if spec.encoder_decoder:
-        raise ExportError(
-            f"Task {spec.name!r} cannot be exported to {fmt} yet: a static-shape trace fixes every tensor's "
-            "shape, and an encoder-decoder's decoder cache grows by one position per generated token (a trace per "
-            "cache length, or a fixed-size cache with a position mask, is not implemented). Its encoder and "
-            "decoder with past key values export to ONNX: use format='onnx'."
-        )
+    if spec.encoder_decoder:  # an encoder per bucket, a cache-free decoder per length (export/static_seq2seq.py)
+        return
     bad = [
         o.name for o in spec.outputs
         if BATCH not in o.axes.values() or any(name not in (BATCH, SEQUENCE) for name in o.axes.values())
@@ -70,54 +63,6 @@ def check_traceable(spec: TaskSpec, fmt: str) -> None:
             f"{[dict(o.axes) for o in spec.outputs if o.name in bad]} that a static-shape trace cannot pad and "
             "un-pad (only a batch axis and a sequence axis are supported). Use format='onnx' for this task."
         )
-
-
-@contextlib.contextmanager
-def traceable_masks() -> Iterator[None]:
-    """Let ``torch.jit.trace`` record attention masks on transformers 4.5x.
-
-    With torch >= 2.6, transformers 4.5x builds 4D masks with ``torch.vmap``, which
-    the tracer cannot record ("unordered_map::at"); its own vmap-free builder
-    (``sdpa_mask_older_torch``) is swapped in while tracing. transformers 5 has no
-    such builder and needs nothing: this is then a no-op.
-    """
-    try:
-        mu = importlib.import_module("transformers.masking_utils")
-    except ImportError:
-        yield
-        return
-    older = getattr(mu, "sdpa_mask_older_torch", None)
-    current = getattr(mu, "sdpa_mask", None)
-    if older is None or current is None or current is older:
-        yield
-        return
-    mapping = getattr(getattr(mu, "ALL_MASK_ATTENTION_FUNCTIONS", None), "_global_mapping", None)
-    swap_mapping = isinstance(mapping, dict) and mapping.get("sdpa") is current
-    setattr(mu, "sdpa_mask", older)  # noqa: B010
-    if swap_mapping:
-        mapping["sdpa"] = older  # type: ignore[index]
-    try:
-        yield
-    finally:
-        setattr(mu, "sdpa_mask", current)  # noqa: B010
-        if swap_mapping:
-            mapping["sdpa"] = current  # type: ignore[index]
-
-
-def trace_inputs(source: SourceModel, shape: Shape, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Inputs of exactly ``shape`` whose last row is padded, so the attention-mask path is traced
-    (a trace on an all-ones mask may drop the mask computation)."""
-    batch, seq = shape
-    pad = source.flavor_conf.get(FlavorKey.PAD_TOKEN_ID)
-    feeds = source_inputs(source, batch, seq, seed=seed)
-    if "attention_mask" in feeds and seq > 1 and feeds["attention_mask"][-1].all():
-        keep = max(1, seq - max(1, seq // 4))
-        ended = feeds["input_ids"][-1, seq - 1]
-        feeds["attention_mask"][-1, keep:] = 0
-        feeds["input_ids"][-1, keep:] = 0 if pad is None else int(pad)
-        if getattr(source.model.config, "is_encoder_decoder", False):
-            feeds["input_ids"][-1, keep - 1] = ended  # keep the end-of-sequence token its head pools at
-    return feeds
 
 
 class StaticBackend:
@@ -177,7 +122,13 @@ class StaticBackend:
         wrapper = make_wrapper(model, names, source.output_names, custom=source.spec.custom is not None)
         folder = os.path.join(staging_dir, self.folder)
         os.makedirs(folder)
-        for i, shape in enumerate(options.trace_shapes):
+        conf: Dict[str, Any] = {FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes]}
+        tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
+        if source.spec.encoder_decoder:
+            more_conf, more_tags = export_static_seq2seq(self, source, model, options, folder, device)
+            conf.update(more_conf)
+            tags.update(more_tags)
+        for i, shape in enumerate(() if source.spec.encoder_decoder else options.trace_shapes):
             feeds = trace_inputs(source, shape, seed=i)
             args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
             if i == 0:
@@ -200,10 +151,8 @@ class StaticBackend:
             self._save(traced, os.path.join(folder, bucket_file(shape)), source, shape)
             del traced
         largest = max(s for _, s in options.trace_shapes)
-        conf: Dict[str, Any] = {FlavorKey.TRACE_SHAPES: [list(s) for s in options.trace_shapes]}
         if source.spec.input_kind != IMAGE:  # an image model's size is fixed by its processor
             conf[FlavorKey.MAX_LENGTH] = min(largest, source.max_length)
-        tags = {Tag.TRACE_SHAPE: ",".join(shape_name(s) for s in options.trace_shapes)}
         if self.name == Format.TORCHSCRIPT:
             conf[FlavorKey.TRACE_DEVICE] = tags[Tag.TRACE_DEVICE] = device.type
         return self.artifact(source, options, conf, tags)

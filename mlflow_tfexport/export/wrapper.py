@@ -119,6 +119,31 @@ def source_image_inputs(source: SourceModel, batch: int, sequence: int, *, seed:
                         num_channels=int(conf.get(FlavorKey.NUM_CHANNELS) or 3), seed=seed)
 
 
+#: Self-attention modules that chunk their sliding window with ``torch.as_strided`` (Longformer, LED): the legacy
+#: ONNX exporter writes that view as a gather that does not match it (3e-3 in one self-attention layer, 3e-4 at the
+#: last hidden state of a tiny Longformer), and transformers' own switch (``config.onnx_export``) uses ``Unfold``,
+#: which does not export with a dynamic batch. ``onnx_safe_paths`` gives them ``chunk_by_slices``: the same
+#: overlapping chunks, stacked from slices (2e-8).
+STRIDED_CHUNK_MODULES: Tuple[str, ...] = ("LongformerSelfAttention", "LEDEncoderSelfAttention")
+
+
+def chunk_by_slices(hidden_states: Any, window_overlap: int, onnx_export: bool = False) -> Any:
+    """Longformer's ``_chunk``: ``[B, L, D]`` into ``L / w - 1`` chunks of ``2w`` overlapping by ``w``
+    (``[B, L / w - 1, 2w, D]``); ``L`` is a multiple of ``2w`` (the model pads to its attention window)."""
+    torch = require("torch")
+    length = int(hidden_states.shape[1])
+    count = length // window_overlap - 1
+    return torch.stack([hidden_states[:, i * window_overlap:i * window_overlap + 2 * window_overlap]
+                        for i in range(count)], dim=1)
+
+
+def onnx_safe_paths(model: Any) -> None:
+    """Give the modules of ``STRIDED_CHUNK_MODULES`` the export-safe ``chunk_by_slices`` (the same values)."""
+    for module in model.modules():
+        if type(module).__name__ in STRIDED_CHUNK_MODULES and hasattr(module, "_chunk"):
+            module._chunk = chunk_by_slices
+
+
 def fixed_length_reason(config: Any) -> Optional[str]:
     """Why a dynamic-axes export of this model is right only at the length it was traced at, or None:
     such a model is exported at its maximum length and every request is padded to it (masked)."""

@@ -43,6 +43,8 @@ TOKEN_ID_KEYS = (FlavorKey.PAD_TOKEN_ID, FlavorKey.EOS_TOKEN_ID, FlavorKey.MASK_
 MAX_IMAGE_SIDE = 1 << 14
 MAX_CHANNELS = 64
 _TRACE_DEVICES = ("cpu", "cuda")
+#: The most decoder lengths a static encoder-decoder may list (each is a module per bucket).
+MAX_DECODER_LENGTHS = 16
 
 
 def _fail(key: str, value: Any, expected: str) -> FlavorConfError:
@@ -158,8 +160,19 @@ def _padding(key: str, value: Any) -> None:
         _int_in(key, value, 1, MAX_TOKENS)
 
 
+def _decoder_lengths(key: str, value: Any) -> None:
+    """A static encoder-decoder's decoder lengths: a short list of lengths (one module per bucket each)."""
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_DECODER_LENGTHS or \
+            not all(_is_int(v) and 1 <= v <= MAX_TOKENS for v in value):
+        raise _fail(key, value,
+                    f"a list of 1 to {MAX_DECODER_LENGTHS} decoder lengths, each an integer from 1 to {MAX_TOKENS}")
+
+
 _FIELD_CHECKS: Dict[str, Callable[[str, Any], None]] = {
     FlavorKey.PAD_TO_MULTIPLE_OF: _padding,
+    FlavorKey.DECODER_LENGTHS: _decoder_lengths,
     FlavorKey.TRACE_DEVICE: _one_of(_TRACE_DEVICES),
     FlavorKey.GENERATION: _optional_str,  # an unknown layout: the runtime says to upgrade
     FlavorKey.PROBLEM_TYPE: _optional_str,
@@ -196,6 +209,8 @@ def check_flavor_conf(conf: Any) -> Dict[str, Any]:
         required.append(FlavorKey.IMAGE_PROCESSOR_DIR)
     if conf.get(FlavorKey.GENERATION) == Generation.ENCODER_DECODER:
         required += [FlavorKey.ENCODER_FILE, FlavorKey.DECODER_START_TOKEN_ID]
+    if conf.get(FlavorKey.GENERATION) == Generation.STATIC_ENCODER_DECODER:
+        required += [FlavorKey.TRACE_SHAPES, FlavorKey.DECODER_LENGTHS, FlavorKey.DECODER_START_TOKEN_ID]
     for key in required:
         if conf.get(key) is None:
             raise _fail(key, None, f"a value (a {spec.name} model of format {fmt!r} needs it)")

@@ -4,7 +4,14 @@ The exported graph(s) decode in three chunks: a first step with an empty
 past, a multi-token step and a one-token step, each fed the exported model's
 own presents. Every chunk's logits and presents are compared with one
 full-sequence forward of the eager model; an encoder-decoder's encoder
-states and cross-attention caches are compared too.
+states and cross-attention caches are compared too. A causal LM's rows are
+left-padded, as serving batches prompts: the graph gets the positions serving
+computes from the mask, the eager model the ones transformers' ``generate``
+gives it, so a family whose positions come from the attention mask (OPT) or
+from ``position_ids`` (GPT-2, GPT-J, ...) is checked where padding moves them;
+logits and presents are compared at real tokens (a padded query attends to
+nothing: what a model returns there depends on the batch's length, BLOOM's by
+2e-3 between a chunk and the whole batch).
 
 A quantised variant (``quantize=``) cannot meet the fp32 tolerance: each step's
 logits are compared at task level instead, the share of positions (real tokens)
@@ -20,13 +27,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey, Generation, Tag
-from mlflow_tfexport.export.onnx.generation import eager_causal, eager_seq2seq, sample_ids
+from mlflow_tfexport.export.onnx.generation import (
+    eager_causal,
+    eager_seq2seq,
+    generate_positions,
+    sample_ids,
+    takes_positions,
+)
 from mlflow_tfexport.export.options import SourceModel
 from mlflow_tfexport.export.wrapper import source_inputs
 from mlflow_tfexport.serving.runtimes import load_runner
+from mlflow_tfexport.tasks import BATCH, SEQUENCE
 from mlflow_tfexport.validation.compare import compare
 from mlflow_tfexport.validation.quantized import synthetic_threshold
 from mlflow_tfexport.validation.report import OutputCheck, ValidationReport
+from mlflow_tfexport.validation.static_seq2seq import validate_static_seq2seq
 
 
 def _chunks(total: int) -> List[Tuple[int, int]]:
@@ -36,6 +51,16 @@ def _chunks(total: int) -> List[Tuple[int, int]]:
         return [(0, total)]
     first = max(1, total // 2)
     return [(0, first), (first, total - 1), (total - 1, total)]
+
+
+def left_padded(ids: np.ndarray, mask: np.ndarray, pad: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Right-padded rows moved to the right end of their row (pads first), as serving left-pads prompts."""
+    out_ids, out_mask = np.full_like(ids, pad), np.zeros_like(mask)
+    for row in range(ids.shape[0]):
+        real = int(mask[row].sum())
+        out_ids[row, ids.shape[1] - real:] = ids[row, :real]
+        out_mask[row, ids.shape[1] - real:] = 1
+    return out_ids, out_mask
 
 
 def _merge(checks: List[OutputCheck], name: str) -> OutputCheck:
@@ -48,9 +73,13 @@ def _merge(checks: List[OutputCheck], name: str) -> OutputCheck:
 
 
 def _step_checks(reference: Dict[str, np.ndarray], got: Dict[str, np.ndarray], presents: List[str], atol: float,
-                 shape: Tuple[int, int], past: int) -> List[OutputCheck]:
-    checks = compare(reference, got, ["logits"], atol, shape)
-    layer_checks = compare(reference, got, presents, atol, shape)
+                 shape: Tuple[int, int], past: int, mask: Optional[np.ndarray] = None) -> List[OutputCheck]:
+    """``mask`` (past + new positions, a causal LM's): logits and presents are compared at real tokens only; a
+    padded position's query attends to nothing, and what a model returns there depends on the batch's length."""
+    new_mask = None if mask is None else mask[:, mask.shape[1] - shape[1]:]
+    checks = compare(reference, got, ["logits"], atol, shape, mask=new_mask, axes={"logits": {0: BATCH, 1: SEQUENCE}})
+    layer_checks = compare(reference, got, presents, atol, shape, mask=mask,
+                           axes={n: {0: BATCH, 2: SEQUENCE} for n in presents})
     checks.append(_merge(layer_checks, f"present.*.{presents[0].split('.')[-2]}" if presents[0].count(".") > 2
                          else "present.*"))
     for check in checks:
@@ -95,6 +124,8 @@ def validate_generation(source: SourceModel, staging: str, conf: Mapping[str, An
     """Decode in chunks with the exported graph(s) (each step fed the previous step's presents) and
     compare every step's logits and presents with one full forward of the eager model (a ``quantized``
     variant: the greedy next tokens of every step, see the module doc)."""
+    if conf[FlavorKey.GENERATION] == Generation.STATIC_ENCODER_DECODER:
+        return validate_static_seq2seq(source, staging, conf, shapes, atol)
     runner: Any = load_runner(staging, conf, {})
     report = ValidationReport(atol=atol)
     tokens = _NextTokens(quantized, min_agreement, atol) if quantized else None
@@ -104,18 +135,22 @@ def validate_generation(source: SourceModel, staging: str, conf: Mapping[str, An
         ids, mask = feeds["input_ids"], feeds["attention_mask"]
         total = ids.shape[1]
         if conf[FlavorKey.GENERATION] == Generation.DECODER_WITH_PAST:
-            logits, full = eager_causal(model, ids, mask)
+            # Left-padded rows, as serving batches prompts; the graph gets the positions serving computes
+            # (runner.step), the eager model those transformers' generate gives a model whose forward takes
+            # them (BLOOM's ALiBi reads the mask itself).
+            ids, mask = left_padded(ids, mask, int(conf.get(FlavorKey.PAD_TOKEN_ID) or 0))
+            logits, full = eager_causal(model, ids, mask, generate_positions(mask) if takes_positions(model) else None)
             past = runner.empty_past(batch)
             for start, stop in _chunks(total):
-                positions = np.broadcast_to(np.arange(start, stop, dtype=np.int64), (batch, stop - start))
-                out = runner.step(ids[:, start:stop], mask[:, :stop], past, positions)
+                out = runner.step(ids[:, start:stop], mask[:, :stop], past)
                 past = [out[n] for n in runner.present_names]
                 if tokens is not None:
                     tokens.add(logits[:, start:stop], out["logits"], mask[:, start:stop], (batch, stop - start), start)
                     continue
                 ref = {"logits": logits[:, start:stop],
                        **{n: t[:, :, :stop] for n, t in zip(runner.present_names, full, strict=True)}}
-                report.checks.extend(_step_checks(ref, out, runner.present_names, atol, (batch, stop - start), start))
+                report.checks.extend(_step_checks(ref, out, runner.present_names, atol, (batch, stop - start), start,
+                                                  mask[:, :stop]))
             continue
         decoder_total = min(total, source.max_length)
         dec = sample_ids(source, batch, decoder_total, seed=2000 + index)

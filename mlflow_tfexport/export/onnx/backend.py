@@ -35,7 +35,13 @@ from mlflow_tfexport.export.options import (
     SourceModel,
     check_padding_invariant,
 )
-from mlflow_tfexport.export.wrapper import check_exportable, fixed_length_reason, make_wrapper, source_inputs
+from mlflow_tfexport.export.wrapper import (
+    check_exportable,
+    fixed_length_reason,
+    make_wrapper,
+    onnx_safe_paths,
+    source_inputs,
+)
 from mlflow_tfexport.serving.conf import read_flavor_conf
 from mlflow_tfexport.tasks import IMAGE, TaskSpec, input_axes
 
@@ -128,6 +134,7 @@ class OnnxBackend:
         feeds = source_inputs(source, batch, seq)
         args = tuple(torch.from_numpy(feeds[n]) for n in names)
         onnx_optimize.prepare_model(source.model, options)
+        onnx_safe_paths(source.model)
         wrapper = make_wrapper(source.model, names, outputs, custom=source.spec.custom is not None)
         check_exportable(source, wrapper, args)
         path = os.path.join(staging_dir, ONNX_FILE)

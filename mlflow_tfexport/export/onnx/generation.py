@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -176,12 +176,21 @@ def decoder_wrapper(model: Any) -> Any:
 # --------------------------------------------------------------------------- eager references
 
 
-def eager_causal(model: Any, ids: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """Logits and presents of one full forward (no past) of a causal LM."""
+def generate_positions(mask: np.ndarray) -> np.ndarray:
+    """Each position's index among its row's real tokens, 1 at padded ones: the ``position_ids`` transformers'
+    ``generate`` gives a causal LM whose forward takes them (so a left-padded row counts from its first token)."""
+    positions = np.cumsum(mask, axis=1) - 1
+    return np.where(mask == 0, 1, positions).astype(np.int64)
+
+
+def eager_causal(model: Any, ids: np.ndarray, mask: np.ndarray,
+                 position_ids: Optional[np.ndarray] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Logits and presents of one full forward (no past) of a causal LM (``position_ids`` given when set)."""
     torch = require("torch")
+    extra = {} if position_ids is None else {"position_ids": torch.from_numpy(np.ascontiguousarray(position_ids))}
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    past_key_values=_cache([]), use_cache=True, return_dict=True)
+                    past_key_values=_cache([]), use_cache=True, return_dict=True, **extra)
     return out.logits.float().numpy(), [t.float().numpy() for t in _flat(out.past_key_values)]
 
 

@@ -47,6 +47,11 @@ def bucket_file(shape: Shape) -> str:
     return f"{shape_name(shape)}.pt"
 
 
+def decoder_file(shape: Shape, length: int) -> str:
+    """A static encoder-decoder's decoder module at bucket ``shape`` and ``length`` decoder positions."""
+    return f"decoder-{shape_name(shape)}x{int(length)}.pt"
+
+
 def read_buckets(flavor_conf: Mapping[str, Any]) -> List[Shape]:
     """The traced shapes from a variant's flavor block, sorted by sequence then batch."""
     raw = flavor_conf.get(FlavorKey.TRACE_SHAPES) or []  # well-formed: checked by serving.conf

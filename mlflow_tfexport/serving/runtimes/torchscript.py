@@ -11,7 +11,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from mlflow_tfexport._lazy import require
-from mlflow_tfexport.constants import FlavorKey
+from mlflow_tfexport.constants import FlavorKey, Generation
+from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.runtimes.device import resolve_device
 from mlflow_tfexport.serving.runtimes.static import (
     CPU_RUN_COST_ROWS,
@@ -19,9 +20,11 @@ from mlflow_tfexport.serving.runtimes.static import (
     Shape,
     StaticRunner,
     bucket_paths,
+    decoder_file,
     shape_name,
     static_runner,
 )
+from mlflow_tfexport.serving.runtimes.static_seq2seq import StaticSeq2SeqRunner
 
 
 def load_modules(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, device: Any = "cpu") -> Dict[Shape, Any]:
@@ -58,18 +61,43 @@ class TorchScriptRunner(StaticRunner):
         return self.modules
 
 
+def seq2seq_runner(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, device: Any,
+                   facts: Mapping[str, Any]) -> Any:
+    """A static encoder-decoder: the encoder modules (one per bucket) and the decoder modules (per bucket and
+    decoder length) behind ``StaticSeq2SeqRunner``."""
+    encoders = load_modules(model_dir, flavor_conf, torch, device)
+    lengths = [int(t) for t in flavor_conf.get(FlavorKey.DECODER_LENGTHS) or []]
+    decoders = {}
+    for shape in encoders:
+        for length in lengths:
+            path = artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE, decoder_file(shape, length))
+            decoders[(shape, length)] = torch.jit.load(path, map_location=device).eval()
+    run_encoder = bucket_fn(encoders, torch, device)
+
+    def run_decoder(shape: Shape, length: int, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        return bucket_fn({shape: decoders[(shape, length)]}, torch, device)(shape, arrays)
+
+    runner = StaticSeq2SeqRunner(list(encoders), lengths, run_encoder, run_decoder, flavor_conf, facts)
+    if str(device) == "cpu":
+        runner.run_cost_rows = CPU_RUN_COST_ROWS
+    return runner
+
+
 def make_runner(
     model_dir: str,
     flavor_conf: Mapping[str, Any],
     config: Mapping[str, Any],
     extra: Optional[Dict[str, Any]] = None,
     device: Any = "cpu",
-) -> TorchScriptRunner:
+) -> Any:
+    """A ``TorchScriptRunner`` (a ``StaticSeq2SeqRunner`` for a static encoder-decoder)."""
     torch = require("torch")
     if config.get("torch_num_threads") is not None:
         torch.set_num_threads(int(config["torch_num_threads"]))
-    modules = load_modules(model_dir, flavor_conf, torch, device)
     facts = {"torch": str(torch.__version__), "device": str(device), **(extra or {})}
+    if flavor_conf.get(FlavorKey.GENERATION) == Generation.STATIC_ENCODER_DECODER:
+        return seq2seq_runner(model_dir, flavor_conf, torch, device, facts)
+    modules = load_modules(model_dir, flavor_conf, torch, device)
     runner = static_runner(flavor_conf, bucket_fn(modules, torch, device), facts, TorchScriptRunner)
     runner.modules = {shape_name(s): m for s, m in modules.items()}
     if str(device) == "cpu":
@@ -77,6 +105,6 @@ def make_runner(
     return runner
 
 
-def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> TorchScriptRunner:
+def load(model_dir: str, flavor_conf: Mapping[str, Any], config: Dict[str, Any]) -> Any:
     traced = str(flavor_conf.get(FlavorKey.TRACE_DEVICE) or "cpu")
     return make_runner(model_dir, flavor_conf, config, device=resolve_device(require("torch"), config, traced))
