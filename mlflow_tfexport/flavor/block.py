@@ -28,6 +28,7 @@ from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.flavor.environment import pinned, write_environment
 from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.serving.batching import batchable
+from mlflow_tfexport.serving.limits import default_limits
 from mlflow_tfexport.tasks import get_task
 
 #: Every key a flavor block may hold (``FlavorKey``'s values).
@@ -116,6 +117,7 @@ def write_model(
     if input_example is not None:
         save_input_example(mlflow_model, input_example, path)
     copy_serving_code(path)
+    spec = get_task(block[FlavorKey.TASK])
     mlflow_model.add_flavor(FLAVOR_NAME, code=CODE_DIR, **block)
     pyfunc.add_to_model(
         mlflow_model,
@@ -123,10 +125,12 @@ def write_model(
         code=CODE_DIR,
         python_env="python_env.yaml",
         conda_env="conda.yaml",
-        model_config=default_model_config(block[FlavorKey.FORMAT],
-                                          batching=batchable(get_task(block[FlavorKey.TASK]))),
+        # The serving settings and the request limits of this task (``serving/limits.py``): MLflow only lets
+        # MLFLOW_PYFUNC_INFERENCE_CONFIG or load_model(model_config=...) set keys written here.
+        model_config={**default_model_config(block[FlavorKey.FORMAT], batching=batchable(spec)),
+                      **default_limits(spec)},
         # Generation tasks stream (``PyFuncModel.predict_stream`` calls the pyfunc's ``predict_stream``).
-        **({"streamable": True} if get_task(block[FlavorKey.TASK]).stream is not None else {}),
+        **({"streamable": True} if spec.stream is not None else {}),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE))
