@@ -204,25 +204,27 @@ def test_generation_work_is_refused_before_any_work_naming_the_limit(gpt2: Dict[
     assert len(raised.predict(["the plot"], params={"stop": stops[:20], "max_new_tokens": 3})) == 1
 
 
-def test_stop_strings_are_matched_over_a_window_not_the_whole_text() -> None:
-    """Per step, the search covers the stop strings' length plus the new token's text: 20,000 steps of a text
-    growing one character a step scan about steps x stops x (longest + SLACK) characters, not steps^2."""
+def _scanned(steps: int) -> int:
+    """Characters searched for 16 stop strings of up to 256 characters while a text grows a character a step."""
     stops = StopStrings([("zq" * 128)[:256 - i] for i in range(16)])
-    text = ""
-    steps = 20_000
-    alphabet = "abcdefgh "
     rng = random.Random(0)
-    tokens: List[int] = []
+    text, tokens = "", []
     for step in range(steps):
-        text += rng.choice(alphabet)
+        text += rng.choice("abcdefgh ")
         tokens.append(step)
         assert not stops.stopped(0, tokens, text)
-    per_step = len(stops.stops) * (stops.longest + SLACK + 1)
-    assert stops.scanned <= steps * per_step, stops.scanned
-    assert stops.scanned < 16 * steps * steps / 2 / 50  # the whole-text search would scan ~50x more here
     text += "zq" * 128
     tokens.append(steps)
     assert stops.stopped(0, tokens, text)
+    assert stops.scanned <= (steps + 1) * len(stops.stops) * (stops.longest + SLACK + 256)
+    return stops.scanned
+
+
+def test_stop_strings_are_matched_over_a_window_not_the_whole_text() -> None:
+    """Per step, the search covers the stop strings' length plus the new token's text, whatever the text's
+    length: twice the steps scan twice the characters (a whole-text search: four times)."""
+    ratio = _scanned(20_000) / _scanned(10_000)
+    assert 1.8 < ratio < 2.2, ratio
 
 
 def test_windowed_matching_finds_what_a_whole_text_search_finds() -> None:
@@ -276,7 +278,7 @@ def test_the_deadline_is_checked_between_decoding_steps(gpt2: Dict[str, str], va
     with pytest.raises(RequestTimeoutError, match="new tokens done") as excinfo:
         pf.predict(["the plot was"], params=params)
     assert excinfo.value.get_http_status_code() == 504
-    assert time.monotonic() - started < 1.6
+    assert time.monotonic() - started < 2.5  # one step past the deadline (the machine may be loaded)
     assert len(steps) < 30, len(steps)
     monkeypatch.delenv(TIMEOUT_ENV)
     assert len(pf.predict(["the plot was"], params={"max_new_tokens": 3})) == 1
