@@ -9,10 +9,11 @@ tiny random GPT-2 (source, ONNX with past, TorchScript 1x32), serves each with
 ``mlflow models serve --env-manager local`` on a loopback port, and sends:
 
 - ``bomb``: 12 PNGs of 13000 x 13000 black pixels (about 0.5 MB each, 507 MB
-  each decoded) in one ``{"inputs": [<base64>...]}`` request; then one small
-  image in that form. Prints the status, the seconds, the message and the
-  server's peak resident memory (all its processes, sampled every 20 ms)
-  above its memory before the request;
+  each decoded) in one ``dataframe_records`` request; then one small image as
+  ``{"inputs": ["<base64>"]}`` (the model was saved without an input
+  example). Prints the status, the seconds, the message and the server's
+  peak resident memory (all its processes, sampled every 20 ms) above its
+  memory before the request;
 - ``generation``: with ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=2`` and the
   request limits raised with ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` (so that the
   work runs into the timeout instead of being refused), the worst cases of the
@@ -159,7 +160,7 @@ def bomb_case(server: ScoringServer, bombs: int = BOMBS) -> Dict[str, Any]:
     """``bombs`` bombs in one request: status, seconds, message, peak RSS growth of the server; then a small
     image."""
     pids = server_pids(server.url)
-    body = {"inputs": [base64.b64encode(png_bomb()).decode()] * bombs}
+    body = {"dataframe_records": [{"image": base64.b64encode(png_bomb()).decode()}] * bombs}  # a form old releases take
     with PeakRss(pids) as rss:
         started = time.monotonic()
         response = post(server, body)
