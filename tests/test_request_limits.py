@@ -121,6 +121,8 @@ def test_a_png_bomb_is_refused_from_its_header_naming_the_limit(vit: str) -> Non
                       f"max_image_pixels={limits.IMAGE_LIMITS[limits.MAX_IMAGE_PIXELS]:,}")
     assert time.monotonic() - started < 5, "refused from the header, before decoding 507 MB"
     assert "python_function model_config" in message
+    # over twice Pillow's own limit, refused by Pillow's header check: the message still names the model's limit
+    refused(lambda: pf.predict([png_bomb(14000)]), "Image 0", "decompression bomb", "max_image_pixels=40,000,000")
 
 
 def test_pixel_limits_per_image_and_per_request_are_set_in_model_config(vit: str) -> None:

@@ -252,6 +252,10 @@ def _from_bytes(data: bytes, where: str, index: int, budget: PixelBudget) -> np.
     Image = _pil()
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused by Pillow's header check
+        limit = budget.limits.max_image_pixels if budget.limits is not None else None
+        ours = f", checked before this model's max_image_pixels={limit:,}" if limit is not None else ""
+        raise BadInputError(f"{where}: {exc} (Pillow's own limit{ours}). Send a smaller image.") from None
     except Exception as exc:
         raise BadInputError(
             f"{where}: the {len(data)} bytes received are not an image Pillow can decode "
