@@ -149,11 +149,13 @@ def post(server: ScoringServer, body: Dict[str, Any], timeout: float = 600) -> r
     return requests.post(f"{server.url}/invocations", json=body, timeout=timeout)
 
 
-def message(response: requests.Response) -> str:
+def message(response: requests.Response, chars: int = 400) -> str:
+    """The error message of an answer (the scoring server puts the request's data before it: dropped)."""
     try:
-        return str(response.json().get("message", ""))[:160]
+        text = str(response.json().get("message", ""))
     except ValueError:
-        return response.text[:160]
+        text = response.text
+    return text.split("\nError: ", 1)[-1][:chars]
 
 
 def bomb_case(server: ScoringServer, bombs: int = BOMBS) -> Dict[str, Any]:
