@@ -357,19 +357,30 @@ class FullSequenceSteps:
     every step re-runs the sequence, one prompt at a time (so the rows of a call have equal lengths)."""
 
     batches = False
+    #: Rows per run: a step of many beams re-runs many whole sequences, so the deadline is checked between runs.
+    ROWS_PER_RUN = 8
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, cfg: Optional[DecodeConfig] = None) -> None:
         self.runner = runner
+        self.cfg = cfg
+        self.produced = 0  # steps run (this object serves one decoding call)
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        return np.asarray(self.runner.run({k: feeds[k] for k in self.runner.input_names})["logits"][:, -1])
+        parts = []
+        for start in range(0, len(ids), self.ROWS_PER_RUN):
+            if self.cfg is not None and start:
+                self.cfg.check_deadline(self.produced)
+            part = ids[start:start + self.ROWS_PER_RUN]
+            feeds = {"input_ids": part, "attention_mask": np.ones_like(part), "token_type_ids": np.zeros_like(part)}
+            parts.append(np.asarray(self.runner.run({k: feeds[k] for k in self.runner.input_names})["logits"][:, -1]))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Tuple[np.ndarray, Any]:
         ids = np.asarray([list(p) for p in prompts], dtype=np.int64)
         return self._logits(ids), ids
 
     def advance(self, state: Any, tokens: np.ndarray) -> Tuple[np.ndarray, Any]:
+        self.produced += 1
         ids = np.concatenate([state, tokens.astype(np.int64)[:, None]], axis=1)
         return self._logits(ids), ids
 

@@ -19,8 +19,9 @@ stops there). Each request's lengths (``max_new_tokens``, the room left for the
 prompt) are arguments of that request's calls, never settings of a shared
 object. What depends on the model (``max_new_tokens`` below its positions) is
 checked here, before any prompt runs. Prompts decode in chunks of
-``batch_size`` (default ``GENERATION_BATCH_SIZE``), the deadline checked
-between chunks.
+``batch_size`` (default ``GENERATION_BATCH_SIZE``; at most ``MAX_DECODE_ROWS``
+rows of prompts x beams x sequences), the deadline checked between chunks and
+between decoding steps.
 
 An empty prompt for ``text-generation`` generates from the tokenizer's
 beginning-of-sequence token, as the transformers text-generation pipeline
@@ -47,6 +48,9 @@ from mlflow_tfexport.serving.tokenization import TextEncoder, split_rows
 
 #: Prompts decoded together when a request names no ``batch_size``.
 GENERATION_BATCH_SIZE = 16
+#: The most rows (prompts x beams x return sequences) one decoding call runs: a step of it stays short (the
+#: deadline is checked between steps) and its caches small, whatever ``batch_size`` a request names.
+MAX_DECODE_ROWS = 512
 
 
 def _max_new_tokens(params: Mapping[str, Any], encoder: TextEncoder, needs_prompt_room: bool) -> int:
@@ -74,15 +78,15 @@ class _FullSequence:
     """``decode``/``decode_stream`` for a logits runner (see ``decoding.FullSequenceSteps``)."""
 
     def __init__(self, runner: Any) -> None:
-        self.steps = decoding.FullSequenceSteps(runner)
+        self.runner = runner
 
     def decode(self, prompts: Sequence[Sequence[int]], cfg: decoding.DecodeConfig,
                stopped: Optional[decoding.StopFn] = None) -> List[List[List[int]]]:
-        return decoding.generate(self.steps, prompts, cfg, None, stopped)
+        return decoding.generate(decoding.FullSequenceSteps(self.runner, cfg), prompts, cfg, None, stopped)
 
     def decode_stream(self, prompt: Sequence[int], cfg: decoding.DecodeConfig,
                       stopped: Optional[decoding.StopFn] = None) -> Iterator[int]:
-        return decoding.stream(self.steps, prompt, cfg, None, stopped)
+        return decoding.stream(decoding.FullSequenceSteps(self.runner, cfg), prompt, cfg, None, stopped)
 
 
 def _decoder(runner: Any, conf: Mapping[str, Any], causal: bool) -> Any:
@@ -166,7 +170,9 @@ def _generate(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts:
     else:
         decoder = _decoder(runner, conf, causal)
         new = []
-        for start, stop in split_rows(len(texts), int(params.get("batch_size") or 0) or GENERATION_BATCH_SIZE):
+        rows = task.config.num_beams * task.config.num_return_sequences  # decoded rows per prompt
+        size = min(int(params.get("batch_size") or 0) or GENERATION_BATCH_SIZE, max(1, MAX_DECODE_ROWS // rows))
+        for start, stop in split_rows(len(texts), size):
             check_deadline(deadline, start, len(texts), "prompts")
             chunk = prompts[start:stop]
             new.extend(decoder.decode(chunk, task.config, task.stopper(chunk)))
