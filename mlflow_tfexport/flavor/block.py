@@ -29,7 +29,7 @@ from mlflow_tfexport.flavor.environment import pinned, write_environment
 from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.serving.batching import batchable
 from mlflow_tfexport.serving.limits import default_limits
-from mlflow_tfexport.tasks import get_task
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT, get_task
 
 #: Every key a flavor block may hold (``FlavorKey``'s values).
 KNOWN_KEYS = frozenset(v for k, v in vars(FlavorKey).items() if k.isupper() and isinstance(v, str))
@@ -128,7 +128,8 @@ def write_model(
         # The serving settings and the request limits of this task (``serving/limits.py``): MLflow only lets
         # MLFLOW_PYFUNC_INFERENCE_CONFIG or load_model(model_config=...) set keys written here.
         model_config={**default_model_config(block[FlavorKey.FORMAT], batching=batchable(spec)),
-                      **default_limits(spec)},
+                      **default_limits(images=spec.input_kind in (IMAGE, IMAGE_TEXT),
+                                        generation=spec.generate is not None)},
         # Generation tasks stream (``PyFuncModel.predict_stream`` calls the pyfunc's ``predict_stream``).
         **({"streamable": True} if spec.stream is not None else {}),
     )

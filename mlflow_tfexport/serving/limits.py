@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 from mlflow_tfexport.errors import BadInputError, TfexportError
-
-if TYPE_CHECKING:  # tasks.py imports the generation module, which imports this one
-    from mlflow_tfexport.tasks import TaskSpec
 
 #: Decoded pixels (width x height) of one image: 40 Mpx (a 7,300 x 5,500 photo; 120 MB as RGB).
 MAX_IMAGE_PIXELS = "max_image_pixels"
@@ -41,15 +38,10 @@ GENERATION_LIMITS: Mapping[str, int] = {MAX_GENERATION_TOKENS: 262_144, MAX_STOP
 MAX_LIMIT = 1 << 40
 
 
-def default_limits(spec: TaskSpec) -> Dict[str, int]:
-    """The limit keys (with their defaults) that apply to ``spec``'s requests, for the MLmodel's model_config."""
-    from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT
-
-    if spec.input_kind in (IMAGE, IMAGE_TEXT):
-        return dict(IMAGE_LIMITS)
-    if spec.generate is not None:
-        return dict(GENERATION_LIMITS)
-    return {}
+def default_limits(*, images: bool, generation: bool) -> Dict[str, int]:
+    """The limit keys (with their defaults) of a task that takes ``images`` or does ``generation``, for the
+    MLmodel's model_config."""
+    return {**(IMAGE_LIMITS if images else {}), **(GENERATION_LIMITS if generation else {})}
 
 
 def _setting(config: Mapping[str, Any], key: str, default: int) -> int:
