@@ -29,6 +29,8 @@ from mlflow_tfexport.flavor.environment import pinned, write_environment
 from mlflow_tfexport.formats import default_model_config
 from mlflow_tfexport.serving.batching import batchable
 from mlflow_tfexport.serving.export_config import task_of
+from mlflow_tfexport.serving.limits import default_limits
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT
 
 #: Every key a flavor block may hold (``FlavorKey``'s values).
 KNOWN_KEYS = frozenset(v for k, v in vars(FlavorKey).items() if k.isupper() and isinstance(v, str))
@@ -116,6 +118,7 @@ def write_model(
     if input_example is not None:
         save_input_example(mlflow_model, input_example, path)
     copy_serving_code(path)
+    spec = task_of(block)
     mlflow_model.add_flavor(FLAVOR_NAME, code=CODE_DIR, **block)
     pyfunc.add_to_model(
         mlflow_model,
@@ -123,10 +126,13 @@ def write_model(
         code=CODE_DIR,
         python_env="python_env.yaml",
         conda_env="conda.yaml",
-        model_config=default_model_config(block[FlavorKey.FORMAT],
-                                          batching=batchable(task_of(block))),
+        # The serving settings and the request limits of this task (``serving/limits.py``): MLflow only lets
+        # MLFLOW_PYFUNC_INFERENCE_CONFIG or load_model(model_config=...) set keys written here.
+        model_config={**default_model_config(block[FlavorKey.FORMAT], batching=batchable(spec)),
+                      **default_limits(images=spec.input_kind in (IMAGE, IMAGE_TEXT),
+                                        generation=spec.generate is not None)},
         # Generation tasks stream (``PyFuncModel.predict_stream`` calls the pyfunc's ``predict_stream``).
-        **({"streamable": True} if task_of(block).generate is not None else {}),
+        **({"streamable": True} if spec.generate is not None else {}),
     )
     write_environment(path, requirements, python_version=python_version, extra_index_urls=extra_index_urls)
     mlflow_model.save(os.path.join(path, MLMODEL_FILE))

@@ -21,6 +21,7 @@ from mlflow_tfexport.errors import BadInputError, TfexportError
 from mlflow_tfexport.serving.batching import make_batcher
 from mlflow_tfexport.serving.conf import labels
 from mlflow_tfexport.serving.export_config import task_of
+from mlflow_tfexport.serving.limits import Limits
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.tasks import MAX_BATCH_SIZE, ParamSpec
 
@@ -97,6 +98,8 @@ class PyfuncBase:
         self.runner = runner
         self.id2label = labels(conf)
         self.batch_size = model_batch_size(model_config)
+        #: What one request may ask for (``serving/limits.py``), from ``model_config``.
+        self.limits = Limits.from_config(model_config)
         self._param_specs = {p.name: p for p in self.spec.all_params}
         self._defaults = self.spec.param_defaults()
         #: Shares model runs between concurrent calls; None when batching is off (``serving/batching.py``).

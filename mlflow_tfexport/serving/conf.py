@@ -14,8 +14,9 @@ Serving path: no torch, no transformers, Python 3.10.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey, Generation
 from mlflow_tfexport.errors import FlavorConfError, NotATfexportModelError, UnknownFormatError
@@ -45,6 +46,12 @@ MAX_CHANNELS = 64
 _TRACE_DEVICES = ("cpu", "cuda")
 #: The most decoder lengths a static encoder-decoder may list (each is a module per bucket).
 MAX_DECODER_LENGTHS = 16
+#: A source variant's transformers config, in its model folder; read when at most this large.
+MODEL_CONFIG_FILE = "config.json"
+MAX_MODEL_CONFIG_BYTES = 4 * 1024 * 1024
+#: Where transformers configs record the vocabulary size and the positions (the first one present counts).
+_VOCAB_FIELDS = ("vocab_size",)
+_POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
 
 def _fail(key: str, value: Any, expected: str) -> FlavorConfError:
@@ -247,6 +254,52 @@ def _export_config(conf: Mapping[str, Any], task: str) -> Optional[ExportConfig]
     if config.task_name != task:
         raise _fail(FlavorKey.TASK, task, f"{config.task_name!r}, the task of its export config")
     return config
+
+
+def _model_config(model_dir: str, conf: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The transformers ``config.json`` of the source variant's model folder, else ``{}`` (exported variants)."""
+    try:
+        folder = artifact_path(model_dir, conf, FlavorKey.MODEL_FILE)
+    except FlavorConfError:
+        return {}
+    file = os.path.join(folder, MODEL_CONFIG_FILE)
+    if not os.path.isfile(file) or os.path.getsize(file) > MAX_MODEL_CONFIG_BYTES:
+        return {}
+    try:
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _bound(config: Mapping[str, Any], keys: Sequence[str]) -> Optional[int]:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_ranges(model_dir: str, conf: Mapping[str, Any], *, tokenizer_vocab: int,
+                 tokenizer_max_length: Optional[int]) -> None:
+    """The flavor block's numbers that index the vocabulary (token ids) or the positions (``max_length``),
+    checked against the model's tokenizer and, for the source variant, its ``config.json``; a value out of
+    range is a ``FlavorConfError`` naming the field, at load, before a request pads or generates with it."""
+    config = _model_config(model_dir, conf)
+    vocab = _bound(config, _VOCAB_FIELDS)
+    vocab, vocab_of = (vocab, f"the model's vocab_size ({MODEL_CONFIG_FILE})") if vocab else \
+        (tokenizer_vocab, "the tokenizer's vocabulary (tokenizer.json, added tokens included)")
+    for key in TOKEN_ID_KEYS:
+        value = conf.get(key)
+        if value is not None and not 0 <= value < vocab:
+            raise _fail(key, value, f"a token id from 0 to {vocab - 1}, within {vocab_of}")
+    positions = _bound(config, _POSITION_FIELDS)
+    for limit, of in ((positions, f"the model's positions ({MODEL_CONFIG_FILE})"),
+                      (tokenizer_max_length, "the tokenizer's model_max_length (tokenizer_config.json)")):
+        value = conf.get(FlavorKey.MAX_LENGTH)
+        if limit is not None and value is not None and value > limit:
+            raise _fail(FlavorKey.MAX_LENGTH, value, f"at most {limit}, {of}")
 
 
 def read_flavor_conf(path: str) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ No torch, no transformers. Python 3.10-compatible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover
     Protocol = object  # type: ignore[assignment,misc]
 
 from mlflow_tfexport.errors import BadInputError
+from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 
 #: ``stopped(row, tokens)``: whether a row's generated tokens so far end its output (stop strings).
 StopFn = Callable[[int, Sequence[int]], bool]
@@ -57,6 +58,12 @@ class DecodeConfig:
     seed: Optional[int] = None
     forced_bos_token_id: Optional[int] = None
     forced_eos_token_id: Optional[int] = None
+    #: The request's deadline (``serving/deadline.py``), checked before every decoding step; None: no deadline.
+    deadline: Optional[Deadline] = field(default=None, compare=False)
+
+    def check_deadline(self, produced: int) -> None:
+        """Stop (``RequestTimeoutError``) once the request's deadline has passed: called between steps."""
+        check_deadline(self.deadline, produced, self.max_new_tokens, "new tokens")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], eos_token_id: Optional[int]) -> DecodeConfig:
@@ -200,6 +207,7 @@ def stream_rows(model: StepModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
         return
     n = cfg.num_return_sequences
     expanded = [list(p) for p in prompts for _ in range(n)]
+    cfg.check_deadline(0)
     logits, state = model.start(expanded)
     alive = np.arange(len(expanded))
     seen = _seen([h for h in histories for _ in range(n)], logits.shape[-1], cfg)
@@ -228,6 +236,7 @@ def stream_rows(model: StepModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
         if done.any():
             keep = np.flatnonzero(~done)
             state, alive, tokens = model.select(state, keep), alive[keep], tokens[keep]
+        cfg.check_deadline(produced)
         logits, state = model.advance(state, tokens)
 
 
@@ -256,6 +265,7 @@ def beam_search(model: StepModel, prompt: Sequence[int], cfg: DecodeConfig, hist
     ``stopped`` ends a beam as its eos token does."""
     nb, length_penalty = cfg.num_beams, 1.0
     keep = 2 * nb
+    cfg.check_deadline(0)
     logits, state = model.start([list(prompt)] * nb)
     vocab = logits.shape[-1]
     running: List[List[int]] = [[] for _ in range(nb)]
@@ -300,6 +310,7 @@ def beam_search(model: StepModel, prompt: Sequence[int], cfg: DecodeConfig, hist
         if not improvable or hits.all():
             break
         state = model.select(state, parents[chosen])
+        cfg.check_deadline(produced)
         logits, state = model.advance(state, np.array([r[-1] for r in running], dtype=np.int64))
     return [list(s) for s in finished[:cfg.num_return_sequences]]
 
@@ -346,19 +357,30 @@ class FullSequenceSteps:
     every step re-runs the sequence, one prompt at a time (so the rows of a call have equal lengths)."""
 
     batches = False
+    #: Rows per run: a step of many beams re-runs many whole sequences, so the deadline is checked between runs.
+    ROWS_PER_RUN = 8
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, cfg: Optional[DecodeConfig] = None) -> None:
         self.runner = runner
+        self.cfg = cfg
+        self.produced = 0  # steps run (this object serves one decoding call)
 
     def _logits(self, ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        return np.asarray(self.runner.run({k: feeds[k] for k in self.runner.input_names})["logits"][:, -1])
+        parts = []
+        for start in range(0, len(ids), self.ROWS_PER_RUN):
+            if self.cfg is not None and start:
+                self.cfg.check_deadline(self.produced)
+            part = ids[start:start + self.ROWS_PER_RUN]
+            feeds = {"input_ids": part, "attention_mask": np.ones_like(part), "token_type_ids": np.zeros_like(part)}
+            parts.append(np.asarray(self.runner.run({k: feeds[k] for k in self.runner.input_names})["logits"][:, -1]))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Tuple[np.ndarray, Any]:
         ids = np.asarray([list(p) for p in prompts], dtype=np.int64)
         return self._logits(ids), ids
 
     def advance(self, state: Any, tokens: np.ndarray) -> Tuple[np.ndarray, Any]:
+        self.produced += 1
         ids = np.concatenate([state, tokens.astype(np.int64)[:, None]], axis=1)
         return self._logits(ids), ids
 

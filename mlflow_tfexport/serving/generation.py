@@ -19,8 +19,9 @@ stops there). Each request's lengths (``max_new_tokens``, the room left for the
 prompt) are arguments of that request's calls, never settings of a shared
 object. What depends on the model (``max_new_tokens`` below its positions) is
 checked here, before any prompt runs. Prompts decode in chunks of
-``batch_size`` (default ``GENERATION_BATCH_SIZE``), the deadline checked
-between chunks.
+``batch_size`` (default ``GENERATION_BATCH_SIZE``; at most ``MAX_DECODE_ROWS``
+rows of prompts x beams x sequences), the deadline checked between chunks and
+between decoding steps.
 
 An empty prompt for ``text-generation`` generates from the tokenizer's
 beginning-of-sequence token, as the transformers text-generation pipeline
@@ -34,16 +35,22 @@ No torch or transformers import; Python 3.10-compatible.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving import decoding
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
+from mlflow_tfexport.serving.limits import Limits
+from mlflow_tfexport.serving.stops import StopStrings
 from mlflow_tfexport.serving.tokenization import TextEncoder, split_rows
 
 #: Prompts decoded together when a request names no ``batch_size``.
 GENERATION_BATCH_SIZE = 16
+#: The most rows (prompts x beams x return sequences) one decoding call runs: a step of it stays short (the
+#: deadline is checked between steps) and its caches small, whatever ``batch_size`` a request names.
+MAX_DECODE_ROWS = 512
 
 
 def _max_new_tokens(params: Mapping[str, Any], encoder: TextEncoder, needs_prompt_room: bool) -> int:
@@ -71,15 +78,15 @@ class _FullSequence:
     """``decode``/``decode_stream`` for a logits runner (see ``decoding.FullSequenceSteps``)."""
 
     def __init__(self, runner: Any) -> None:
-        self.steps = decoding.FullSequenceSteps(runner)
+        self.runner = runner
 
     def decode(self, prompts: Sequence[Sequence[int]], cfg: decoding.DecodeConfig,
                stopped: Optional[decoding.StopFn] = None) -> List[List[List[int]]]:
-        return decoding.generate(self.steps, prompts, cfg, None, stopped)
+        return decoding.generate(decoding.FullSequenceSteps(self.runner, cfg), prompts, cfg, None, stopped)
 
     def decode_stream(self, prompt: Sequence[int], cfg: decoding.DecodeConfig,
                       stopped: Optional[decoding.StopFn] = None) -> Iterator[int]:
-        return decoding.stream(self.steps, prompt, cfg, None, stopped)
+        return decoding.stream(decoding.FullSequenceSteps(self.runner, cfg), prompt, cfg, None, stopped)
 
 
 def _decoder(runner: Any, conf: Mapping[str, Any], causal: bool) -> Any:
@@ -90,35 +97,22 @@ def _decoder(runner: Any, conf: Mapping[str, Any], causal: bool) -> Any:
     raise _no_loop(conf)
 
 
-def _cut(text: str, stops: Sequence[str]) -> Tuple[str, bool]:
-    """``text`` up to the first stop string (excluded), and whether one was found."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[:min(found)], True) if found else (text, False)
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters a stream keeps back: an incomplete character, or the start of a stop
-    string that the next token may complete."""
-    if text.endswith("\ufffd"):
-        return len(text) - len(text.rstrip("\ufffd"))
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest
-
-
 class _Task:
-    """What differs between the causal and the encoder-decoder task: the prompt and the answer text."""
+    """What differs between the causal and the encoder-decoder task: the prompt and the answer text. Checks the
+    request's work and stop strings against ``limits`` before anything runs."""
 
-    def __init__(self, encoder: TextEncoder, conf: Mapping[str, Any], params: Mapping[str, Any], causal: bool):
+    def __init__(self, encoder: TextEncoder, conf: Mapping[str, Any], params: Mapping[str, Any], causal: bool,
+                 prompts: int, limits: Optional[Limits] = None, deadline: Optional[Deadline] = None):
         self.encoder, self.causal = encoder, causal
         self.max_new = _max_new_tokens(params, encoder, needs_prompt_room=causal)
-        self.config = decoding.DecodeConfig.from_params(params, conf.get(FlavorKey.EOS_TOKEN_ID))
+        config = decoding.DecodeConfig.from_params(params, conf.get(FlavorKey.EOS_TOKEN_ID))
+        self.config = replace(config, deadline=deadline)
         self.truncation = bool(params["truncation"])
-        self.stops = [s for s in params.get("stop") or [] if s]
+        self.stop_list = [s for s in params.get("stop") or [] if s]
+        (limits or Limits()).check_generation(prompts, config.num_beams, config.num_return_sequences,
+                                              config.max_new_tokens, self.stop_list)
+        self.stops = StopStrings(self.stop_list)
+        self._prompt_chars: Dict[Tuple[int, ...], int] = {}
 
     def prompts(self, texts: Sequence[str]) -> List[List[int]]:
         if not self.causal:
@@ -144,33 +138,41 @@ class _Task:
         """The generated text of ``new`` after ``prompt`` (a causal prompt's text is not repeated)."""
         if not self.causal:
             return self.encoder.decode(new)
-        return self.encoder.decode(list(prompt) + list(new))[len(self.encoder.decode(prompt)):]
+        key = tuple(prompt)
+        chars = self._prompt_chars.get(key)
+        if chars is None:  # one decode of each prompt per request, not one per step
+            chars = self._prompt_chars[key] = len(self.encoder.decode(prompt))
+        return self.encoder.decode(list(prompt) + list(new))[chars:]
 
     def answer(self, text: str, prompt: Sequence[int], new: Sequence[int]) -> str:
-        body = _cut(self.continuation(prompt, new), self.stops)[0]
+        body = self.stops.cut(self.continuation(prompt, new))[0]
         return text + body if self.causal else body
 
     def stopper(self, prompts: Sequence[Sequence[int]]) -> Optional[decoding.StopFn]:
-        if not self.stops:
+        if not self.stop_list:
             return None
         n = self.config.num_return_sequences
+        stops = StopStrings(self.stop_list)  # its own rows' texts: one per chunk of prompts
 
         def stopped(row: int, new: Sequence[int]) -> bool:
-            return _cut(self.continuation(prompts[row // n], new), self.stops)[1]
+            return stops.stopped(row, new, self.continuation(prompts[row // n], new))
 
         return stopped
 
 
 def _generate(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
-              params: Mapping[str, Any], deadline: Optional[Deadline], causal: bool) -> List[Any]:
-    task = _Task(encoder, conf, params, causal)
+              params: Mapping[str, Any], deadline: Optional[Deadline], causal: bool,
+              limits: Optional[Limits]) -> List[Any]:
+    task = _Task(encoder, conf, params, causal, len(texts), limits, deadline)
     prompts = task.prompts(texts) if texts else []
     if task.config.max_new_tokens == 0 or not texts:
         new: List[List[List[int]]] = [[[] for _ in range(task.config.num_return_sequences)] for _ in texts]
     else:
         decoder = _decoder(runner, conf, causal)
         new = []
-        for start, stop in split_rows(len(texts), int(params.get("batch_size") or 0) or GENERATION_BATCH_SIZE):
+        rows = task.config.num_beams * task.config.num_return_sequences  # decoded rows per prompt
+        size = min(int(params.get("batch_size") or 0) or GENERATION_BATCH_SIZE, max(1, MAX_DECODE_ROWS // rows))
+        for start, stop in split_rows(len(texts), size):
             check_deadline(deadline, start, len(texts), "prompts")
             chunk = prompts[start:stop]
             new.extend(decoder.decode(chunk, task.config, task.stopper(chunk)))
@@ -180,19 +182,21 @@ def _generate(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts:
 
 
 def causal(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
-           params: Mapping[str, Any], deadline: Optional[Deadline] = None) -> List[Any]:
-    return _generate(runner, encoder, conf, texts, params, deadline, causal=True)
+           params: Mapping[str, Any], deadline: Optional[Deadline] = None, limits: Optional[Limits] = None,
+           ) -> List[Any]:
+    return _generate(runner, encoder, conf, texts, params, deadline, causal=True, limits=limits)
 
 
 def text2text(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], texts: List[str],
-              params: Mapping[str, Any], deadline: Optional[Deadline] = None) -> List[Any]:
-    return _generate(runner, encoder, conf, texts, params, deadline, causal=False)
+              params: Mapping[str, Any], deadline: Optional[Deadline] = None, limits: Optional[Limits] = None,
+              ) -> List[Any]:
+    return _generate(runner, encoder, conf, texts, params, deadline, causal=False, limits=limits)
 
 
 def _stream(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], text: str, params: Mapping[str, Any],
-            causal: bool) -> Iterator[str]:
+            causal: bool, limits: Optional[Limits]) -> Iterator[str]:
     """Text chunks as tokens come: their concatenation is ``predict``'s answer for ``text``."""
-    task = _Task(encoder, conf, params, causal)
+    task = _Task(encoder, conf, params, causal, 1, limits)
     cfg = task.config
     if cfg.num_beams > 1 or cfg.num_return_sequences > 1:
         raise BadInputError(
@@ -212,17 +216,20 @@ def _chunks(task: _Task, decoder: Any, text: str, prompt: List[int]) -> Iterator
     tokens = decoder.decode_stream(prompt, task.config, task.stopper([prompt]))
     new: List[int] = []
     sent = 0
+    checked: Optional[int] = None  # the text's length at the previous token
     try:
         for token in tokens:
             new.append(token)
-            body, found = _cut(task.continuation(prompt, new), task.stops)
-            ready = len(body) if found else len(body) - _held_back(body, task.stops)
+            text = task.continuation(prompt, new)
+            body, found = task.stops.cut(text, task.stops.search_from(checked))
+            checked = len(text)
+            ready = len(body) if found else len(body) - task.stops.held_back(body)
             if ready > sent:
                 yield body[sent:ready]
                 sent = ready
             if found:
                 return
-        body = _cut(task.continuation(prompt, new), task.stops)[0]
+        body = task.stops.cut(task.continuation(prompt, new))[0]
         if len(body) > sent:
             yield body[sent:]
     finally:
@@ -232,10 +239,10 @@ def _chunks(task: _Task, decoder: Any, text: str, prompt: List[int]) -> Iterator
 
 
 def causal_stream(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], text: str,
-                  params: Mapping[str, Any]) -> Iterator[str]:
-    return _stream(runner, encoder, conf, text, params, causal=True)
+                  params: Mapping[str, Any], limits: Optional[Limits] = None) -> Iterator[str]:
+    return _stream(runner, encoder, conf, text, params, causal=True, limits=limits)
 
 
 def text2text_stream(runner: Any, encoder: TextEncoder, conf: Mapping[str, Any], text: str,
-                     params: Mapping[str, Any]) -> Iterator[str]:
-    return _stream(runner, encoder, conf, text, params, causal=False)
+                     params: Mapping[str, Any], limits: Optional[Limits] = None) -> Iterator[str]:
+    return _stream(runner, encoder, conf, text, params, causal=False, limits=limits)

@@ -34,7 +34,7 @@ class ImagePyfunc(PyfuncBase):
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
         deadline = Deadline.from_env()
         p = self._params(params)
-        images = parse_image_input(model_input)
+        images = parse_image_input(model_input, self.limits)
         batch_size = self._batch_size(p)
         post = postprocess_of(self.spec)
         rows: List[Any] = []

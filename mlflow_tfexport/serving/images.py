@@ -23,12 +23,13 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.errors import BadInputError, TfexportError
+from mlflow_tfexport.serving.limits import Limits
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 IMAGE_COLUMN = "image"
@@ -233,16 +234,43 @@ class ImagePreprocessor:
 # --------------------------------------------------------------------------- decoding requests
 
 
-def _from_bytes(data: bytes, where: str) -> np.ndarray:
+class PixelBudget:
+    """The decoded pixels a request may still use (``limits``): each image is checked from its size, before its
+    pixels are decoded (Pillow reads only the header on ``open``)."""
+
+    def __init__(self, limits: Optional[Limits]) -> None:
+        self.limits = limits
+        self.used = 0
+
+    def take(self, index: int, width: int, height: int) -> None:
+        if self.limits is not None:
+            self.limits.check_image(index, width, height, self.used)
+        self.used += int(width) * int(height)
+
+
+def _from_bytes(data: bytes, where: str, index: int, budget: PixelBudget) -> np.ndarray:
     Image = _pil()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused by Pillow's header check
+        limit = budget.limits.max_image_pixels if budget.limits is not None else None
+        ours = f", checked before this model's max_image_pixels={limit:,}" if limit is not None else ""
+        raise BadInputError(f"{where}: {exc} (Pillow's own limit{ours}). Send a smaller image.") from None
     except Exception as exc:
         raise BadInputError(
             f"{where}: the {len(data)} bytes received are not an image Pillow can decode "
             f"({type(exc).__name__}). Send PNG or JPEG bytes, base64-encoded in JSON."
         ) from exc
+    with img:
+        width, height = img.size
+        budget.take(index, width, height)  # before a pixel is decoded
+        try:
+            return np.asarray(img.convert("RGB"))
+        except Exception as exc:
+            raise BadInputError(
+                f"{where}: the {len(data)} bytes received are not an image Pillow can decode "
+                f"({type(exc).__name__}). Send PNG or JPEG bytes, base64-encoded in JSON."
+            ) from exc
 
 
 def _from_array(array: np.ndarray, where: str) -> np.ndarray:
@@ -264,12 +292,14 @@ def _from_array(array: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def to_image(value: Any, where: str) -> np.ndarray:
-    """One image (bytes, base64 string, uint8 array, PIL image) -> ``HxWx3`` uint8."""
-    if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 0:
+def to_image(value: Any, where: str, index: int = 0, budget: Optional[PixelBudget] = None) -> np.ndarray:
+    """One image (bytes, base64 string, uint8 array, PIL image) -> ``HxWx3`` uint8, its size checked against
+    ``budget`` (the request's pixel limits) before it is decoded."""
+    budget = budget if budget is not None else PixelBudget(None)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(value), where)
+        return _from_bytes(bytes(value), where, index, budget)
     if isinstance(value, str):
         try:
             raw = base64.b64decode(value, validate=True)
@@ -278,13 +308,16 @@ def to_image(value: Any, where: str) -> np.ndarray:
                 f"{where}: received a string that is not base64 ({value[:40]!r}...). Send each image as the "
                 'base64 of its file bytes, e.g. {"inputs": [base64.b64encode(open("cat.png", "rb").read()).decode()]}.'
             ) from None
-        return _from_bytes(raw, where)
+        return _from_bytes(raw, where, index, budget)
+    if isinstance(value, list) and value and isinstance(value[0], list):  # an array sent as nested JSON lists
+        value = np.asarray(value)
     if isinstance(value, np.ndarray):
+        if value.ndim >= 2:
+            budget.take(index, int(value.shape[1]), int(value.shape[0]))
         return _from_array(value, where)
     if hasattr(value, "convert") and hasattr(value, "size"):  # a PIL image
+        budget.take(index, *value.size)
         return np.asarray(value.convert("RGB"))
-    if isinstance(value, list) and value and isinstance(value[0], list):  # an array sent as nested JSON lists
-        return _from_array(np.asarray(value), where)
     raise BadInputError(
         f"{where}: expected an image (bytes, a base64 string, a uint8 HxWx3 array or a PIL image), "
         f"received {type(value).__name__}."
@@ -297,8 +330,16 @@ def _is_single_array(data: Any) -> bool:
     )
 
 
-def parse_image_input(data: Any) -> List[np.ndarray]:
-    """Whatever the pyfunc received -> a list of ``HxWx3`` uint8 images."""
+def parse_image_input(data: Any, limits: Optional[Limits] = None) -> List[np.ndarray]:
+    """Whatever the pyfunc received -> a list of ``HxWx3`` uint8 images, each checked against ``limits`` (decoded
+    pixels per image and per request) before it is decoded."""
+    values = _image_values(data)
+    budget = PixelBudget(limits)
+    return [to_image(v, f"Image {i}", i, budget) for i, v in enumerate(values)]
+
+
+def _image_values(data: Any) -> List[Any]:
+    """The request's images, one value each (not decoded yet)."""
     try:
         import pandas as pd
     except ImportError:  # pragma: no cover - pandas ships with mlflow
@@ -321,7 +362,9 @@ def parse_image_input(data: Any) -> List[np.ndarray]:
             raise BadInputError(
                 f"Expected a dict with one key {IMAGE_COLUMN!r} or 'inputs'; received keys {sorted(map(str, data))}."
             )
-        return parse_image_input(data[key])
+        return _image_values(data[key])
+    elif isinstance(data, np.ndarray) and data.dtype.kind in ("U", "S"):  # {"inputs": ["<base64>", ...]}
+        values = data.reshape(-1).tolist()
     elif _is_single_array(data):
         values = [data]
     elif isinstance(data, np.ndarray):
@@ -340,5 +383,5 @@ def parse_image_input(data: Any) -> List[np.ndarray]:
             values = [v.get(IMAGE_COLUMN, next(iter(v.values()), None)) if len(v) else None for v in values]
     else:
         values = [data]
-    return [to_image(v, f"Image {i}") for i, v in enumerate(values)]
+    return values
 

@@ -17,7 +17,7 @@ from mlflow_tfexport._compat import in_serving_environment
 from mlflow_tfexport.constants import TOKENIZER_FILE, FlavorKey
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving.base import PyfuncBase
-from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.conf import artifact_path, check_ranges
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 from mlflow_tfexport.serving.frames import Columns, concat_columns, frame, frame_from_columns, records, rows_of
 from mlflow_tfexport.serving.inputs import parse_text_input
@@ -29,8 +29,9 @@ from mlflow_tfexport.tasks import OutputKind, TaskSpec
 
 
 def make_encoder(path: str, conf: Mapping[str, Any], spec: TaskSpec) -> TextEncoder:
-    """The encoder of a saved text model (fields checked by ``serving.conf``; files inside the model)."""
-    return TextEncoder(
+    """The encoder of a saved text model (fields checked by ``serving.conf``; files inside the model). The
+    flavor block's token ids and ``max_length`` are checked against the tokenizer and the model's config."""
+    encoder = TextEncoder(
         artifact_path(path, conf, FlavorKey.TOKENIZER_DIR, TOKENIZER_FILE),
         input_names=conf[FlavorKey.INPUT_NAMES],
         max_length=int(conf[FlavorKey.MAX_LENGTH]),
@@ -38,6 +39,8 @@ def make_encoder(path: str, conf: Mapping[str, Any], spec: TaskSpec) -> TextEnco
         pair_strategy=spec.pair_strategy,
         config_file=artifact_path(path, conf, FlavorKey.TOKENIZER_DIR, TOKENIZER_CONFIG_FILE),
     )
+    check_ranges(path, conf, tokenizer_vocab=encoder.vocab_size, tokenizer_max_length=encoder.model_max_length)
+    return encoder
 
 
 class TfexportPyfunc(PyfuncBase):
@@ -55,7 +58,8 @@ class TfexportPyfunc(PyfuncBase):
         p = self._params(params)
         texts, pairs = parse_text_input(model_input, self.spec)
         if self.spec.generate is not None:
-            return decoder_of(self.spec).generate(self.runner, self.encoder, self.conf, texts, p, deadline=deadline)
+            return decoder_of(self.spec).generate(self.runner, self.encoder, self.conf, texts, p, deadline=deadline,
+                                                  limits=self.limits)
         post = postprocess_of(self.spec)
         parts: List[Any] = []  # one per chunk: its rows, or its Columns
         for start, stop in split_rows(len(texts), self._batch_size(p)):
@@ -89,7 +93,8 @@ class TfexportPyfunc(PyfuncBase):
                 f"predict_stream takes one prompt, received {len(texts)}. Send one string, or call predict for "
                 "several prompts."
             )
-        return iter(decoder_of(self.spec).stream(self.runner, self.encoder, self.conf, texts[0], p))
+        return iter(decoder_of(self.spec).stream(self.runner, self.encoder, self.conf, texts[0], p,
+                                                 limits=self.limits))
 
     def _format(self, parts: List[Any]) -> Any:
         if parts and all(isinstance(part, Columns) for part in parts):

@@ -77,15 +77,20 @@ def _check_unicode(texts: Sequence[str], pairs: Optional[Sequence[str]]) -> None
                 )
 
 
-def _special_token(config_file: Optional[str], name: str) -> Optional[str]:
-    """A special token's text from ``tokenizer_config.json`` (a string, or ``{"content": ...}``), if any."""
+def _config_value(config_file: Optional[str], name: str) -> Any:
+    """A field of ``tokenizer_config.json``, or None."""
     if not config_file or not os.path.isfile(config_file):
         return None
     try:
         with open(config_file, encoding="utf-8") as f:
-            value = json.load(f).get(name)
+            return json.load(f).get(name)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _special_token(config_file: Optional[str], name: str) -> Optional[str]:
+    """A special token's text from ``tokenizer_config.json`` (a string, or ``{"content": ...}``), if any."""
+    value = _config_value(config_file, name)
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
@@ -133,6 +138,12 @@ class TextEncoder:
         bos = _special_token(config_file, "bos_token")
         self.bos_token_id: Optional[int] = None if bos is None else base.token_to_id(bos)
         self._untruncated = base  # no truncation, no padding: measured before anything is padded
+        #: Token ids this tokenizer knows (added tokens included): flavor-block ids are checked against it.
+        self.vocab_size = int(base.get_vocab_size(with_added_tokens=True))
+        max_len = _config_value(config_file, "model_max_length")
+        #: The tokenizer's own longest input (``model_max_length``), when it states a real one.
+        self.model_max_length: Optional[int] = max_len if isinstance(max_len, int) and 0 < max_len < 1_000_000 \
+            else None
         self.tokenizer_bytes = len(base.to_str())
         self.cache_bytes = int(cache_bytes)
         self._default = self._build((self.max_length, "right"))

@@ -25,6 +25,7 @@ from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.deadline import Deadline, check_deadline
 from mlflow_tfexport.serving.image_postprocess import zero_shot_image_classification
 from mlflow_tfexport.serving.images import IMAGE_COLUMN, PREPROCESSOR_FILE, ImagePreprocessor, parse_image_input
+from mlflow_tfexport.serving.limits import Limits
 from mlflow_tfexport.serving.runtimes import Runner
 from mlflow_tfexport.serving.text import make_encoder
 from mlflow_tfexport.tasks import IMAGE_INPUTS
@@ -53,8 +54,10 @@ def _labels(value: Any, where: str) -> Tuple[str, ...]:
     return labels
 
 
-def split_request(model_input: Any, param: str) -> Tuple[List[np.ndarray], List[Tuple[str, ...]]]:
-    """Images and, per image, its candidate labels (the column's, else the param's)."""
+def split_request(model_input: Any, param: str, limits: Optional[Limits] = None,
+                  ) -> Tuple[List[np.ndarray], List[Tuple[str, ...]]]:
+    """Images (each checked against ``limits`` before it is decoded) and, per image, its candidate labels (the
+    column's, else the param's)."""
     column: Optional[List[Any]] = None
     try:
         import pandas as pd
@@ -67,7 +70,7 @@ def split_request(model_input: Any, param: str) -> Tuple[List[np.ndarray], List[
         rest = {k: v for k, v in model_input.items() if k != LABELS_COLUMN}
         column = list(model_input[LABELS_COLUMN])
         model_input = rest.get(IMAGE_COLUMN, rest.get("inputs", rest))
-    images = parse_image_input(model_input)
+    images = parse_image_input(model_input, limits)
     if column is not None:
         if len(column) != len(images):
             raise BadInputError(f"Received {len(images)} images and {len(column)} rows of candidate_labels; send one "
@@ -98,7 +101,7 @@ class ZeroShotImagePyfunc(PyfuncBase):
     def predict(self, model_input: Any, params: Optional[Dict[str, Any]] = None) -> Any:
         deadline = Deadline.from_env()
         p = self._params(params)
-        images, labels = split_request(model_input, str(p["candidate_labels"]))
+        images, labels = split_request(model_input, str(p["candidate_labels"]), self.limits)
         template = str(p["hypothesis_template"])
         if "{}" not in template:
             raise BadInputError(f"params hypothesis_template={template!r} has no '{{}}' for the label; e.g. "

@@ -104,7 +104,10 @@ class EagerRunner:
         (stop strings) ends a row as its eos token does; the caller cuts the text at the stop string."""
         if cfg.max_new_tokens <= 0 or not prompts:
             return [[[] for _ in range(cfg.num_return_sequences)] for _ in prompts]
-        extra = {} if stopped is None else {"stopping_criteria": _stop_criteria(self, prompts, cfg, stopped)}
+        criteria = [] if stopped is None else [_stop_criterion(self, prompts, cfg, stopped)]
+        if cfg.deadline is not None:
+            criteria.append(_deadline_criterion(self, cfg))
+        extra = {"stopping_criteria": require("transformers").StoppingCriteriaList(criteria)} if criteria else {}
         rows = [_until_eos([int(t) for t in row], cfg.eos_token_id)
                 for row in self._run(prompts, cfg, **extra).tolist()]
         n = cfg.num_return_sequences
@@ -134,14 +137,16 @@ def _until_eos(tokens: List[int], eos: Optional[int]) -> List[int]:
     return tokens
 
 
-def _stop_criteria(runner: EagerRunner, prompts: Sequence[Sequence[int]], cfg: DecodeConfig, stopped: StopFn) -> Any:
+def _stop_criterion(runner: EagerRunner, prompts: Sequence[Sequence[int]], cfg: DecodeConfig,
+                    stopped: StopFn) -> Any:
     """``stopped`` as a transformers stopping criterion: ``generate``'s rows are prompt-major (each prompt's
     ``num_return_sequences`` rows, or its beams), their new tokens follow the padded prompt (or the decoder
-    start token)."""
+    start token). A row past its eos token is done already (not asked again)."""
     transformers = require("transformers")
     torch = runner.torch
     seq2seq = bool(getattr(runner.model.config, "is_encoder_decoder", False))
     start = 1 if seq2seq else max(len(p) for p in prompts)
+    eos = cfg.eos_token_id
 
     class StopStrings(transformers.StoppingCriteria):  # type: ignore[misc,name-defined]
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -151,10 +156,28 @@ def _stop_criteria(runner: EagerRunner, prompts: Sequence[Sequence[int]], cfg: D
             for r, new in enumerate(rows):
                 prompt, j = divmod(r, per_prompt)
                 row = prompt * cfg.num_return_sequences + (0 if cfg.num_beams > 1 else j)
-                done.append(stopped(row, _until_eos([int(t) for t in new], cfg.eos_token_id)))
+                ended = eos is not None and eos in new
+                done.append(ended or stopped(row, [int(t) for t in new]))
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    return transformers.StoppingCriteriaList([StopStrings()])
+    return StopStrings()
+
+
+def _deadline_criterion(runner: EagerRunner, cfg: DecodeConfig) -> Any:
+    """A stopping criterion that raises ``RequestTimeoutError`` once the request's deadline has passed: ``generate``
+    calls it after every step, so a request answered 504 stops within a step."""
+    transformers = require("transformers")
+
+    class Deadline(transformers.StoppingCriteria):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            self.steps += 1
+            cfg.check_deadline(self.steps)
+            return runner.torch.zeros((input_ids.shape[0],), dtype=runner.torch.bool, device=input_ids.device)
+
+    return Deadline()
 
 
 def _stream(runner: EagerRunner, prompt: Sequence[int], cfg: DecodeConfig) -> Iterator[int]:
