@@ -369,6 +369,7 @@ def test_a_lone_call_holds_every_run_and_calls_arriving_meanwhile_share_the_next
         np.testing.assert_array_equal(results[i], [[(i + 1) * (3 + i)]])
 
 
+@pytest.mark.integration
 def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(
         models: Dict[str, str], pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The ONNX variant's MLmodel says intra_op_num_threads: auto; loaded, it has a one-thread session and a
@@ -397,6 +398,7 @@ def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(
             mlflow.pyfunc.load_model(models["cls-onnx"], model_config={"intra_op_num_threads": bad})
 
 
+@pytest.mark.integration
 def test_a_spark_worker_given_one_core_runs_on_one(models: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """PySpark gives each Python worker OMP_NUM_THREADS = its task's cores: "every core" is those."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -404,6 +406,7 @@ def test_a_spark_worker_given_one_core_runs_on_one(models: Dict[str, str], monke
     assert impl.runner.lanes is None and impl.runner.wide_session is None and impl.batcher.max_runs == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model", ["cls-onnx", "cls-source"])
 def test_in_the_serving_environment_predict_gives_the_json_records_of_its_frame(
         pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, model: str) -> None:

@@ -266,6 +266,7 @@ def test_a_users_deletion_stands_unless_the_policy_says_required(client: MlflowC
     assert last.decision == "refused" and "required" in last.reason
 
 
+@pytest.mark.integration
 def test_the_refusal_is_recorded_before_the_revert(client: MlflowClient, folder: Any,  # noqa: F811
                                                    tracking_uri: str) -> None:
     """kill -9 of the worker between the refusal's record and the revert: the record is there."""

@@ -245,6 +245,7 @@ def test_quantize_settings_are_part_of_the_export_key() -> None:
     assert not any(k.startswith("quantize_") for k in backend.check(make_options("onnx"), conf, spec).key_fields())
 
 
+@pytest.mark.integration
 def test_int8_takes_the_measured_recipe_of_the_task(source_dir: str, tmp_path: Any) -> None:
     """quantize="int8" without optimize fuses the graph first where the task's measured recipe says so
     (classifier, embedder); optimize=False keeps it unfused; fp32 and the other modes stay unfused."""
@@ -402,6 +403,7 @@ def test_a_quantised_report_reads_as_its_agreement_gate_not_as_an_atol_pass() ->
     assert fp32.gate() == "passed: max abs diff 2.10e-06 <= atol 0.0001"
 
 
+@pytest.mark.integration
 def test_a_quantised_export_shows_no_third_party_advice_or_bars(source_dir: str, tmp_path: Any,
                                                                 capfd: pytest.CaptureFixture[str],
                                                                 caplog: pytest.LogCaptureFixture) -> None:

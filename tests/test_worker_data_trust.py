@@ -360,6 +360,7 @@ class _Drip(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.integration
 def test_a_slow_artifact_server_is_cut_at_the_download_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
     server.daemon_threads = True
@@ -474,6 +475,7 @@ def test_a_job_that_killed_its_worker_three_times_is_marked_failed(tracking_uri:
     assert tags[Tag.REQUEST_HANDLED] == "onnx" and fake.calls == []
 
 
+@pytest.mark.integration
 def test_recovery_removes_the_scratch_folders_of_dead_workers(tracking_uri: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
