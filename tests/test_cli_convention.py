@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 from mlflow import MlflowClient
@@ -45,6 +45,17 @@ def test_version(capsys: Any) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"mlflow-tfexport {__version__}"
+
+
+@pytest.fixture(autouse=True)
+def _store_uris_restored() -> Iterator[None]:
+    """The CLI points MLflow at the store it was given (process-wide): put back what the session had."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
 
 
 @pytest.mark.parametrize("argv", [["list", "sentiment"], ["history", "sentiment"], ["promote", "sentiment", "1"],

@@ -223,7 +223,8 @@ def test_stale_and_replayed_deliveries_are_refused() -> None:
     assert _rejected(verifier, fresh, body).status == 403
 
 
-def test_a_secret_is_required(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_secret_is_required(tracking_uri: str, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="secret"):
         SignatureVerifier("")
     monkeypatch.delenv(wk.SECRET_ENV, raising=False)
