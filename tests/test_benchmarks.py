@@ -111,3 +111,27 @@ def test_the_harness_gives_every_benchmark_the_same_classifier_head() -> None:
     assert a.config.id2label == harness.ID2LABEL
     assert torch.equal(a.classifier.weight, b.classifier.weight)
     assert not a.training and tok("a text")["input_ids"]
+
+
+def test_bench_decoder_checks_tokens_and_tables_side_by_side() -> None:
+    import bench_decoder
+
+    assert bench_decoder.check([1, 2, 3], [1, 2, 3]) == "equal"
+    assert bench_decoder.check([1, 5, 3], [1, 2, 3]).startswith("DIFFER at new token 1")
+    assert bench_decoder.check([1, 2], [1, 2, 3]).startswith("DIFFER at new token 2")
+    rows = [{"model": "llama", "system": "torch", "batch": 1, "tokens_per_s": 10.0, "tokens": "equal"},
+            {"model": "llama", "system": "onnx0", "batch": 1, "tokens_per_s": 25.0, "tokens": "equal"},
+            {"model": "llama", "system": "genai", "batch": 1, "tokens_per_s": None, "tokens": "no venv"}]
+    md = bench_decoder.table(rows, [1], ["llama"])
+    assert "| our ONNX variant, intra_op_num_threads 0 | 25.0 (2.50x) | equal |" in md
+    assert "| onnxruntime-genai | — | no venv |" in md
+
+
+def test_bench_decoder_without_a_venv_says_how_to_make_it(tmp_path: Any) -> None:
+    import argparse
+
+    import bench_decoder
+
+    args = argparse.Namespace(new=2, batches=[1], repeats=1)
+    out = bench_decoder._other("genai", str(tmp_path / "missing" / "python"), str(tmp_path), str(tmp_path), [1], args)
+    assert "bash .ci/bench-venvs.sh genai" in out["error"]
