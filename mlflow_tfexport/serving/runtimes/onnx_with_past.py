@@ -23,6 +23,7 @@ from mlflow_tfexport.constants import FlavorKey, Generation
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.serving import decoding
 from mlflow_tfexport.serving.conf import artifact_path
+from mlflow_tfexport.serving.runtimes.padding import right_padded
 from mlflow_tfexport.serving.runtimes.sessions import new_session
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -112,12 +113,7 @@ class _Seq2SeqSteps:
         self.runner = runner
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Tuple[np.ndarray, Any]:
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), self.runner.pad_token_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, :len(prompt)] = prompt
-            mask[row, :len(prompt)] = 1
+        ids, mask = right_padded(prompts, self.runner.pad_token_id)
         encoded = self.runner.encode(ids, mask)
         start = np.full((len(prompts), 1), self.runner.decoder_start_token_id, dtype=np.int64)
         out = self.runner.step(start, mask, self.runner.empty_past(len(prompts)), encoded)

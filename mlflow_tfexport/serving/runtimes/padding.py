@@ -69,3 +69,15 @@ def with_sequence_padding(runner: Runner, flavor_conf: Mapping[str, Any]) -> Run
     padded: Runner = SequencePadding(runner, int(multiple), int(flavor_conf.get(FlavorKey.PAD_TOKEN_ID) or 0),
                                      outputs)
     return padded
+
+
+def right_padded(prompts: Sequence[Sequence[int]], pad_token_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)``: token rows of different lengths right-padded to the longest, as int64 arrays (the
+    encoder inputs of a sequence-to-sequence batch)."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = prompt
+        mask[row, :len(prompt)] = 1
+    return ids, mask

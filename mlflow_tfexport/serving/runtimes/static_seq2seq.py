@@ -31,6 +31,7 @@ from mlflow_tfexport.constants import FlavorKey, Generation
 from mlflow_tfexport.errors import BadInputError
 from mlflow_tfexport.serving import decoding
 from mlflow_tfexport.serving.runtimes.onnx_with_past import _Decodes
+from mlflow_tfexport.serving.runtimes.padding import right_padded
 from mlflow_tfexport.serving.runtimes.static import FEWEST_CHUNKS, BucketFn, Shape, pick_bucket, shape_name
 
 #: Runs one decoder module ``(bucket, T)`` on ``(decoder_input_ids, encoder_hidden_states, encoder_attention_mask)``.
@@ -56,12 +57,7 @@ class _Steps:
         self.runner = runner
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Tuple[np.ndarray, Any]:
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), self.runner.pad_token_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, :len(prompt)] = prompt
-            mask[row, :len(prompt)] = 1
+        ids, mask = right_padded(prompts, self.runner.pad_token_id)
         states, padded_mask = self.runner.encode(ids, mask)
         dec = np.full((len(prompts), 1), self.runner.decoder_start_token_id, dtype=np.int64)
         return self.runner.logits(dec, states, padded_mask)[:, -1], (states, padded_mask, dec)
