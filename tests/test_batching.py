@@ -389,9 +389,9 @@ def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(
         return
     assert runner.wide_session.get_session_options().intra_op_num_threads == cores
     texts = TEXTS * 8
-    pd.testing.assert_frame_equal(fresh.predict(texts), fixed.predict(texts), atol=1e-5)
+    pd.testing.assert_frame_equal(fresh.predict(_t(texts)), fixed.predict(_t(texts)), atol=1e-5)
     assert runner.lanes.taken[SPLIT] == 1 and fresh._model_impl.batcher.lone_runs == 1
-    pd.testing.assert_frame_equal(fresh.predict(TEXTS[:1]), fixed.predict(TEXTS[:1]), atol=1e-5)
+    pd.testing.assert_frame_equal(fresh.predict(_t(TEXTS[:1])), fixed.predict(_t(TEXTS[:1])), atol=1e-5)
     assert runner.lanes.taken[WIDE] == 1
     for bad in ("most", -2, 1.5):
         with pytest.raises(TfexportError, match="intra_op_num_threads"):
@@ -416,10 +416,10 @@ def test_in_the_serving_environment_predict_gives_the_json_records_of_its_frame(
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
     texts = TEXTS + ["", "x" * 30]
-    frame = pyfuncs[model].predict(texts, params={"batch_size": 2})
+    frame = pyfuncs[model].predict(_t(texts), params={"batch_size": 2})
     assert isinstance(frame, pd.DataFrame)
     monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")  # what MLflow's scoring server sets
-    served = pyfuncs[model].predict(texts, params={"batch_size": 2})
+    served = pyfuncs[model].predict(_t(texts), params={"batch_size": 2})
     assert isinstance(served, list) and all(isinstance(r, dict) for r in served), served
     as_frame, as_records = io.StringIO(), io.StringIO()
     predictions_to_json(frame, as_frame)
