@@ -76,8 +76,9 @@ CONTEXTS = ["paris is the capital of france.", "the plot was great."]
 def _text_forms(texts: List[str], params: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     return [
         ("inputs list", {"inputs": texts, "params": params}),
-        ("inputs column", {"inputs": {"text": texts}, "params": params}),
+        ("instances", {"instances": texts, "params": params}),
         ("dataframe_split", {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}, "params": params}),
+        ("dataframe_split without columns", {"dataframe_split": {"data": [[t] for t in texts]}, "params": params}),
         ("dataframe_records", {"dataframe_records": [{"text": t} for t in texts], "params": params}),
         ("inputs string (one row)", {"inputs": texts[0], "params": params}),
     ]
@@ -100,8 +101,10 @@ GENERATE = {"max_new_tokens": 4}
 #: name says "one row". The documented forms of docs/requests.md.
 REQUEST_FORMS: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "feature-extraction": _text_forms(TEXTS, {}),
-    "text-classification": _text_forms(TEXTS, {"batch_size": 1}) + [
-        ("dataframe_records with text_pair", {"dataframe_records": [{"text": t, "text_pair": t} for t in TEXTS]})],
+    # Models saved the default way: one unnamed string column (docs/logging.md#input-schema). The named
+    # {"inputs": {"text": [...]}} form and text pairs need a named schema (input_schema=True or a pair example):
+    # tests/test_inputs.py covers those.
+    "text-classification": _text_forms(TEXTS, {"batch_size": 1}),
     "token-classification": _text_forms(TEXTS, {}),
     "fill-mask": _text_forms(MASKED, {"top_k": 2}),
     "question-answering": [
