@@ -239,6 +239,7 @@ def test_a_240_character_alias_over_webhooks_breaks_nothing(guarded: Guarded, ti
     good = _copy_of(client, name, "1", format="onnx", validation="passed")
     failed = _copy_of(client, name, "1", format="onnx", validation="failed")
     _set_alias_as_the_ui_does(guarded.url, name, "production", good)
+    _wait_for(lambda: _entries(client, name), "the first promotion to be recorded")  # good is the accepted one
     _set_alias_as_the_ui_does(guarded.url, name, "a" * 240, "1")  # unguarded: accepted and recorded
     _set_alias_as_the_ui_does(guarded.url, name, "production", failed)
     _wait_for(lambda: client.get_model_version(name, failed).tags.get(Tag.REFUSED_PREFIX + "production"),
