@@ -78,6 +78,24 @@ class _Decodes:
         return self.decode([list(prompt_ids)], cfg)[0][0]
 
 
+class _DecodesSeq2Seq(_Decodes):
+    """An encoder-decoder runner (ONNX with past, static TorchScript/Neuron): forced first/last tokens, and the
+    repetition penalty starts from the decoder start token. Subclasses set the three token ids."""
+
+    decoder_start_token_id: int
+    forced_bos_token_id: Optional[int]
+    forced_eos_token_id: Optional[int]
+
+    def configure(self, cfg: decoding.DecodeConfig) -> decoding.DecodeConfig:
+        """The model's forced first/last tokens (transformers' ForcedBOS/ForcedEOS logits processors)."""
+        bos, eos = self.forced_bos_token_id, self.forced_eos_token_id
+        return replace(cfg, forced_bos_token_id=None if bos is None else int(bos),
+                       forced_eos_token_id=None if eos is None else int(eos))
+
+    def histories(self, prompts: Sequence[Sequence[int]]) -> List[List[int]]:
+        return [[self.decoder_start_token_id] for _ in prompts]
+
+
 class _CausalSteps:
     """Left-padded prompts through the with-past graph; state: (attention mask, presents)."""
 
@@ -173,7 +191,7 @@ class DecoderWithPastRunner(_Decodes):
         return {"providers": self.session.get_providers(), "generation": Generation.DECODER_WITH_PAST}
 
 
-class Seq2SeqRunner(_Decodes):
+class Seq2SeqRunner(_DecodesSeq2Seq):
     """An encoder-decoder's encoder graph and with-past decoder graph, decoded by ``serving/decoding.py``."""
 
     input_names: Tuple[str, ...] = ("input_ids", "attention_mask")
@@ -196,15 +214,6 @@ class Seq2SeqRunner(_Decodes):
 
     def steps(self) -> Any:
         return _Seq2SeqSteps(self)
-
-    def configure(self, cfg: decoding.DecodeConfig) -> decoding.DecodeConfig:
-        """The model's forced first/last tokens (transformers' ForcedBOS/ForcedEOS logits processors)."""
-        bos, eos = self.forced_bos_token_id, self.forced_eos_token_id
-        return replace(cfg, forced_bos_token_id=None if bos is None else int(bos),
-                       forced_eos_token_id=None if eos is None else int(eos))
-
-    def histories(self, prompts: Sequence[Sequence[int]]) -> List[List[int]]:
-        return [[self.decoder_start_token_id] for _ in prompts]
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Dict[str, Any]:
         values = self.encoder_session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})

@@ -22,15 +22,13 @@ gives). Python 3.10-compatible.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from mlflow_tfexport.constants import FlavorKey, Generation
 from mlflow_tfexport.errors import BadInputError
-from mlflow_tfexport.serving import decoding
-from mlflow_tfexport.serving.runtimes.onnx_with_past import _Decodes
+from mlflow_tfexport.serving.runtimes.onnx_with_past import _DecodesSeq2Seq
 from mlflow_tfexport.serving.runtimes.padding import right_padded
 from mlflow_tfexport.serving.runtimes.static import FEWEST_CHUNKS, BucketFn, Shape, pick_bucket, shape_name
 
@@ -71,7 +69,7 @@ class _Steps:
         return tuple(part[rows] for part in state)
 
 
-class StaticSeq2SeqRunner(_Decodes):
+class StaticSeq2SeqRunner(_DecodesSeq2Seq):
     """Encoder buckets + decoder lengths of a static encoder-decoder, decoded by ``serving/decoding.py``."""
 
     input_names: Tuple[str, ...] = ("input_ids", "attention_mask")
@@ -102,15 +100,6 @@ class StaticSeq2SeqRunner(_Decodes):
 
     def steps(self) -> Any:
         return _Steps(self)
-
-    def configure(self, cfg: decoding.DecodeConfig) -> decoding.DecodeConfig:
-        """The model's forced first/last tokens (transformers' ForcedBOS/ForcedEOS logits processors)."""
-        bos, eos = self.forced_bos_token_id, self.forced_eos_token_id
-        return replace(cfg, forced_bos_token_id=None if bos is None else int(bos),
-                       forced_eos_token_id=None if eos is None else int(eos))
-
-    def histories(self, prompts: Sequence[Sequence[int]]) -> List[List[int]]:
-        return [[self.decoder_start_token_id] for _ in prompts]
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Encoder states ``[rows, S, H]`` and the mask padded to ``S``, the smallest bucket length that fits."""
