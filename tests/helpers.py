@@ -18,6 +18,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE
 from mlflow_tfexport.registry import versions_of
 from mlflow_tfexport.worker import serve
 
@@ -106,3 +107,19 @@ def run_interleaved(threads: List[threading.Thread]) -> None:
             t.join()
     finally:
         sys.setswitchinterval(interval)
+
+
+def tampered_copy(model_dir: str, root: str, **fields: Any) -> str:
+    """A copy of the saved model ``model_dir`` in a new folder under ``root`` whose MLmodel flavor block has
+    ``fields`` (what a user with write access to a model folder could change)."""
+    import yaml
+
+    path = os.path.join(root, f"copy{len(os.listdir(root))}")
+    shutil.copytree(model_dir, path)
+    mlmodel = os.path.join(path, MLMODEL_FILE)
+    with open(mlmodel) as f:
+        doc = yaml.safe_load(f)
+    doc["flavors"][FLAVOR_NAME].update(fields)
+    with open(mlmodel, "w") as f:
+        yaml.safe_dump(doc, f)
+    return path

@@ -25,12 +25,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from helpers import tampered_copy
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 import mlflow_tfexport
-from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey
+from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import BadInputError, FlavorConfError, TfexportError, UnknownFormatError, UnknownTaskError
 from mlflow_tfexport.serving.base import check_param
 from mlflow_tfexport.serving.conf import artifact_path, check_flavor_conf, read_flavor_conf
@@ -251,15 +251,7 @@ def tampered(saved: Dict[str, str], tmp_path: Any) -> Iterator[Any]:
     """``tampered(**fields)``: a copy of the saved classifier whose MLmodel flavor block has ``fields``."""
 
     def make(**fields: Any) -> str:
-        path = str(tmp_path / f"copy{len(os.listdir(tmp_path))}")
-        shutil.copytree(saved["text-classification"], path)
-        mlmodel = os.path.join(path, MLMODEL_FILE)
-        with open(mlmodel) as f:
-            doc = yaml.safe_load(f)
-        doc["flavors"][FLAVOR_NAME].update(fields)
-        with open(mlmodel, "w") as f:
-            yaml.safe_dump(doc, f)
-        return path
+        return tampered_copy(saved["text-classification"], str(tmp_path), **fields)
 
     yield make
 

@@ -21,7 +21,6 @@ import io
 import json
 import os
 import random
-import shutil
 import struct
 import sys
 import time
@@ -32,6 +31,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from helpers import tampered_copy
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from tiny import tiny  # noqa: E402
 
 import mlflow_tfexport  # noqa: E402
-from mlflow_tfexport.constants import FLAVOR_NAME, MLMODEL_FILE, FlavorKey  # noqa: E402
+from mlflow_tfexport.constants import MLMODEL_FILE, FlavorKey  # noqa: E402
 from mlflow_tfexport.errors import BadInputError, FlavorConfError, RequestTimeoutError, TfexportError  # noqa: E402
 from mlflow_tfexport.serving import limits  # noqa: E402
 from mlflow_tfexport.serving.deadline import TIMEOUT_ENV  # noqa: E402
@@ -294,15 +294,7 @@ def tampered(gpt2: Dict[str, str], tmp_path: Any) -> Iterator[Any]:
     """``tampered(variant, **fields)``: a copy of a saved GPT-2 variant whose flavor block has ``fields``."""
 
     def make(variant: str, **fields: Any) -> str:
-        path = str(tmp_path / f"copy{len(os.listdir(tmp_path))}")
-        shutil.copytree(gpt2[variant], path)
-        mlmodel = os.path.join(path, MLMODEL_FILE)
-        with open(mlmodel) as f:
-            doc = yaml.safe_load(f)
-        doc["flavors"][FLAVOR_NAME].update(fields)
-        with open(mlmodel, "w") as f:
-            yaml.safe_dump(doc, f)
-        return path
+        return tampered_copy(gpt2[variant], str(tmp_path), **fields)
 
     yield make
 
