@@ -51,14 +51,7 @@ def bare(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any) -> Dict[str,
 def models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, paths: Dict[str, str]) -> Dict[str, Any]:
     """Saved (default signature) and loaded pyfuncs, one per task, shared by the module (read-only)."""
     loaded = {}
-    for task, arch in [
-        ("text-classification", "bert"),
-        ("question-answering", "bert"),
-        ("feature-extraction", "bert"),
-        ("token-classification", "bert"),
-        ("fill-mask", "bert"),
-        ("text-generation", "gpt2"),
-    ]:
+    for task, arch in TASK_ARCHS:
         model, tok = tiny_model(task, arch)
         path = str(tmp_path_factory.mktemp(task) / "model")
         mlflow_tfexport.save_model(model, path, tokenizer=tok)
