@@ -21,10 +21,8 @@ import io
 import json
 import os
 import random
-import struct
 import sys
 import time
-import zlib
 from typing import Any, Dict, Iterator, List
 
 import mlflow
@@ -36,7 +34,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
+from request_limits import png_bomb  # noqa: E402  (the benchmark's bomb: one writer of it)
 from tiny import tiny  # noqa: E402
 
 import mlflow_tfexport  # noqa: E402
@@ -47,22 +47,6 @@ from mlflow_tfexport.serving.deadline import TIMEOUT_ENV  # noqa: E402
 from mlflow_tfexport.serving.stops import SLACK, StopStrings  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
-
-BOMB_SIDE = 13000
-
-
-def png_bomb(side: int = BOMB_SIDE) -> bytes:
-    """An RGB PNG of ``side`` x ``side`` black pixels (13000: 507 MB decoded, about 0.5 MB of file), written
-    row by row so that the test never holds its pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    packer = zlib.compressobj(9)
-    row = b"\x00" * (1 + 3 * side)  # filter byte + RGB
-    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-
 
 def png(side: int = 32, seed: int = 0) -> bytes:
     from PIL import Image
