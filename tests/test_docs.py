@@ -175,6 +175,37 @@ def test_tasks_table_lists_every_task() -> None:
     assert mkdocs_hooks.TASKS_MARKER in read_page("index.md")
 
 
+def _anchors(page: str) -> List[str]:
+    """The heading ids MkDocs' toc gives ``page`` (lowercase, punctuation dropped, spaces as dashes)."""
+    ids = []
+    text = read_page(page)
+    if mkdocs_hooks.MARKER in text:  # the CLI reference is generated at build time
+        text += "\n" + mkdocs_hooks.render_cli_reference()
+    for line in text.splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if m:
+            text = re.sub(r"[`*_]", "", m.group(1)).lower()
+            ids.append(re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", text)).strip("-"))
+    return ids
+
+
+def test_relative_links_resolve() -> None:
+    """What ``mkdocs build --strict`` refuses, without a build: a link to a page that is not there (a page
+    under docs/serving/ linking ``quickstart.md`` instead of ``../quickstart.md``) or to a missing anchor."""
+    broken = []
+    for page in pages():
+        text = re.sub(r"```.*?```", "", read_page(page), flags=re.S)
+        for target, anchor in re.findall(r"\]\((?!https?:|mailto:)([^)#\s]*)(?:#([^)\s]+))?\)", text):
+            if target and not target.endswith(".md"):
+                continue
+            linked = os.path.normpath(os.path.join(os.path.dirname(page), target)) if target else page
+            if not os.path.isfile(os.path.join(ROOT, "docs", linked)):
+                broken.append(f"docs/{page}: ({target}) is not a page")
+            elif anchor and anchor not in _anchors(linked):
+                broken.append(f"docs/{page}: ({target}#{anchor}) has no such heading")
+    assert not broken, "\n".join(broken)
+
+
 def test_every_page_is_in_the_nav() -> None:
     with open(os.path.join(ROOT, "mkdocs.yml")) as f:
         nav = f.read().split("\nnav:", 1)[1]
