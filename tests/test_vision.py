@@ -361,6 +361,19 @@ def test_request_forms_agree(vit_dirs: Tuple[str, str], vit_bare: str) -> None:
     assert len(top) == 6 and list(top.columns) == ["label", "score"]
 
 
+def test_an_export_of_a_source_without_input_schema_gets_the_default(vit_bare: str, tmp_path: Any) -> None:
+    """Sources logged before images had a default (or with input_schema=False): the export writes the default,
+    so MLServer can load the variant."""
+    from mlflow.models import Model
+
+    from mlflow_tfexport.export.api import export_to_directory
+
+    assert Model.load(vit_bare).signature.inputs is None
+    export_to_directory(vit_bare, str(tmp_path / "onnx"), "onnx")
+    inputs = Model.load(str(tmp_path / "onnx")).signature.inputs
+    assert inputs is not None and not inputs.has_input_names() and [c.type.name for c in inputs.inputs] == ["binary"]
+
+
 def test_pixel_arrays_in_process_need_a_model_without_input_schema(vit_dirs: Tuple[str, str], tmp_path: Any) -> None:
     """MLflow refuses numpy pixel arrays under any column schema, before the model sees them; an input example
     of arrays keeps the model without an input schema (as input_schema=False does), which takes them."""
