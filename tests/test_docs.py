@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, List
+import warnings
+from typing import Any, Dict, Iterator, List, Optional
 
 import mlflow
 import pytest
@@ -63,6 +65,52 @@ def test_the_docs_run_their_blocks() -> None:
     assert len(_runnable_pages()) >= 8, _runnable_pages()
 
 
+def _cli_lines(code: str) -> Optional[List[List[str]]]:
+    """The commands of a bash block made only of ``export NAME=value`` and ``mlflow-tfexport ...`` lines
+    (comments and ``\\`` continuations allowed), split as bash would; ``None`` for any other block."""
+    commands: List[List[str]] = []
+    for line in code.replace("\\\n", " ").splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            return None
+        if not words:
+            continue
+        setting = words[0] == "export" and len(words) == 2 and re.fullmatch(r"[A-Z_][A-Z0-9_]*=[^$`]*", words[1])
+        ours = words[0] == "mlflow-tfexport" and not any(c in line for c in "|&;$`<>")
+        if not (setting or ours):
+            return None
+        commands.append(words)
+    return commands
+
+
+def _run_cli_block(block: Any, env: Dict[str, str]) -> None:
+    """Run a block of ``_cli_lines`` in this process (``cli.main.main``, what the console script calls), with
+    ``bash -e``'s rule: the first command that fails fails the block. A new interpreter per command costs
+    seconds of imports each; the quickstart's blocks still run through bash and the console script."""
+    from mlflow_tfexport.cli.main import main
+
+    saved = dict(os.environ)
+    os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+    try:
+        for words in _cli_lines(block.code) or []:
+            if words[0] == "export":
+                name, _, value = words[1].partition("=")
+                os.environ[name] = value
+                continue
+            with warnings.catch_warnings():
+                try:
+                    code = main(words[1:])
+                except SystemExit as exc:  # argparse
+                    code = exc.code if isinstance(exc.code, int) else 1
+            assert code == 0, f"{block.where()}: {shlex.join(words)} exited {code}\n{block.code}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _run_page(page: str, folder: str) -> None:
     uri = f"sqlite:///{folder}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -82,6 +130,8 @@ def _run_page(page: str, folder: str) -> None:
                     exec(compile(block.code, block.where(), "exec"), namespace)
                 except Exception as exc:
                     raise AssertionError(f"{block.where()} failed: {exc!r}\n{block.code}") from exc
+            elif page != QUICKSTART and _cli_lines(block.code) is not None:
+                _run_cli_block(block, env)
             else:
                 done = subprocess.run(["bash", "-e", "-c", block.code], env=env, capture_output=True, text=True,
                                       timeout=900)
@@ -113,12 +163,14 @@ def quickstart_folder(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_quickstart_page_runs(quickstart_folder: str) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{quickstart_folder}/mlflow.db", f"sqlite:///{quickstart_folder}/mlflow.db")
     assert client.get_model_version_by_alias("sentiment", "production").tags["tfexport.format"] == "onnx"
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("page", [p for p in _runnable_pages() if p != QUICKSTART])
 def test_page_runs(page: str, tmp_path: Any, request: pytest.FixtureRequest, _empty_mlflow_db: str) -> None:
     if AFTER_QUICKSTART in read_page(page):
@@ -173,6 +225,37 @@ def test_tasks_table_lists_every_task() -> None:
     table = mkdocs_hooks.render_tasks_table()
     assert all(f"| `{name}` |" in table for name in TASKS)
     assert mkdocs_hooks.TASKS_MARKER in read_page("index.md")
+
+
+def _anchors(page: str) -> List[str]:
+    """The heading ids MkDocs' toc gives ``page`` (lowercase, punctuation dropped, spaces as dashes)."""
+    ids = []
+    text = read_page(page)
+    if mkdocs_hooks.MARKER in text:  # the CLI reference is generated at build time
+        text += "\n" + mkdocs_hooks.render_cli_reference()
+    for line in text.splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if m:
+            text = re.sub(r"[`*_]", "", m.group(1)).lower()
+            ids.append(re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", text)).strip("-"))
+    return ids
+
+
+def test_relative_links_resolve() -> None:
+    """What ``mkdocs build --strict`` refuses, without a build: a link to a page that is not there (a page
+    under docs/serving/ linking ``quickstart.md`` instead of ``../quickstart.md``) or to a missing anchor."""
+    broken = []
+    for page in pages():
+        text = re.sub(r"```.*?```", "", read_page(page), flags=re.S)
+        for target, anchor in re.findall(r"\]\((?!https?:|mailto:)([^)#\s]*)(?:#([^)\s]+))?\)", text):
+            if target and not target.endswith(".md"):
+                continue
+            linked = os.path.normpath(os.path.join(os.path.dirname(page), target)) if target else page
+            if not os.path.isfile(os.path.join(ROOT, "docs", linked)):
+                broken.append(f"docs/{page}: ({target}) is not a page")
+            elif anchor and anchor not in _anchors(linked):
+                broken.append(f"docs/{page}: ({target}#{anchor}) has no such heading")
+    assert not broken, "\n".join(broken)
 
 
 def test_every_page_is_in_the_nav() -> None:

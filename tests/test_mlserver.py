@@ -10,7 +10,9 @@ sets ``TFEXPORT_MLSERVER_REQUIRED=1``, under which a missing ``mlserver`` is an 
 One ``mlserver start`` on a folder with one ``model-settings.json`` per variant and a ``settings.json``,
 both taken from the docs page that shows them (docs/serving/mlserver.md: ``implementation:
 mlserver_mlflow.MLflowRuntime``, adaptive batching, ``parallel_workers: 0``, the model in ``./model``),
-with only names, ports and host replaced; models logged with ``input_schema=True``, and a model logged the default way
+with only names, ports and host replaced; models logged with ``input_schema=True``, an image classifier logged the
+default way (one unnamed binary input: V2 ``BYTES`` of base64, which MLServer decodes) with its ONNX export, and a
+model logged the default way
 (as ``examples/train_and_log.py`` logs it: one unnamed string input) with its ONNX export, which
 answer BYTES tensors of any name, shape ``[n]`` or ``[n, 1]``, and the ``pd`` codec.
 Each variant answers V2 ``infer`` requests (BYTES tensors named like the schema's inputs,
@@ -38,6 +40,7 @@ import requests  # noqa: E402
 from docs_blocks import docs_json  # noqa: E402
 from helpers import sqlite_registry  # noqa: E402
 from servers import free_port, running, tail  # noqa: E402
+from test_vision import IC, VISION_BY_NAME, build, png_bytes, sample_images  # noqa: E402
 from tiny import tiny  # noqa: E402
 
 import mlflow_tfexport  # noqa: E402
@@ -52,6 +55,8 @@ DOCS_PAGE = "serving/mlserver.md"  # the settings below are read from it
 #: The model logged the default way (no input_schema=) and its ONNX export, served beside the named ones.
 DEFAULT_NAME = "plain"
 DEFAULT_VARIANTS = ("transformers", "onnx")
+#: An image classifier logged the default way (one unnamed binary input) and its ONNX export.
+IMAGE_NAME = "vit"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
                                       input_example=TEXTS[:2])
             mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name=DEFAULT_NAME,
                                       input_example=TEXTS[:2])  # as examples/train_and_log.py
+            vit, processor = build(VISION_BY_NAME["ViT"], IC)
+            mlflow.tfexport.log_model(vit, image_processor=processor, registered_model_name=IMAGE_NAME)
         uris = {
+            f"{IMAGE_NAME}-transformers": f"models:/{IMAGE_NAME}/1",
+            f"{IMAGE_NAME}-onnx": mlflow_tfexport.export(f"models:/{IMAGE_NAME}/1", format="onnx").model_uri,
             f"{DEFAULT_NAME}-transformers": f"models:/{DEFAULT_NAME}/1",
             f"{DEFAULT_NAME}-onnx": mlflow_tfexport.export(f"models:/{DEFAULT_NAME}/1", format="onnx").model_uri,
             "transformers": f"models:/{NAME}/1",
@@ -80,7 +89,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: str) -> I
         for variant, model_uri in uris.items():
             folder = repo / variant
             folder.mkdir(parents=True)
-            served = variant if variant.startswith(DEFAULT_NAME) else f"{NAME}-{variant}"
+            served = variant if variant.startswith((DEFAULT_NAME, IMAGE_NAME)) else f"{NAME}-{variant}"
             # Where the page's model-settings.json says the model is (a path relative to that file).
             local = folder / model_settings["parameters"]["uri"]
             mlflow.artifacts.download_artifacts(model_uri, dst_path=str(local))
@@ -204,3 +213,19 @@ def test_a_default_logged_model_with_the_dataframe_codec_and_params(server: Dict
             "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": TEXTS,
                         "parameters": {"content_type": "str"}}]}
     _check(_columns(_infer_default(server, variant, body)), model.predict(TEXTS))
+
+
+@pytest.mark.parametrize("variant", DEFAULT_VARIANTS)
+def test_a_default_logged_image_model_loads_and_answers_base64_bytes(server: Dict[str, Any], variant: str) -> None:
+    import base64
+
+    base = f"{server['base']}/v2/models/{IMAGE_NAME}-{variant}"
+    meta = requests.get(base, timeout=30).json()
+    assert [(i["datatype"], i["parameters"]["content_type"]) for i in meta["inputs"]] == [("BYTES", "base64")], meta
+    encoded = [png_bytes(im) for im in sample_images(2)]
+    images = [base64.b64encode(b).decode() for b in encoded]
+    body = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": images}],
+            "parameters": {"top_k": 1}}
+    reply = requests.post(f"{base}/infer", json=body, timeout=60)
+    assert reply.status_code == 200, (reply.status_code, reply.text, tail(server["log"]))
+    _check(_columns(reply.json()), server["expected"][f"{IMAGE_NAME}-{variant}"].predict(encoded))

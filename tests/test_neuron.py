@@ -287,7 +287,7 @@ class ImageCpuStandIn(CpuStandIn):
 def test_neuron_stand_in_vision_variant_buckets_over_batch(tmp_path: Any, fake_torch_neuron: types.ModuleType) -> None:
     """A ViT classifier through the Neuron backend (CPU stand-in compiler): one module per batch bucket at the
     processor's image size, validated, and its pyfunc answers real images like the source's."""
-    from test_vision import IC, VISION_BY_NAME, build, sample_images
+    from test_vision import IC, VISION_BY_NAME, build, png_bytes, sample_images
 
     fn = ImageCpuStandIn()
     previous = set_compiler(NeuronCompiler(target="inf1", version="cpu-stand-in (torch.jit.trace)", compile=fn))
@@ -300,7 +300,7 @@ def test_neuron_stand_in_vision_variant_buckets_over_batch(tmp_path: Any, fake_t
         set_compiler(previous)
     assert report.passed and [c["shape"] for c in fn.calls] == [(1, 3, 32, 32), (4, 3, 32, 32)]
     assert conf[FlavorKey.TRACE_SHAPES] == [[1, 32], [4, 32]] and FlavorKey.MAX_LENGTH not in conf
-    images = sample_images(7)
+    images = [png_bytes(im) for im in sample_images(7)]  # the default schema takes encoded images
     expected = mlflow.pyfunc.load_model(str(tmp_path / "src")).predict(images, params={"top_k": 2})
     variant = mlflow.pyfunc.load_model(str(tmp_path / "nrn"))
     got = variant.predict(images, params={"top_k": 2})

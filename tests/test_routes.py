@@ -84,11 +84,12 @@ def test_every_task_names_its_inputs() -> None:
         assert inputs is not None and inputs.has_input_names(), spec.name
         assert inputs.required_input_names() == list(spec.text_columns), spec.name
         assert inputs.optional_input_names() == list(spec.optional_columns), spec.name
-        expected = "binary" if spec.input_kind == IMAGE else "string"
-        assert {c.type.name for c in inputs.inputs} == {expected}, spec.name
-        default = task_signature(spec, 8).inputs  # the default: one unnamed string column for one text per row
-        if spec.input_kind != "text":
-            assert default is None, spec.name
+        expected = {c: "binary" if c == IMAGE else "string" for c in (*spec.text_columns, *spec.optional_columns)}
+        assert {c.name: c.type.name for c in inputs.inputs} == expected, spec.name
+        default = task_signature(spec, 8).inputs  # the default: one unnamed column for one text or image per row
+        if spec.input_kind != "text":  # images: one unnamed binary column (bytes; base64 in JSON)
+            assert default is not None and not default.has_input_names(), spec.name
+            assert [c.type.name for c in default.inputs] == ["binary"], spec.name
         elif len(spec.text_columns) > 1:
             assert default is not None and default.required_input_names() == list(spec.text_columns), spec.name
         else:

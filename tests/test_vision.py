@@ -181,8 +181,9 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str, images: L
     from mlflow.pyfunc import load_model
 
     params = {"threshold": 0.0} if task == OD else None  # random detectors are unsure: keep every box
-    src: Any = load_model(source_dir).predict(images, params=params)
-    got: Any = load_model(exported_dir).predict(images, params=params)
+    encoded = [png_bytes(im) for im in images]  # the default schema takes encoded images
+    src: Any = load_model(source_dir).predict(encoded, params=params)
+    got: Any = load_model(exported_dir).predict(encoded, params=params)
     if task == IC:
         assert list(got["label"]) == list(src["label"])
         np.testing.assert_allclose(np.asarray(got["score"]), np.asarray(src["score"]), atol=1e-4, rtol=0)
@@ -316,24 +317,83 @@ def vit_dirs(tmp_path_factory: pytest.TempPathFactory) -> Tuple[str, str]:
     return str(root / "source"), str(root / "onnx")
 
 
-def test_request_forms_agree(vit_dirs: Tuple[str, str]) -> None:
-    """Arrays, PNG bytes, base64 strings, a DataFrame column and {"inputs": ...} give the same answer."""
+@pytest.fixture(scope="module")
+def vit_bare(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ViT saved without an input schema (input_schema=False): what takes numpy pixel arrays in process."""
+    import mlflow_tfexport
+
+    path = str(tmp_path_factory.mktemp("vit") / "bare")
+    model, processor = build(VISION_BY_NAME["ViT"], IC)
+    mlflow_tfexport.save_model(model, path, image_processor=processor, input_schema=False)
+    return path
+
+
+def test_request_forms_agree(vit_dirs: Tuple[str, str], vit_bare: str) -> None:
+    """Under the default input schema (one unnamed binary column): PNG bytes, base64 strings, PIL images, a
+    DataFrame column, dataframe records, {"inputs": ...}, {"image": ...} and one image alone give the answer
+    numpy arrays give to the same model saved without an input schema."""
     import pandas as pd
+    from mlflow.models import Model
     from mlflow.pyfunc import load_model
+    from PIL import Image
+
 
     model = load_model(vit_dirs[1])
+    inputs = Model.load(vit_dirs[1]).signature.inputs
+    assert inputs is not None and not inputs.has_input_names() and [c.type.name for c in inputs.inputs] == ["binary"]
     images = sample_images(2)
     encoded = [png_bytes(im) for im in images]
     b64 = [base64.b64encode(b).decode() for b in encoded]
-    reference = model.predict(images)
-    for form in (encoded, b64, pd.DataFrame({"image": b64}), {"inputs": b64}, [{"image": s} for s in b64]):
+    reference = load_model(vit_dirs[1]).predict(encoded)
+    bare_model = load_model(vit_bare)
+    arrays = bare_model.predict(images)  # a different random model: compare its own forms
+    assert list(bare_model.predict(encoded)["label"]) == list(arrays["label"])
+    forms = (encoded, b64, pd.DataFrame({"image": b64}), pd.DataFrame({"image": encoded}), {"inputs": b64},
+             {"image": b64}, {"image": encoded}, [{"image": s} for s in b64], [Image.fromarray(im) for im in images])
+    for form in forms:
         got = model.predict(form)
         assert list(got["label"]) == list(reference["label"])
         np.testing.assert_allclose(got["score"], reference["score"], atol=1e-6)
-    single = model.predict(images[0])
-    assert len(single) == 1 and single["label"][0] == reference["label"][0]
-    top = model.predict(images, params={"top_k": 3})
+    for one in (encoded[0], b64[0]):
+        single = model.predict(one)
+        assert len(single) == 1 and single["label"][0] == reference["label"][0]
+    top = model.predict(encoded, params={"top_k": 3})
     assert len(top) == 6 and list(top.columns) == ["label", "score"]
+
+
+def test_an_export_of_a_source_without_input_schema_gets_the_default(vit_bare: str, tmp_path: Any) -> None:
+    """Sources logged before images had a default (or with input_schema=False): the export writes the default,
+    so MLServer can load the variant."""
+    from mlflow.models import Model
+
+    from mlflow_tfexport.export.api import export_to_directory
+
+    assert Model.load(vit_bare).signature.inputs is None
+    export_to_directory(vit_bare, str(tmp_path / "onnx"), "onnx")
+    inputs = Model.load(str(tmp_path / "onnx")).signature.inputs
+    assert inputs is not None and not inputs.has_input_names() and [c.type.name for c in inputs.inputs] == ["binary"]
+
+
+def test_pixel_arrays_in_process_need_a_model_without_input_schema(vit_dirs: Tuple[str, str], tmp_path: Any) -> None:
+    """MLflow refuses numpy pixel arrays under any column schema, before the model sees them; an input example
+    of arrays keeps the model without an input schema (as input_schema=False does), which takes them."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from mlflow.pyfunc import load_model
+
+    import mlflow_tfexport
+
+    images = sample_images(2)
+    with pytest.raises(MlflowException, match="Failed to enforce schema"):
+        load_model(vit_dirs[1]).predict(images)
+    model, processor = build(VISION_BY_NAME["ViT"], IC)
+    batch = np.stack([images[0], images[0]])
+    mlflow_tfexport.save_model(model, str(tmp_path / "m"), image_processor=processor, input_example=batch)
+    assert Model.load(str(tmp_path / "m")).signature.inputs is None
+    loaded = load_model(str(tmp_path / "m"))
+    by_bytes = loaded.predict([png_bytes(im) for im in images])
+    assert list(loaded.predict(images)["label"]) == list(by_bytes["label"])
+    assert list(loaded.predict(batch)["label"]) == [by_bytes["label"][0]] * 2
 
 
 @pytest.mark.parametrize(
@@ -347,13 +407,16 @@ def test_request_forms_agree(vit_dirs: Tuple[str, str]) -> None:
         ({"text": ["a"], "other": [1]}, "Expected a dict with one key"),
     ],
 )
-def test_bad_inputs(vit_dirs: Tuple[str, str], bad: Any, message: str) -> None:
+def test_bad_inputs(vit_dirs: Tuple[str, str], vit_bare: str, bad: Any, message: str) -> None:
     from mlflow.pyfunc import load_model
 
     from mlflow_tfexport.errors import BadInputError
 
+    # Under the default (one unnamed binary column) MLflow refuses arrays and numbers before the model, and keeps
+    # only the first column of a dict: our own checks of those run on a model without an input schema.
+    bare = not (isinstance(bad, list) and isinstance(bad[0], (str, bytes)))
     with pytest.raises(BadInputError, match=message) as info:
-        load_model(vit_dirs[1]).predict(bad)
+        load_model(vit_bare if bare else vit_dirs[1]).predict(bad)
     assert info.value.get_http_status_code() == 400
 
 
@@ -445,4 +508,4 @@ def test_onnx_serving_without_torch(vit_dirs: Tuple[str, str]) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert labels == list(load_model(vit_dirs[0]).predict(images)["label"])
+    assert labels == list(load_model(vit_dirs[0]).predict([png_bytes(im) for im in images])["label"])

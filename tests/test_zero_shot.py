@@ -46,8 +46,12 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     model, tok, processor = tiny_clip()
     mlflow_tfexport.save_model(model, str(root / "source"), tokenizer=tok, image_processor=processor)
     conf, report = export_to_directory(str(root / "source"), str(root / "onnx"), "onnx")
+    # Logged with an input example that carries candidate_labels: the named columns image and candidate_labels.
+    example = {"image": [base64.b64encode(png_bytes(sample_images(1)[0])).decode()], "candidate_labels": ["cat,dog"]}
+    mlflow_tfexport.save_model(model, str(root / "labelled"), tokenizer=tok, image_processor=processor,
+                               input_example=example)
     return {"source": str(root / "source"), "onnx": str(root / "onnx"), "model": model, "tok": tok,
-            "processor": processor, "conf": conf, "report": report}
+            "processor": processor, "conf": conf, "report": report, "labelled": str(root / "labelled")}
 
 
 def _assert_same(got: Any, expected: Any, atol: float) -> None:
@@ -74,7 +78,8 @@ def test_source_answers_like_the_transformers_pipeline(clip: Dict[str, Any]) -> 
     pipe = transformers.pipeline("zero-shot-image-classification", model=clip["model"], tokenizer=clip["tok"],
                                  image_processor=clip["processor"])
     expected = pipe([Image.fromarray(im) for im in images], candidate_labels=LABELS)
-    got = mlflow.pyfunc.load_model(clip["source"]).predict(images, params={"candidate_labels": ",".join(LABELS)})
+    got = mlflow.pyfunc.load_model(clip["source"]).predict([png_bytes(im) for im in images],
+                                                           params={"candidate_labels": ",".join(LABELS)})
     _assert_same(got, expected, 1e-5)
     assert all(row[0]["score"] >= row[-1]["score"] for row in got)  # sorted, best first
 
@@ -84,15 +89,16 @@ def test_onnx_variant_answers_like_the_source(clip: Dict[str, Any]) -> None:
     import pandas as pd
 
     assert clip["report"].passed and clip["conf"]["format"] == "onnx"
-    images = sample_images(4)
+    images = [png_bytes(im) for im in sample_images(4)]
     params = {"candidate_labels": "cat, dog,fish,bird"}
     expected = mlflow.pyfunc.load_model(clip["source"]).predict(images, params=params)
     onnx = mlflow.pyfunc.load_model(clip["onnx"])
     _assert_same(onnx.predict(images, params=params), expected, 1e-4)
-    # Labels per row in a column: the same answers as the param for each row's own labels.
+    # Labels per row in a column (a model logged with an example that carries them; its ONNX export: see the
+    # report of issue 25): the same answers as the param for each row's own labels.
     per_row = [["cat", "dog"], "fish,bird,cat", ["cat", "dog"], ["dog"]]
-    b64 = [base64.b64encode(png_bytes(im)).decode() for im in images]
-    got = onnx.predict(pd.DataFrame({"image": b64, "candidate_labels": per_row}))
+    b64 = [base64.b64encode(im).decode() for im in images]
+    got = mlflow.pyfunc.load_model(clip["labelled"]).predict(pd.DataFrame({"image": b64, "candidate_labels": per_row}))
     for i, labels in enumerate(per_row):
         label_text = labels if isinstance(labels, str) else ",".join(labels)
         one = mlflow.pyfunc.load_model(clip["source"]).predict([images[i]], params={"candidate_labels": label_text})
@@ -106,10 +112,26 @@ def test_bad_requests_say_what_to_send(clip: Dict[str, Any]) -> None:
 
     model = mlflow.pyfunc.load_model(clip["onnx"])
     with pytest.raises(BadInputError, match="No candidate labels") as info:
-        model.predict(sample_images(1))
+        model.predict([png_bytes(sample_images(1)[0])])
     assert info.value.get_http_status_code() == 400
-    with pytest.raises(BadInputError, match="one row of labels per image"):
-        model.predict({"image": sample_images(2), "candidate_labels": [["a"]]})
+    # The default schema (one unnamed image input) drops a candidate_labels column: the 400 names the way to keep it.
+    encoded = [png_bytes(im) for im in sample_images(2)]
+    with pytest.raises(BadInputError, match="input_example=") as info:
+        model.predict({"image": encoded, "candidate_labels": ["cat,dog", "fish"]})
+    from mlflow_tfexport.serving.zero_shot import split_request
+
+    with pytest.raises(BadInputError, match="one row of labels per image"):  # MLflow refuses it first under a schema
+        split_request({"image": encoded, "candidate_labels": [["a"]]}, "")
+
+
+def test_an_example_with_candidate_labels_gives_named_columns(clip: Dict[str, Any]) -> None:
+    from mlflow.models import Model
+
+    for path in (clip["source"], clip["onnx"]):
+        inputs = Model.load(path).signature.inputs
+        assert not inputs.has_input_names() and [c.type.name for c in inputs.inputs] == ["binary"], path
+    inputs = Model.load(clip["labelled"]).signature.inputs
+    assert [(c.name, c.type.name) for c in inputs.inputs] == [("image", "binary"), ("candidate_labels", "string")]
 
 
 def test_static_formats_are_refused_precisely(clip: Dict[str, Any], tmp_path: Any) -> None:
@@ -142,7 +164,8 @@ def test_onnx_serving_without_torch(clip: Dict[str, Any]) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = mlflow.pyfunc.load_model(clip["source"]).predict(images, params={"candidate_labels": "cat,dog,fish"})
+    expected = mlflow.pyfunc.load_model(clip["source"]).predict([png_bytes(im) for im in images],
+                                                                params={"candidate_labels": "cat,dog,fish"})
     _assert_same(got, expected, 1e-4)
 
 

@@ -303,7 +303,8 @@ def save_model(
 
     Without ``signature=``, the signature declares the task's default inputs (one unnamed string
     column for single-text tasks, named columns for question answering and for a text classifier
-    whose ``input_example`` carries ``text_pair``; see ``flavor.signatures.default_inputs``), which
+    whose ``input_example`` carries ``text_pair``, one unnamed binary column for images; see
+    ``flavor.signatures.default_inputs``), which
     MLServer/KServe, ``spark_udf`` and the MLflow UI read. ``input_schema=True`` (or the column
     names, e.g. ``["text", "text_pair"]``) declares named columns instead, which requests must
     then name; ``input_schema=False`` writes no input schema.

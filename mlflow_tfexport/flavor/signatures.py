@@ -9,7 +9,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from mlflow_tfexport.errors import TfexportError
-from mlflow_tfexport.tasks import IMAGE, TEXT, OutputKind, TaskSpec
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT, TEXT, OutputKind, TaskSpec
 
 _DTYPES = {"string": "string", "double": "double", "long": "long", "boolean": "boolean"}
 
@@ -46,10 +46,16 @@ def input_columns(spec: TaskSpec, input_schema: InputSchemaArg) -> List[Union[Co
                 + ". Pass True for the task's columns, or a list of those names (each then required)."
             )
         required, optional = names, []
-    dtype = "binary" if spec.input_kind == IMAGE else "string"
-    columns: List[Union[ColSpec, TensorSpec]] = [ColSpec("double" if n in spec.numeric_columns else dtype, n)
-                                                 for n in required]
-    return columns + [ColSpec(dtype, n, required=False) for n in optional]
+    columns: List[Union[ColSpec, TensorSpec]] = [ColSpec(_column_type(spec, n), n) for n in required]
+    return columns + [ColSpec(_column_type(spec, n), n, required=False) for n in optional]
+
+
+def _column_type(spec: TaskSpec, name: str) -> str:
+    """``binary`` for an image column (bytes; JSON requests send base64, which MLflow and MLServer decode),
+    ``double`` for a numeric column of an export config, else ``string``."""
+    if name in spec.numeric_columns:
+        return "double"
+    return "binary" if spec.input_kind in (IMAGE, IMAGE_TEXT) and name == IMAGE else "string"
 
 
 def _example_columns(example: Any) -> List[str]:
@@ -62,6 +68,19 @@ def _example_columns(example: Any) -> List[str]:
     if isinstance(example, (list, tuple)) and example and all(isinstance(r, dict) for r in example):
         return list(dict.fromkeys(str(k) for r in example for k in r))
     return []
+
+
+def _holds_pixel_arrays(example: Any) -> bool:
+    """Whether an input example holds images as numpy arrays (``HxWx3``, a batch, or a list or dict of those)."""
+    if isinstance(example, np.ndarray):
+        if example.dtype == object:
+            return any(_holds_pixel_arrays(v) for v in example.reshape(-1)[:8])
+        return example.dtype.kind in "biuf" and example.ndim >= 2
+    if isinstance(example, dict):
+        return any(_holds_pixel_arrays(v) for v in list(example.values())[:8])
+    if isinstance(example, (list, tuple)):
+        return any(_holds_pixel_arrays(v) for v in example[:8])
+    return False
 
 
 def default_inputs(spec: TaskSpec, input_example: Any = None) -> Optional[Schema]:
@@ -77,10 +96,23 @@ def default_inputs(spec: TaskSpec, input_example: Any = None) -> Optional[Schema
       ``text_pair`` instead;
     - several texts per row (``question`` and ``context``): the named columns, each required; so are
       the columns of a user's export config that feeds numbers from the request;
-    - images: none (``None``). MLflow's column enforcement refuses a list of ``HxWx3`` arrays, the
-      in-process form of an image batch, under any column schema; ``input_schema=True`` declares a
-      binary ``image`` column for MLServer/KServe and the UI (requests then send bytes or base64).
+    - images: one *unnamed* binary column. Encoded bytes, base64 strings, PIL images, a DataFrame
+      column, ``dataframe_records``, ``{"inputs": [...]}`` and ``instances`` reach the model; JSON
+      requests send base64, which MLflow's scoring server (``dataframe_split``/``records``) and
+      MLServer (V2 ``BYTES``, content type ``base64``) decode to bytes; the UI shows one binary input.
+      MLflow's column enforcement refuses numpy pixel arrays (``HxWx3``, a list or a batch of them)
+      under any column schema, before the model sees them: an ``input_example`` that holds arrays
+      keeps the model without an input schema, as ``input_schema=False`` does. Zero-shot image
+      classification whose ``input_example`` carries ``candidate_labels`` gets the named columns
+      ``image`` and ``candidate_labels`` (an unnamed schema keeps only the first column of a request).
     """
+    if spec.input_kind in (IMAGE, IMAGE_TEXT):
+        if _holds_pixel_arrays(input_example):
+            return None
+        carried = [c for c in spec.optional_columns if c in _example_columns(input_example)]
+        if carried:  # zero-shot's candidate_labels column
+            return Schema([ColSpec(_column_type(spec, c), c) for c in (*spec.text_columns, *carried)])
+        return Schema([ColSpec("binary")])
     if spec.input_kind != TEXT:
         return None
     if spec.numeric_columns:  # a user's export config feeds request columns of numbers: every column named

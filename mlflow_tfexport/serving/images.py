@@ -248,6 +248,17 @@ class PixelBudget:
         self.used += int(width) * int(height)
 
 
+def _base64_text_decoded(data: bytes) -> bytes:
+    """``data`` itself, or what it encodes when it is base64 text: under a binary input schema MLflow's scoring
+    server hands ``{"inputs": ["<base64>"]}`` over as the ASCII bytes of the base64 string, not decoded. Image
+    files (PNG, JPEG, GIF, WebP...) hold bytes outside the base64 alphabet, so they never match (the strict
+    decoder stops at the first such byte)."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return data
+
+
 def _from_bytes(data: bytes, where: str, index: int, budget: PixelBudget) -> np.ndarray:
     Image = _pil()
     try:
@@ -299,7 +310,7 @@ def to_image(value: Any, where: str, index: int = 0, budget: Optional[PixelBudge
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(value), where, index, budget)
+        return _from_bytes(_base64_text_decoded(bytes(value)), where, index, budget)
     if isinstance(value, str):
         try:
             raw = base64.b64decode(value, validate=True)
@@ -330,6 +341,14 @@ def _is_single_array(data: Any) -> bool:
     )
 
 
+def _is_encoded_list(value: Any) -> bool:
+    """A list (or 1-D array) of encoded images: bytes or base64 strings, not the rows of a pixel array."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist() if value.ndim == 1 else None
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, (bytes, bytearray, str)) for v in value)
+
+
 def parse_image_input(data: Any, limits: Optional[Limits] = None) -> List[np.ndarray]:
     """Whatever the pyfunc received -> a list of ``HxWx3`` uint8 images, each checked against ``limits`` (decoded
     pixels per image and per request) before it is decoded."""
@@ -354,6 +373,9 @@ def _image_values(data: Any) -> List[Any]:
                 f"Expected a DataFrame column {IMAGE_COLUMN!r} (or a single column) of images; received "
                 f"columns {', '.join(map(repr, data.columns))}."
             )
+        if len(values) == 1 and _is_encoded_list(values[0]):
+            # {"inputs": [b64, ...]} given in process to a model with a column schema: MLflow made it one row.
+            values = list(values[0])
     elif pd is not None and isinstance(data, pd.Series):
         values = data.tolist()
     elif isinstance(data, dict):

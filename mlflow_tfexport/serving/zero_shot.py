@@ -80,7 +80,10 @@ def split_request(model_input: Any, param: str, limits: Optional[Limits] = None,
         raise BadInputError(
             "No candidate labels: zero-shot image classification scores each image against labels you send, as "
             'the candidate_labels param (e.g. {"params": {"candidate_labels": "cat,dog"}}) or a candidate_labels '
-            "column beside the image column."
+            "column beside the image column. A model logged without a candidate_labels column in its "
+            "input_example has one unnamed image input, and MLflow drops other columns before the model sees them: "
+            "send the param, or log the model with input_example={'image': [...], 'candidate_labels': [...]} "
+            "(or input_schema=True) to take the column."
         )
     labels = _labels(param, "params candidate_labels")
     return images, [labels] * len(images)
