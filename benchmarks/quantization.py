@@ -29,8 +29,9 @@ built-in calibration texts of ``export/onnx/calibration.py``. For each variant:
 - the size of the graph file.
 
 Prints a markdown table and the bar of the issue (an int8 embedder variant with min cosine >= 0.99
-at >= 1.6x the fp32 speed on one sentence, 1x16, and its top-10 neighbour agreement; an int8 classifier agreeing >= 0.99), and writes
-``quantization.json`` and ``quantization.md`` into ``--out`` (default ``benchmarks/results``).
+at >= 1.6x the fp32 speed on one sentence, 1x16, and its top-10 neighbour agreement; an int8
+classifier agreeing >= 0.99), and writes ``quantization.json`` and ``quantization.md`` into ``--out``
+(default ``benchmarks/results``).
 """
 
 from __future__ import annotations
