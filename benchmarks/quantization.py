@@ -72,7 +72,8 @@ VARIANTS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
     ("int8 (per channel)", {"quantize": "int8", "optimize": False}),
     ("int8-static", {"quantize": "int8-static"}),
     ("int8-blockwise", {"quantize": "int8-blockwise"}),
-    ("optimize + int8 (per channel)", {"optimize": True, "quantize": "int8"}),
+    # quantize_per_channel=True names dynamic int8 (the embedder's plain "int8" on a fused graph is int8-mixed)
+    ("optimize + int8 (per channel)", {"optimize": True, "quantize": "int8", "quantize_per_channel": True}),
     ("optimize + int8 (MatMul only)", {"optimize": True, "quantize": "int8", "quantize_op_types": "MatMul"}),
     ("optimize + int8-blockwise", {"optimize": True, "quantize": "int8-blockwise"}),
     ("optimize + int8-mixed", {"optimize": True, "quantize": "int8-mixed"}),
