@@ -80,7 +80,8 @@ def _probs(staged: api.StagedExport, staging: str, texts: List[str]) -> np.ndarr
 
 @pytest.mark.parametrize(
     "mode, per_channel",
-    [("int8", True), ("int8-per-tensor", False), ("int8-static", True), ("int8-blockwise", False)],
+    [("int8", True), ("int8-per-tensor", False), ("int8-static", True), ("int8-blockwise", False),
+     ("int8-mixed", True)],
 )
 @pytest.mark.integration
 def test_each_mode_records_its_options_and_predicts_close_to_fp32(
@@ -104,7 +105,7 @@ def test_each_mode_records_its_options_and_predicts_close_to_fp32(
     assert block["mode"] == mode and block["per_channel"] is per_channel and block["reduce_range"] is False
     assert block["op_types"] == list(DEFAULT_OP_TYPES[mode])
     assert block["quantized_nodes"]["MatMul"] > 0
-    assert block.get("block_size") == (128 if mode == "int8-blockwise" else None)
+    assert block.get("block_size") == (128 if mode in ("int8-blockwise", "int8-mixed") else None)
     # What the registry sees (tags) and what the saved MLmodel holds agree with the report's synthetic check.
     assert staged.report.tags[Tag.QUANTIZED] == mode
     np.testing.assert_allclose(_probs(staged, staging, TEXTS), _probs(fp32, fp32_dir, TEXTS), atol=0.05)
@@ -269,6 +270,45 @@ def test_int8_takes_the_measured_recipe_of_the_task(source_dir: str, tmp_path: A
     staged = stage(source_dir, staging, quantize="int8")
     assert staged.report.passed, staged.report.to_text()
     assert staged.conf.get(FlavorKey.OPTIMIZED), staged.conf
+
+
+def test_int8_of_the_embedder_is_the_mixed_recipe_unless_refined() -> None:
+    """feature-extraction's quantize="int8" on a fused graph becomes int8-mixed (blockwise MatMuls, dynamic
+    attention: min cosine 0.994 where dynamic int8 keeps 0.974); a refinement or optimize=False keeps "int8"."""
+    backend = get_backend("onnx")
+
+    def mode(task: str, **kw: Any) -> Any:
+        return backend.check(make_options("onnx", **kw), {}, get_task(task)).quantize
+
+    assert mode("feature-extraction", quantize="int8") == "int8-mixed"
+    assert mode("feature-extraction", quantize="int8", optimize=True) == "int8-mixed"
+    assert mode("feature-extraction", quantize="int8", optimize=False) == "int8"
+    assert mode("feature-extraction", quantize="int8", quantize_op_types="MatMul") == "int8"
+    assert mode("feature-extraction", quantize="int8", quantize_reduce_range=True) == "int8"
+    assert mode("text-classification", quantize="int8") == "int8"
+    assert mode("feature-extraction", quantize="int8-blockwise") == "int8-blockwise"
+    with pytest.raises(ExportError, match="int8-mixed"):
+        make_options("onnx", quantize="int8-mixed", quantize_reduce_range=True)
+
+
+@pytest.mark.integration
+def test_the_embedder_int8_quantises_matmuls_blockwise_and_attention_dynamic(
+    tmp_path: Any, tiny_model: Any
+) -> None:
+    model, tok = tiny_model("feature-extraction", "bert")
+    src = str(tmp_path / "src")
+    mlflow_tfexport.save_model(model, src, tokenizer=tok)
+    staging = str(tmp_path / "int8")
+    os.makedirs(staging)
+    staged = stage(src, staging, quantize="int8")
+    assert staged.report.passed, staged.report.to_text()
+    block = staged.conf[FlavorKey.QUANTIZATION]
+    assert staged.conf[FlavorKey.QUANTIZED] == "int8-mixed" and staged.artifact.tags[Tag.QUANTIZED] == "int8-mixed"
+    assert staged.conf.get(FlavorKey.OPTIMIZED)
+    assert block["quantized_nodes"]["MatMul"] > 0 and block["quantized_nodes"]["Attention"] > 0, block
+    ops = {n.op_type for n in onnx.load(os.path.join(staging, "model.onnx")).graph.node}
+    assert {"MatMulNBits", "QAttention"} <= ops and "MatMul" not in ops, ops
+    assert not [f for f in os.listdir(staging) if ".blockwise" in f or f.endswith(".int8")]
 
 
 # --------------------------------------------------------------------------- from an existing ONNX version

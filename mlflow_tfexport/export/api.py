@@ -321,9 +321,11 @@ def export(
             (``int8_optimize`` in the task table: text-classification, feature-extraction); False keeps
             the graph unfused.
         quantize: ONNX: ``"int8"`` (dynamic, weights per channel; the default int8), ``"int8-per-tensor"``,
-            ``"int8-static"`` (calibrated on the validation data) or ``"int8-blockwise"`` (the most accurate;
-            for embedders), validated by task-level agreement on real data. With ``model_uri`` naming an fp32
-            ONNX version, its graph is quantised instead of exporting the source again.
+            ``"int8-static"`` (calibrated on the validation data), ``"int8-blockwise"`` (the most accurate)
+            or ``"int8-mixed"`` (blockwise MatMuls, dynamic fused attention), validated by task-level
+            agreement on real data. feature-extraction's ``"int8"`` on a fused graph is ``"int8-mixed"``
+            (``int8_mode`` in the task table) unless a ``quantize_*`` option refines it. With ``model_uri``
+            naming an fp32 ONNX version, its graph is quantised instead of exporting the source again.
         quantize_per_channel: ONNX int8: one scale per output channel of each weight (default: per the mode).
         quantize_op_types: ONNX int8: the op types to quantise, e.g. ``"MatMul,Attention"`` (default: per the mode).
         quantize_reduce_range: ONNX int8: 7-bit weights, for CPUs without VNNI (default False). These settings

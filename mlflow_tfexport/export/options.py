@@ -41,21 +41,27 @@ QUANTIZE_HELP: Dict[str, str] = {
     "int8-static": "static int8 (QDQ): activation scales calibrated on the validation data",
     "int8-blockwise": "int8 weights with a scale per block of 128 inputs, activations quantised per row "
     "(MatMulNBits): the most accurate int8, slower than 'int8'",
+    "int8-mixed": "blockwise int8 matrix products (as 'int8-blockwise') and the fused attention's input projection "
+    "dynamic int8 per channel: the embedder's int8 (quantize='int8' of feature-extraction)",
 }
 QUANTIZE_MODES: Tuple[str, ...] = tuple(QUANTIZE_HELP)
 STATIC_QUANTIZE = "int8-static"
 BLOCKWISE_QUANTIZE = "int8-blockwise"
+MIXED_QUANTIZE = "int8-mixed"
 #: Operator types ``quantize_op_types`` may name, per kind of quantisation (onnxruntime's registries, restricted
 #: to what transformer graphs hold; ``Attention`` and ``EmbedLayerNormalization`` exist in optimize=True graphs).
 DYNAMIC_OP_TYPES: Tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Conv")
 STATIC_OP_TYPES: Tuple[str, ...] = ("MatMul", "Gemm", "Gather", "Conv")
 BLOCKWISE_OP_TYPES: Tuple[str, ...] = ("MatMul",)
+#: int8-mixed: MatMul blockwise, the others dynamic per channel.
+MIXED_OP_TYPES: Tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
 #: The operator types quantised when ``quantize_op_types`` is not given.
 DEFAULT_OP_TYPES: Dict[str, Tuple[str, ...]] = {
     "int8": ("MatMul", "Attention", "Gather", "EmbedLayerNormalization"),
     "int8-per-tensor": ("MatMul", "Attention", "Gather", "EmbedLayerNormalization"),
     "int8-static": ("MatMul",),
     "int8-blockwise": ("MatMul",),
+    "int8-mixed": ("MatMul", "Attention"),
 }
 #: How the options are spelled in ``export()`` where the record's field name differs.
 _ARGUMENT = {"trace_shapes": "trace_shape"}
@@ -272,7 +278,14 @@ def check_quantize(options: ExportOptions) -> None:
                     f"quantize='int8-blockwise' has a weight scale per block of 128 inputs of each output channel "
                     f"(finer than per channel) and 8-bit weights; {name}=True does not apply to it. Drop {name}."
                 )
-    allowed = {STATIC_QUANTIZE: STATIC_OP_TYPES, BLOCKWISE_QUANTIZE: BLOCKWISE_OP_TYPES}.get(mode, DYNAMIC_OP_TYPES)
+    if mode == MIXED_QUANTIZE and (options.quantize_reduce_range or options.quantize_per_channel is False):
+        raise ExportError(
+            "quantize='int8-mixed' quantises matrix products per block of 128 inputs and the rest per channel, "
+            "with 8-bit weights; quantize_per_channel=False and quantize_reduce_range=True do not apply to it. "
+            "Drop them, or use quantize='int8-per-tensor' / quantize='int8' with quantize_reduce_range=True."
+        )
+    allowed = {STATIC_QUANTIZE: STATIC_OP_TYPES, BLOCKWISE_QUANTIZE: BLOCKWISE_OP_TYPES,
+               MIXED_QUANTIZE: MIXED_OP_TYPES}.get(mode, DYNAMIC_OP_TYPES)
     for op in options.quantize_op_types:
         if op in allowed:
             continue

@@ -116,8 +116,12 @@ class OnnxBackend:
         optimize = options.optimize
         if optimize is None:  # the task's measured int8 recipe (tasks.py int8_optimize), else no fusion
             optimize = bool(options.quantize == "int8" and getattr(spec, "int8_optimize", False))
-        return onnx_optimize.complete_quantize(replace(options, opset=opset, exporter=exporter, optimize=optimize),
-                                               spec)
+        quantize = options.quantize
+        if (quantize == "int8" and optimize and getattr(spec, "int8_mode", None) and not options.quantize_op_types
+                and options.quantize_per_channel is None and not options.quantize_reduce_range):
+            quantize = spec.int8_mode  # the task's measured int8 on a fused graph (tasks.py int8_mode)
+        return onnx_optimize.complete_quantize(
+            replace(options, opset=opset, exporter=exporter, optimize=optimize, quantize=quantize), spec)
 
     def export(self, source: SourceModel, options: ExportOptions, staging_dir: str) -> ExportedArtifact:
         if getattr(options, "quantize_from_dir", None):  # the graph of an existing fp32 ONNX version, quantised

@@ -63,7 +63,7 @@ from mlflow_tfexport._quiet import ORT_PREPROCESS_ADVICE, without_root_messages
 from mlflow_tfexport.constants import FlavorKey, Tag
 from mlflow_tfexport.errors import ExportError
 from mlflow_tfexport.export.onnx import calibration
-from mlflow_tfexport.export.options import BLOCKWISE_QUANTIZE, DEFAULT_OP_TYPES, STATIC_QUANTIZE
+from mlflow_tfexport.export.options import BLOCKWISE_QUANTIZE, DEFAULT_OP_TYPES, MIXED_QUANTIZE, STATIC_QUANTIZE
 
 _logger = logging.getLogger(__name__)
 #: Extra validation shapes for a quantised export: a task-level rate needs more than a few rows.
@@ -171,7 +171,7 @@ def complete_quantize(options: Any, spec: Any) -> Any:
         )
     per_channel = options.quantize_per_channel
     if per_channel is None:  # blockwise scales are finer than per channel, and recorded as such (block_size)
-        per_channel = mode not in ("int8-per-tensor", BLOCKWISE_QUANTIZE)
+        per_channel = mode not in ("int8-per-tensor", BLOCKWISE_QUANTIZE)  # int8-mixed: the non-MatMul part
     op_types = tuple(options.quantize_op_types) or DEFAULT_OP_TYPES[mode]
     return replace(options, quantize_per_channel=bool(per_channel), quantize_op_types=op_types,
                    quantize_reduce_range=bool(options.quantize_reduce_range))
@@ -314,6 +314,17 @@ def _with_shapes(path: str, external: bool) -> str:
     return out
 
 
+def _blockwise(path: str, out: str, external_data: bool) -> None:
+    """Every MatMul with a constant weight of ``path`` as MatMulNBits (8 bits, :data:`BLOCK_SIZE`), into ``out``."""
+    onnx = require("onnx")
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(path), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
+                                     accuracy_level=BLOCKWISE_ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    quantizer.model.save_model_to_file(out, use_external_data_format=external_data)
+
+
 def quantize(path: str, options: Any, external_data: bool, calibration_feeds: Optional[Sequence[Any]] = None) -> None:
     """Quantise the ONNX file at ``path`` in place as ``options`` say (completed by :func:`complete_quantize`);
     ``calibration_feeds`` (model input batches) are required for ``int8-static``."""
@@ -340,13 +351,20 @@ def quantize(path: str, options: Any, external_data: bool, calibration_feeds: Op
                             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD),
                             extra_options=extra, **common)
         elif mode == BLOCKWISE_QUANTIZE:
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-            quantizer = MatMulNBitsQuantizer(onnx.load(path), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
-                                             accuracy_level=BLOCKWISE_ACCURACY_LEVEL,
-                                             op_types_to_quantize=tuple(options.quantize_op_types))
-            quantizer.process()
-            quantizer.model.save_model_to_file(tmp, use_external_data_format=external_data)
+            _blockwise(path, tmp, external_data)
+        elif mode == MIXED_QUANTIZE:  # MatMul blockwise, then the other operator types dynamic per channel
+            others = [op for op in options.quantize_op_types if op != "MatMul"]
+            blocked = path + ".blockwise" if others else tmp
+            if "MatMul" in options.quantize_op_types:
+                _blockwise(path, blocked, external_data)
+            else:
+                shutil.copyfile(path, blocked)
+                if external_data:
+                    shutil.copyfile(path + ".data", blocked + ".data")
+            if others:
+                shaped = blocked  # removed below, with its external data
+                quantize_dynamic(blocked, tmp, extra_options=extra,
+                                 **{**common, "op_types_to_quantize": others, "per_channel": True})
         else:
             quantize_dynamic(path, tmp, extra_options=extra, **common)
     except ExportError:
@@ -384,7 +402,7 @@ def quantize_and_record(path: str, options: Any, external_data: bool,
     described = f"{CALIBRATION_METHOD} on {calibration[0]}" if calibration else None
     return Quantized(options.quantize, bool(options.quantize_per_channel), tuple(options.quantize_op_types),
                      bool(options.quantize_reduce_range), counts, described, getattr(options, "quantize_from", None),
-                     BLOCK_SIZE if options.quantize == BLOCKWISE_QUANTIZE else None)
+                     BLOCK_SIZE if options.quantize in (BLOCKWISE_QUANTIZE, MIXED_QUANTIZE) else None)
 
 
 # --------------------------------------------------------------------------- post-processing
