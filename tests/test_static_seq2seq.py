@@ -150,8 +150,29 @@ def test_neuron_stand_in_exports_encoder_and_decoder_modules(variants: Dict[str,
         set_compiler(previous)
     assert report.passed and conf[FlavorKey.NEURON_TARGET] == "inf1"
     hidden = variants["model"].config.d_model
-    assert fn.calls == [[(1, 16), (1, 16)], [(1, 16), (1, 16, hidden), (1, 16)]]  # encoder, decoder at T=16
+    assert fn.calls == [[(1, 16), (1, 16)], [(1, 16), (1, 16, hidden), (1, 16), (1,)]]  # encoder, decoder at T=16
     assert sorted(os.listdir(tmp_path / "nrn" / "neuron")) == ["1x16.pt", "decoder-1x16x16.pt"]
     params = {"max_new_tokens": 8}
     assert _load(str(tmp_path / "nrn")).predict(TEXTS, params=params) == _load(variants["source"]).predict(
         TEXTS, params=params)
+
+
+def test_decoder_computes_the_logits_of_the_asked_position_only(variants: Dict[str, Any]) -> None:
+    """The traced decoder gathers each row's hidden state at ``decoder_position`` before the LM head: it returns
+    ``[B, 1, V]``, the eager model's logits at that position, whatever the other rows ask."""
+    import torch
+
+    model = variants["model"]
+    decoder = torch.jit.load(os.path.join(variants["ts"], "torchscript", "decoder-2x32x16.pt"))
+    torch.manual_seed(0)
+    ids = torch.randint(5, model.config.vocab_size, (2, 32))
+    mask = torch.ones(2, 32, dtype=torch.int64)
+    mask[1, 20:] = 0
+    dec = torch.randint(5, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+        for positions in ([15, 15], [0, 9], [6, 2]):
+            got = decoder(dec, out.encoder_last_hidden_state, mask, torch.tensor(positions))[0]
+            assert tuple(got.shape) == (2, 1, model.config.vocab_size)
+            want = out.logits[torch.arange(2), torch.tensor(positions)]
+            assert torch.allclose(got[:, 0], want, atol=1e-4), positions
