@@ -9,6 +9,8 @@ as the serving runner has it (tensors in, arrays out, nothing held by a module a
   decoder re-runs on the decoder sequence so far right-padded to ``T`` (the bucket's
   length), cross-attention keys/values recomputed from the encoder states, the LM head on
   the one gathered position;
+- **no cache, LM head at every position**: the same decoder traced without
+  ``logits_at_position`` (what the product exported before: ``[B, T, V]`` logits per call);
 - **fixed cache** (this file only): per token, a decoder *step* on one token that takes the
   self-attention cache ``[layers, B, heads, T, head_dim]`` (keys and values) and the
   position, writes the new key/value into slot ``position`` with a one-hot mask (no
@@ -131,6 +133,8 @@ def build(args: argparse.Namespace, batch: int, slots: int) -> Dict[str, Any]:
         warnings.simplefilter("ignore")
         encoder = torch.jit.trace(encoder_module(model), (ids, mask), check_trace=False)
         states = encoder(ids, mask)[0]
+        every = torch.jit.trace(decoder_module(model), (dec, states, mask, torch.full((batch,), slots - 1)),
+                                check_trace=False)
         no_cache = decoder_module(model)
         with logits_at_position(no_cache):
             no_cache = torch.jit.trace(no_cache, (dec, states, mask, torch.full((batch,), slots - 1)),
@@ -139,17 +143,19 @@ def build(args: argparse.Namespace, batch: int, slots: int) -> Dict[str, Any]:
         cross = torch.jit.trace(cross, (states,), check_trace=False)
         ck, cv = cross(states)
         step = torch.jit.trace(step, (dec[:, :1], torch.tensor([3]), cache, cache, ck, cv, mask), check_trace=False)
-    return {"model": model, "tok": tok, "encoder": encoder, "no_cache": no_cache, "cross": cross, "step": step,
+    return {"model": model, "tok": tok, "encoder": encoder, "no_cache": no_cache, "every": every, "cross": cross,
+            "step": step,
             "cache_shape": tuple(cache.shape)}
 
 
-def greedy_no_cache(m: Dict[str, Any], ids: np.ndarray, mask: np.ndarray, new: int, start: int) -> np.ndarray:
+def greedy_no_cache(m: Dict[str, Any], ids: np.ndarray, mask: np.ndarray, new: int, start: int,
+                    module: str = "no_cache") -> np.ndarray:
     (states,) = _run(m["encoder"], ids, mask)
     batch, slots = ids.shape
     dec = np.full((batch, slots), start, dtype=np.int64)
     for t in range(new):
-        (logits,) = _run(m["no_cache"], dec, states, mask, np.full((batch,), t, dtype=np.int64))
-        dec[:, t + 1] = logits[:, 0].argmax(-1)
+        (logits,) = _run(m[module], dec, states, mask, np.full((batch,), t, dtype=np.int64))
+        dec[:, t + 1] = logits[:, 0 if module == "no_cache" else t].argmax(-1)
     return dec[:, 1:new + 1]
 
 
@@ -207,6 +213,8 @@ def main(argv: List[str] | None = None) -> int:
                                   min_new_tokens=args.new, do_sample=False, num_beams=1).numpy()[:, 1:]
         runs = {"no cache (re-run at T, logits at 1 position)": functools.partial(greedy_no_cache, m, ids, mask,
                                                                                    args.new, start),
+                "no cache, LM head at all T positions (before)": functools.partial(greedy_no_cache, m, ids, mask,
+                                                                                    args.new, start, "every"),
                 "fixed-size masked cache (prototype)": functools.partial(greedy_fixed_cache, m, ids, mask, args.new,
                                                                          start)}
         same = {name: bool((run() == want).all()) for name, run in runs.items()}  # also the warm-up
@@ -218,7 +226,7 @@ def main(argv: List[str] | None = None) -> int:
         print(f"  batch {batch}:")
         base = next(iter(rates.values()))[0]
         for name, (rate, same) in rates.items():
-            print(f"    {name:46s} {rate:8.1f} tokens/s  ({rate / base:.2f}x no cache)  "
+            print(f"    {name:48s} {rate:8.1f} tokens/s  ({rate / base:.2f}x no cache)  "
                   f"tokens equal generate: {same}")
     return 0
 
