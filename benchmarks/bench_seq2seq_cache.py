@@ -173,6 +173,26 @@ def greedy_fixed_cache(m: Dict[str, Any], ids: np.ndarray, mask: np.ndarray, new
     return np.stack(out, axis=1)
 
 
+def per_call(m: Dict[str, Any], ids: np.ndarray, mask: np.ndarray, start: int, calls: int) -> Dict[str, float]:
+    """The least time of one call of each decoder module (the step at position ``T // 2``), interleaved."""
+    (states,) = _run(m["encoder"], ids, mask)
+    ck, cv = _run(m["cross"], states)
+    batch, slots = ids.shape
+    dec = np.full((batch, slots), start, dtype=np.int64)
+    cache = np.zeros(m["cache_shape"], dtype=np.float32)
+    position = np.full((batch,), slots // 2, dtype=np.int64)
+    runs = {"no cache, logits at 1 position": lambda: _run(m["no_cache"], dec, states, mask, position),
+            "no cache, LM head at all T (before)": lambda: _run(m["every"], dec, states, mask, position),
+            "fixed cache step": lambda: _run(m["step"], dec[:, :1], position[:1], cache, cache, ck, cv, mask)}
+    best = {name: float("inf") for name in runs}
+    for _ in range(calls):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
 def _best(fn: Callable[[], Any], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -191,9 +211,15 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=10,
+                        help="also time single decoder calls: the least of this many, interleaved (robust to load)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     slots = 1 << max(args.prompt, args.new + 1).bit_length()  # the bucket bench_generation.py traces
     print(f"BART hidden {args.hidden}, {args.layers}+{args.layers} layers, {args.heads} heads, 32000 vocabulary; "
@@ -224,6 +250,9 @@ def main(argv: List[str] | None = None) -> int:
                 best[name] = min(best[name], _best(run, 1))
         rates = {name: (batch * args.new / best[name], same[name]) for name in runs}
         print(f"  batch {batch}:")
+        calls = per_call(m, ids, mask, start, args.calls)
+        print(f"    one decoder call, least of {args.calls}: "
+              + ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in calls.items()))
         base = next(iter(rates.values()))[0]
         for name, (rate, same) in rates.items():
             print(f"    {name:48s} {rate:8.1f} tokens/s  ({rate / base:.2f}x no cache)  "
