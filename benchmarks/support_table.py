@@ -12,7 +12,8 @@ format with the reason of every failure and the pass count.
     python benchmarks/support_table.py --custom-only   # only the rows of user export configs (their section)
     python benchmarks/support_table.py --only OPT:text-generation --only BART:text2text-generation:torchscript
         # re-runs those cells (every format of a cell without one) and keeps the other cells' verdicts and
-        # the vision section from the current docs/support-table.md
+        # the vision section from the current docs/support-table.md; the table is rewritten after every cell,
+        # so an interrupted run keeps the cells it finished
 """
 
 from __future__ import annotations
@@ -362,6 +363,19 @@ def previous_results(path: str) -> Tuple[List[CellResult], str]:
     return results, VISION_HEADING + vision if vision else ""
 
 
+def _ordered(results: List[CellResult]) -> List[CellResult]:
+    """``results`` in the matrix's order (each task's formats after its ONNX cell)."""
+    order = {c: i for i, c in enumerate(list(CELLS) + [(a, t, x) for a, t, e in CELLS for x in (DYNAMO, TS)])}
+    return sorted(results, key=lambda r: order.get((r.arch, r.task, r.exporter), len(order)))
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "support-table.md"),
@@ -389,6 +403,7 @@ def main(argv: List[str] | None = None) -> int:
         cells += [(a, t, DYNAMO) for a, t, e in CELLS if e == LEGACY and (a, t, DYNAMO) not in CELLS]
     cells += [(a, t, TS) for a, t, e in CELLS if e == LEGACY]
     kept: List[CellResult] = []
+    pending: Dict[Tuple[str, str, str], CellResult] = {}  # --only: the current verdicts of the cells still to run
     vision_text = ""
     if args.only:
         by_format = {v: k for k, v in FORMAT_NAMES.items()}
@@ -399,8 +414,9 @@ def main(argv: List[str] | None = None) -> int:
             parser.error(f"--only {args.only} names no cell of the matrix")
         previous, vision_text = previous_results(args.output)
         kept = [r for r in previous if (r.arch, r.task, r.exporter) in set(cells) - set(chosen)]
+        pending = {(r.arch, r.task, r.exporter): r for r in previous if (r.arch, r.task, r.exporter) in chosen}
         missing = set(cells) - set(chosen) - {(r.arch, r.task, r.exporter) for r in kept}
-        cells = chosen + sorted(missing)  # cells the previous table lacks run too
+        cells = sorted(chosen, key=lambda c: c[1] != T2T) + sorted(missing)  # cells the previous table lacks run too
     results = list(kept)
     for cell in cells:
         result = run_cell(*cell)
@@ -408,6 +424,9 @@ def main(argv: List[str] | None = None) -> int:
         print(f"{mark} {cell[0]} {cell[1]} {FORMAT_NAMES[cell[2]]} ({result.seconds:.1f}s): {result.detail}",
               file=sys.stderr, flush=True)
         results.append(result)
+        pending.pop(cell, None)
+        if args.only and args.output != "-":  # a long --only run interrupted keeps the cells it finished
+            _write(args.output, render(_ordered(results + list(pending.values()))) + vision_text)
     vision = []
     for arch_name, task in [] if vision_text else VISION_CELLS:
         for fmt in (ONNX, TORCHSCRIPT):
@@ -416,16 +435,13 @@ def main(argv: List[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             vision.append(v)
     custom = run_custom()
-    order = {c: i for i, c in enumerate(list(CELLS) + [(a, t, x) for a, t, e in CELLS for x in (DYNAMO, TS)])}
-    results.sort(key=lambda r: order.get((r.arch, r.task, r.exporter), len(order)))
+    results = _ordered(results)
     vision_part = vision_text.split(CUSTOM_START)[0].rstrip("\n") + "\n" if vision_text else render_vision(vision)
     text = render(results) + vision_part + "\n" + render_custom(custom)
     if args.output == "-":
         print(text, end="")
     else:
-        os.makedirs(os.path.dirname(args.output), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text)
+        _write(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0 if all(r.as_expected for r in results) and all(v.as_expected for v in vision) \
         and all(c.passed for c in custom) else 1

@@ -111,6 +111,45 @@ def test_longer_than_the_largest_bucket_is_truncated_or_4xx(variants: Dict[str, 
         variant.predict(TEXTS[:1], params={"max_new_tokens": 32})
 
 
+
+@pytest.mark.integration
+def test_models_serve_answers_generation_params_and_a_4xx_past_the_largest_bucket(variants: Dict[str, Any],
+                                                                                  tmp_path: Any) -> None:
+    """A real ``mlflow models serve`` of the static variant answers /invocations with every generation param as
+    the in-process pyfunc does, and a source or generated length past the largest bucket with the static
+    variants' 400 and message."""
+    import json
+
+    from servers import models_serve
+
+    variant = _load(variants["ts"])
+    stop = variant.predict(TEXTS[:1], params={"max_new_tokens": 10})[0][4:7] or "x"
+    cases: List[Dict[str, Any]] = [
+        {"max_new_tokens": 8}, {"max_new_tokens": 6, "num_beams": 3},
+        {"max_new_tokens": 6, "num_beams": 3, "num_return_sequences": 2},
+        {"max_new_tokens": 10, "do_sample": True, "seed": 5, "top_k": 50, "top_p": 0.9},
+        {"max_new_tokens": 10, "do_sample": True, "seed": 3, "num_return_sequences": 2},
+        {"max_new_tokens": 10, "stop": [stop]},
+    ]
+    want = [json.loads(json.dumps(variant.predict(TEXTS, params=p))) for p in cases]
+    refusals = []
+    for params in ({"truncation": False, "max_new_tokens": 4}, {"max_new_tokens": 32}):
+        with pytest.raises(BadInputError) as raised:
+            variant.predict([LONG_TEXT if "truncation" in params else TEXTS[0]], params=params)
+        refusals.append((params, str(raised.value)))
+    with models_serve(variants["ts"], f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path)) as server:
+        for params, expected in zip(cases, want, strict=True):
+            answer = server.invoke({"inputs": TEXTS, "params": params})
+            assert answer.status_code == 200, f"{params}: {answer.text}\n{server.log()}"
+            assert answer.json()["predictions"] == expected, params
+        for params, message in refusals:
+            text = LONG_TEXT if "truncation" in params else TEXTS[0]
+            answer = server.invoke({"inputs": [text], "params": params})
+            assert answer.status_code == 400, f"{params}: {answer.status_code} {answer.text}"
+            assert message in answer.json()["message"], (params, answer.json())
+        assert "maximum of 32 tokens" in refusals[0][1] and "max_new_tokens=32 is out of range" in refusals[1][1]
+
+
 class Seq2SeqCpuStandIn:
     """The Neuron compile contract on CPU (static-shape tensors in, a TorchScript module out), recording every
     call's input shapes: int64 token tensors, and the float encoder states a decoder module takes."""
@@ -150,8 +189,29 @@ def test_neuron_stand_in_exports_encoder_and_decoder_modules(variants: Dict[str,
         set_compiler(previous)
     assert report.passed and conf[FlavorKey.NEURON_TARGET] == "inf1"
     hidden = variants["model"].config.d_model
-    assert fn.calls == [[(1, 16), (1, 16)], [(1, 16), (1, 16, hidden), (1, 16)]]  # encoder, decoder at T=16
+    assert fn.calls == [[(1, 16), (1, 16)], [(1, 16), (1, 16, hidden), (1, 16), (1,)]]  # encoder, decoder at T=16
     assert sorted(os.listdir(tmp_path / "nrn" / "neuron")) == ["1x16.pt", "decoder-1x16x16.pt"]
     params = {"max_new_tokens": 8}
     assert _load(str(tmp_path / "nrn")).predict(TEXTS, params=params) == _load(variants["source"]).predict(
         TEXTS, params=params)
+
+
+def test_decoder_computes_the_logits_of_the_asked_position_only(variants: Dict[str, Any]) -> None:
+    """The traced decoder gathers each row's hidden state at ``decoder_position`` before the LM head: it returns
+    ``[B, 1, V]``, the eager model's logits at that position, whatever the other rows ask."""
+    import torch
+
+    model = variants["model"]
+    decoder = torch.jit.load(os.path.join(variants["ts"], "torchscript", "decoder-2x32x16.pt"))
+    torch.manual_seed(0)
+    ids = torch.randint(5, model.config.vocab_size, (2, 32))
+    mask = torch.ones(2, 32, dtype=torch.int64)
+    mask[1, 20:] = 0
+    dec = torch.randint(5, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+        for positions in ([15, 15], [0, 9], [6, 2]):
+            got = decoder(dec, out.encoder_last_hidden_state, mask, torch.tensor(positions))[0]
+            assert tuple(got.shape) == (2, 1, model.config.vocab_size)
+            want = out.logits[torch.arange(2), torch.tensor(positions)]
+            assert torch.allclose(got[:, 0], want, atol=1e-4), positions

@@ -6,13 +6,16 @@ key values cannot be traced. Instead (as AWS's Inf1 translation tutorials do):
 - ``BxS.pt``: the encoder, ``(input_ids, attention_mask) -> last_hidden_state``, one per
   bucket ``(batch, source length)`` of ``trace_shape``;
 - ``decoder-BxSxT.pt``: the decoder without a cache, ``(decoder_input_ids [B, T],
-  encoder_hidden_states [B, S, H], encoder_attention_mask [B, S]) -> logits [B, T, V]``,
-  one per bucket and decoder length ``T`` (the buckets' sequence lengths: the generated
-  length is bucketed like the source length).
+  encoder_hidden_states [B, S, H], encoder_attention_mask [B, S], decoder_position [B])
+  -> logits [B, 1, V]``, one per bucket and decoder length ``T`` (the buckets' sequence
+  lengths: the generated length is bucketed like the source length).
 
 Each generated token re-runs the decoder on the whole decoder sequence so far, padded on
 the right to the smallest ``T`` that holds it: the decoder is causal, so real positions
-never see the padding, and the logits at the last real position are the model's. This is
+never see the padding, and the logits at the last real position are the model's. Only
+that position's logits are computed: the hidden state at ``decoder_position`` is gathered
+before the LM head (a pre-hook on the model's output embeddings while tracing), so the
+head's ``H x V`` product runs on one position instead of ``T``. This is
 what causal decoding on static shapes does here (``decoding.FullSequenceSteps``); the
 alternative, a fixed-size cache with a position mask fed in and out of every call, is
 discussed with measurements in ``docs/static-seq2seq.md``.
@@ -23,9 +26,10 @@ The serving side is ``serving/runtimes/static_seq2seq.py``; validation
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import FlavorKey, Generation, Tag
@@ -58,21 +62,48 @@ def encoder_module(model: Any) -> Any:
 
 
 def decoder_module(model: Any) -> Any:
-    """``(decoder_input_ids, encoder_hidden_states, encoder_attention_mask) -> (logits,)``, no cache."""
+    """``(decoder_input_ids, encoder_hidden_states, encoder_attention_mask, decoder_position) -> (logits [B, 1, V],)``,
+    no cache; the logits at ``decoder_position`` only while traced inside ``logits_at_position``."""
     torch = require("torch")
 
     class StaticDecoder(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+            self.position: Dict[str, Any] = {}  # the traced decoder_position, read by logits_at_position's hook
 
-        def forward(self, decoder_input_ids: Any, encoder_hidden_states: Any,
-                    encoder_attention_mask: Any) -> Tuple[Any]:
+        def forward(self, decoder_input_ids: Any, encoder_hidden_states: Any, encoder_attention_mask: Any,
+                    decoder_position: Any) -> Tuple[Any]:
+            self.position["index"] = decoder_position
             out = self.model(encoder_outputs=(encoder_hidden_states,), attention_mask=encoder_attention_mask,
                              decoder_input_ids=decoder_input_ids, use_cache=False, return_dict=True)
             return (out.logits,)
 
     return StaticDecoder().eval()
+
+
+@contextlib.contextmanager
+def logits_at_position(decoder: Any) -> Iterator[None]:
+    """While tracing ``decoder`` (``decoder_module``): the model's LM head gets the hidden state of each row at its
+    ``decoder_position`` (``[B, 1, H]``) instead of every position's, through a forward pre-hook on the output
+    embeddings, so whatever the architecture adds after the head (BART's ``final_logits_bias``, T5's scaling
+    before it) is traced unchanged. The hook is removed afterwards: the eager model is left as it was."""
+
+    def gather(_module: Any, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        hidden = args[0]
+        index = decoder.position["index"][:, None, None].expand(-1, 1, hidden.shape[-1])
+        return (hidden.gather(1, index),) + tuple(args[1:])
+
+    head = decoder.model.get_output_embeddings()
+    if head is None:
+        raise ExportError(f"{type(decoder.model).__name__} has no output embeddings (LM head) to gather logits at; "
+                          "use format='onnx'.")
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+        decoder.position.clear()
 
 
 def export_static_seq2seq(backend: Any, source: SourceModel, model: Any, options: ExportOptions, folder: str,
@@ -95,9 +126,12 @@ def export_static_seq2seq(backend: Any, source: SourceModel, model: Any, options
         for length in lengths:
             dec = sample_ids(source, shape[0], length, seed=100 + i)
             dec[:, 0] = start
-            args = (torch.from_numpy(dec).to(device), states, enc_args[1])
-            traced = _traced(backend, decoder, args, options, arch,
-                             f"decoder at {shape_name(shape)} with {length} decoder positions")
+            # Rows at different positions, so the gather is traced per row (never folded to a constant index).
+            position = torch.arange(shape[0], dtype=torch.int64) % length
+            args = (torch.from_numpy(dec).to(device), states, enc_args[1], (length - 1 - position).to(device))
+            with logits_at_position(decoder):
+                traced = _traced(backend, decoder, args, options, arch,
+                                 f"decoder at {shape_name(shape)} with {length} decoder positions")
             backend._save(traced[0], os.path.join(folder, decoder_file(shape, length)), source, shape)
         del hidden
     conf: Dict[str, Any] = {FlavorKey.GENERATION: Generation.STATIC_ENCODER_DECODER,

@@ -3,7 +3,9 @@
 At every validation shape (each bucket, a larger batch with a shorter source that
 chunks, one token): the encoder states at real source positions, then the decoder's
 logits on a teacher-forced decoder sequence (start token + random tokens, up to the
-longest decoder length), each within ``atol`` of the eager model's one forward. Then
+longest decoder length) at its first, middle and last position (the decoder returns the
+logits of one position: each is a run on that prefix, right-padded to its decoder
+length), each within ``atol`` of the eager model's one forward. Then
 generation itself: greedy and beam-search (2 beams) tokens of the shape's rows as
 prompts must equal the source's ``generate`` token for token.
 """
@@ -69,13 +71,15 @@ def validate_static_seq2seq(source: SourceModel, staging: str, conf: Mapping[str
         dec[:, 0] = start
         hidden, logits = _eager(model, ids, mask, dec)
         states, padded = runner.encode(ids, mask)
-        got = {"last_hidden_state": states[:, :ids.shape[1]],
-               "logits": runner.logits(dec, states, padded)}
-        report.checks.extend(compare({"last_hidden_state": hidden}, got, ["last_hidden_state"], atol,
-                                     (batch, total), mask=mask, axes={"last_hidden_state": {0: BATCH, 1: SEQUENCE}}))
-        for check in compare({"logits": logits}, got, ["logits"], atol, (batch, length)):
-            check.name = f"logits ({length} decoder positions)"
-            report.checks.append(check)
+        report.checks.extend(compare({"last_hidden_state": hidden}, {"last_hidden_state": states[:, :ids.shape[1]]},
+                                     ["last_hidden_state"], atol, (batch, total), mask=mask,
+                                     axes={"last_hidden_state": {0: BATCH, 1: SEQUENCE}}))
+        for position in sorted({1, (length + 1) // 2, length}):
+            got = runner.logits(dec[:, :position], states, padded)
+            for check in compare({"logits": logits[:, position - 1]}, {"logits": got}, ["logits"], atol,
+                                 (batch, position)):
+                check.name = f"logits (decoder position {position} of {length})"
+                report.checks.append(check)
         prompts = [ids[r, :int(mask[r].sum())].tolist() for r in range(batch)]
         new = min(CHECKED_NEW_TOKENS, longest - 1)
         greedy = DecodeConfig(max_new_tokens=new, eos_token_id=None if eos is None else int(eos))

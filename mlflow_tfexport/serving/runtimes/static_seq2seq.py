@@ -5,8 +5,9 @@ decoder per bucket and decoder length ``T`` (``export/static_seq2seq.py``). A re
 prompts are right-padded to the smallest ``S`` that holds the longest one and encoded in
 chunks of the bucket's batch (dummy rows: copies of the chunk's first row); every step
 then re-runs the decoder on each row's decoder sequence so far (start token + generated
-tokens), right-padded to the smallest ``T`` that holds it, and reads the logits at the
-last real position (the decoder is causal: the padding after it is never seen). The loop
+tokens), right-padded to the smallest ``T`` that holds it, and gets the logits at the
+last real position only (its ``decoder_position`` input; the decoder is causal: the
+padding after it is never seen). The loop
 itself (greedy, sampling, beams, stop strings, streaming) is ``serving/decoding.py``, as
 for the ONNX encoder-decoder.
 
@@ -32,7 +33,8 @@ from mlflow_tfexport.serving.runtimes.onnx_with_past import _DecodesSeq2Seq
 from mlflow_tfexport.serving.runtimes.padding import right_padded
 from mlflow_tfexport.serving.runtimes.static import FEWEST_CHUNKS, BucketFn, Shape, pick_bucket, shape_name
 
-#: Runs one decoder module ``(bucket, T)`` on ``(decoder_input_ids, encoder_hidden_states, encoder_attention_mask)``.
+#: Runs one decoder module ``(bucket, T)`` on ``(decoder_input_ids, encoder_hidden_states, encoder_attention_mask,
+#: decoder_position)``.
 DecoderFn = Callable[[Shape, int, Sequence[np.ndarray]], Sequence[np.ndarray]]
 
 
@@ -58,12 +60,12 @@ class _Steps:
         ids, mask = right_padded(prompts, self.runner.pad_token_id)
         states, padded_mask = self.runner.encode(ids, mask)
         dec = np.full((len(prompts), 1), self.runner.decoder_start_token_id, dtype=np.int64)
-        return self.runner.logits(dec, states, padded_mask)[:, -1], (states, padded_mask, dec)
+        return self.runner.logits(dec, states, padded_mask), (states, padded_mask, dec)
 
     def advance(self, state: Any, tokens: np.ndarray) -> Tuple[np.ndarray, Any]:
         states, mask, dec = state
         dec = np.concatenate([dec, tokens.astype(np.int64)[:, None]], axis=1)
-        return self.runner.logits(dec, states, mask)[:, -1], (states, mask, dec)
+        return self.runner.logits(dec, states, mask), (states, mask, dec)
 
     def select(self, state: Any, rows: np.ndarray) -> Any:
         return tuple(part[rows] for part in state)
@@ -118,7 +120,7 @@ class StaticSeq2SeqRunner(_DecodesSeq2Seq):
         return np.concatenate(pieces, axis=0), mask
 
     def logits(self, decoder_ids: np.ndarray, states: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Logits ``[rows, t, V]`` of each row's decoder sequence ``decoder_ids`` ``[rows, t]``."""
+        """Logits ``[rows, V]`` at the last position of each row's decoder sequence ``decoder_ids`` ``[rows, t]``."""
         rows, length = (int(d) for d in decoder_ids.shape)
         seq = int(mask.shape[1])
         fitting = [t for t in self.decoder_lengths if t >= length]
@@ -132,14 +134,16 @@ class StaticSeq2SeqRunner(_DecodesSeq2Seq):
         batch = pick_bucket([b for b in self.buckets if b[1] == seq], rows, seq, self.run_cost_rows)[0]
         ids = np.full((rows, total), self.pad_token_id, dtype=np.int64)
         ids[:, :length] = decoder_ids
+        position = np.full((rows,), length - 1, dtype=np.int64)
         pieces = []
         for start in range(0, rows, batch):
             stop = min(start + batch, rows)
             out = self.run_decoder((batch, seq), total, [_pad_rows(ids[start:stop], batch),
                                                          _pad_rows(states[start:stop], batch),
-                                                         _pad_rows(mask[start:stop], batch)])
+                                                         _pad_rows(mask[start:stop], batch),
+                                                         _pad_rows(position[start:stop], batch)])
             self._count(f"decoder {shape_name((batch, seq))}x{total}")
-            pieces.append(np.asarray(out[0])[:stop - start, :length])
+            pieces.append(np.asarray(out[0])[:stop - start, 0])
         return np.concatenate(pieces, axis=0)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -147,7 +151,7 @@ class StaticSeq2SeqRunner(_DecodesSeq2Seq):
         ids, mask = feeds["input_ids"], feeds["attention_mask"]
         states, padded = self.encode(ids, mask)
         start = np.full((ids.shape[0], 1), self.decoder_start_token_id, dtype=np.int64)
-        return {"logits": self.logits(start, states, padded)}
+        return {"logits": self.logits(start, states, padded)[:, None]}
 
     def describe(self) -> Dict[str, Any]:
         return {"buckets": [shape_name(b) for b in self.buckets], "decoder_lengths": list(self.decoder_lengths),
