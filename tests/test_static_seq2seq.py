@@ -215,3 +215,37 @@ def test_decoder_computes_the_logits_of_the_asked_position_only(variants: Dict[s
             assert tuple(got.shape) == (2, 1, model.config.vocab_size)
             want = out.logits[torch.arange(2), torch.tensor(positions)]
             assert torch.allclose(got[:, 0], want, atol=1e-4), positions
+
+
+def test_a_decoder_traced_before_decoder_position_still_serves(variants: Dict[str, Any], tmp_path: Any) -> None:
+    """Variants exported before the ``decoder_position`` input have three-input decoders returning logits at
+    every position: the runtime gathers the asked position itself, and the answers equal today's decoder's."""
+    import glob
+    import re
+    import shutil
+
+    import torch
+
+    model = variants["model"]
+
+    class OldDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, dec: Any, states: Any, mask: Any) -> Any:
+            return self.model(encoder_outputs=(states,), attention_mask=mask, decoder_input_ids=dec,
+                              use_cache=False, return_dict=True).logits
+
+    old = str(tmp_path / "old")
+    shutil.copytree(variants["ts"], old)
+    files = glob.glob(os.path.join(old, "torchscript", "decoder-*.pt"))
+    assert files
+    with torch.no_grad():
+        for path in files:
+            batch, seq, length = (int(x) for x in re.findall(r"decoder-(\d+)x(\d+)x(\d+)\.pt", path)[0])
+            example = (torch.ones(batch, length, dtype=torch.int64),
+                       torch.zeros(batch, seq, model.config.d_model), torch.ones(batch, seq, dtype=torch.int64))
+            torch.jit.save(torch.jit.trace(OldDecoder().eval(), example, check_trace=False), path)
+    params = {"max_new_tokens": 6}
+    assert _load(old).predict(TEXTS, params=params) == _load(variants["ts"]).predict(TEXTS, params=params)

@@ -6,7 +6,7 @@ torch 1.13 as well (the Neuron runner reuses it).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from mlflow_tfexport.serving.runtimes.static import (
     shape_name,
     static_runner,
 )
-from mlflow_tfexport.serving.runtimes.static_seq2seq import StaticSeq2SeqRunner
+from mlflow_tfexport.serving.runtimes.static_seq2seq import DecoderFn, StaticSeq2SeqRunner
 
 
 def load_modules(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, device: Any = "cpu") -> Dict[Shape, Any]:
@@ -44,6 +44,24 @@ def bucket_fn(modules: Mapping[Shape, Any], torch: Any, device: Any = "cpu") -> 
         if not isinstance(out, (tuple, list)):
             out = (out,)
         return [o.detach().float().cpu().numpy() for o in out]
+
+    return run
+
+
+def decoder_fn(decoders: Mapping[Tuple[Shape, int], Any], torch: Any, device: Any = "cpu") -> DecoderFn:
+    """Runs the decoder module of ``(bucket, T)`` on ``(ids, states, mask, decoder_position)``: logits
+    ``[B, 1, V]``. A decoder traced before the ``decoder_position`` input (three inputs, logits at every
+    position ``[B, T, V]``) still serves: its logits are gathered at ``decoder_position`` here."""
+    arity = {key: len(module.forward.schema.arguments) - 1 for key, module in decoders.items()}
+
+    def run(shape: Shape, length: int, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        key = (shape, length)
+        run_one = bucket_fn({shape: decoders[key]}, torch, device)
+        if arity[key] == len(arrays):
+            return run_one(shape, arrays)
+        position = np.asarray(arrays[-1])
+        logits = run_one(shape, arrays[:-1])[0]
+        return [logits[np.arange(len(position)), position][:, None]]
 
     return run
 
@@ -72,12 +90,8 @@ def seq2seq_runner(model_dir: str, flavor_conf: Mapping[str, Any], torch: Any, d
         for length in lengths:
             path = artifact_path(model_dir, flavor_conf, FlavorKey.MODEL_FILE, decoder_file(shape, length))
             decoders[(shape, length)] = torch.jit.load(path, map_location=device).eval()
-    run_encoder = bucket_fn(encoders, torch, device)
-
-    def run_decoder(shape: Shape, length: int, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
-        return bucket_fn({shape: decoders[(shape, length)]}, torch, device)(shape, arrays)
-
-    runner = StaticSeq2SeqRunner(list(encoders), lengths, run_encoder, run_decoder, flavor_conf, facts)
+    runner = StaticSeq2SeqRunner(list(encoders), lengths, bucket_fn(encoders, torch, device),
+                                 decoder_fn(decoders, torch, device), flavor_conf, facts)
     if str(device) == "cpu":
         runner.run_cost_rows = CPU_RUN_COST_ROWS
     return runner
