@@ -28,8 +28,13 @@ typecheck:
 docs:
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --quiet --site-dir site
 
+# The whole suite on TEST_WORKERS processes (pytest-xdist; 2 for a 2-core machine, 0 for a plain serial run). Each test
+# module runs whole on one worker, so its module-scoped models and servers are built once, unless it sets
+# SPREAD_OVER_WORKERS (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: lint typecheck docs
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The inner loop: in-process tests only. A test in this tier that exports a model or starts a process fails
 # and names the marker it lacks (tests/conftest.py), so the tier stays fast as tests are added.
