@@ -97,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: exports a model or starts a process (server, CLI, interpreter): not in the fast tier"
     )
+    # pytest-xdist registers it too; registered here for runs without xdist (the CI's side virtualenvs).
+    config.addinivalue_line("markers", "xdist_group(name): tests that run on the same xdist worker")
     if FAST_TIER:
         _guard_fast_tier()
 
