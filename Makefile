@@ -28,10 +28,11 @@ typecheck:
 docs:
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --quiet --site-dir site
 
-# The whole suite on TEST_WORKERS processes (pytest-xdist; 2 for a 2-core machine, 0 for a plain serial run). Each test
-# module runs whole on one worker, so its module-scoped models and servers are built once, unless it sets
-# SPREAD_OVER_WORKERS (tests/conftest.py).
-TEST_WORKERS ?= 2
+# The whole suite on TEST_WORKERS pytest-xdist processes (0: serial, in-process). Each test module runs whole on one
+# worker, so its module-scoped models and servers are built once, unless it sets SPREAD_OVER_WORKERS
+# (tests/conftest.py). Serial by default until the two order-dependent modules that fail under `TEST_WORKERS=2`
+# are fixed (test_batching, test_decoding: docs/architecture.md, "Test suite").
+TEST_WORKERS ?= 0
 
 test: lint typecheck docs
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
