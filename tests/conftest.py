@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import sys
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import mlflow
 import pytest
@@ -97,8 +97,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: exports a model or starts a process (server, CLI, interpreter): not in the fast tier"
     )
+    # pytest-xdist registers it too; registered here for runs without xdist (the CI's side virtualenvs).
+    config.addinivalue_line("markers", "xdist_group(name): tests that run on the same xdist worker")
     if FAST_TIER:
         _guard_fast_tier()
+
+
+# --------------------------------------------------------------------------- parallel runs (`make test`: xdist)
+
+#: A test module that sets this to True has no costly module-scoped fixture (each test builds its own model):
+#: under ``pytest -n N --dist loadgroup`` its tests are spread over the workers one by one. Every other module
+#: runs whole on one worker, so its module-scoped models, registries and servers are built once.
+SPREAD = "SPREAD_OVER_WORKERS"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``, group each test with its module (xdist's ``loadfile``) unless the module opts
+    out with ``SPREAD_OVER_WORKERS = True`` or the test names its own ``xdist_group``."""
+    if not getattr(config.option, "loadgroup", False):  # set on the workers of a --dist loadgroup run
+        return
+    for item in items:
+        module = getattr(item, "module", None)
+        if item.get_closest_marker("xdist_group") or getattr(module, SPREAD, False):
+            continue
+        item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 #: Set while a test item runs (its fixtures' setup and teardown included): the fast tier's guards are armed.

@@ -290,6 +290,8 @@ def expected_error(arch_name: str, task: str, exporter: str) -> Optional[str]:
 # --------------------------------------------------------------------------- tests
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+#: Every cell builds its own model: ``make test`` spreads the cells over its workers (tests/conftest.py).
+SPREAD_OVER_WORKERS = True
 
 
 def _cell_id(cell: Tuple[str, str, str]) -> str:

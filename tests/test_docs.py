@@ -29,6 +29,10 @@ import mkdocs_hooks  # noqa: E402
 
 AFTER_QUICKSTART = "<!-- docs-test: after quickstart -->"
 QUICKSTART = "quickstart.md"
+#: ``make test`` spreads the pages over its workers (tests/conftest.py), except the quickstart and the pages that
+#: start from its folder: they share one worker (``xdist_group``), so the quickstart runs once.
+SPREAD_OVER_WORKERS = True
+AFTER_QUICKSTART_GROUP = pytest.mark.xdist_group("docs-quickstart")
 
 
 def _read(path: str) -> str:
@@ -164,6 +168,7 @@ def quickstart_folder(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db
 
 @pytest.mark.slow
 @pytest.mark.integration
+@AFTER_QUICKSTART_GROUP
 def test_quickstart_page_runs(quickstart_folder: str) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{quickstart_folder}/mlflow.db", f"sqlite:///{quickstart_folder}/mlflow.db")
     assert client.get_model_version_by_alias("sentiment", "production").tags["tfexport.format"] == "onnx"
@@ -171,7 +176,10 @@ def test_quickstart_page_runs(quickstart_folder: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("page", [p for p in _runnable_pages() if p != QUICKSTART])
+@pytest.mark.parametrize("page", [
+    pytest.param(p, marks=[AFTER_QUICKSTART_GROUP] if AFTER_QUICKSTART in read_page(p) else [])
+    for p in _runnable_pages() if p != QUICKSTART
+])
 def test_page_runs(page: str, tmp_path: Any, request: pytest.FixtureRequest, _empty_mlflow_db: str) -> None:
     if AFTER_QUICKSTART in read_page(page):
         source = request.getfixturevalue("quickstart_folder")

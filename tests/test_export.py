@@ -20,6 +20,8 @@ from mlflow_tfexport.errors import ExportError, NotATfexportModelError, Tfexport
 from mlflow_tfexport.export import api as exporting
 
 TEXTS = ["I loved this film, the plot was great.", "dull", "It was not good, it was the worst film of the city."]
+#: No module-scoped fixture (every test logs its own source): ``make test`` spreads the tests over its workers.
+SPREAD_OVER_WORKERS = True
 
 
 def _log(tiny_model: Any, task: str = "text-classification", arch: str = "bert", name: str = "sentiment") -> str:

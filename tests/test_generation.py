@@ -25,6 +25,8 @@ from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, Flav
 from mlflow_tfexport.errors import BadInputError, ExportError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+#: No module-scoped fixture (every test exports its own model): ``make test`` spreads the tests over its workers.
+SPREAD_OVER_WORKERS = True
 
 CAUSAL = ["GPT-2", "GPT Neo", "GPT-J", "CodeGen", "BLOOM", "OPT", "BioGPT"]
 SEQ2SEQ = ["T5", "MT5", "BART", "mBART", "PLBart"]  # LongT5, Marian, M2M100, Blenderbot(Small), BigBird-Pegasus:

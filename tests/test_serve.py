@@ -33,8 +33,9 @@ TEXTS = [
 ]
 
 
-@pytest.fixture
-def registered(tracking_uri: str) -> str:
+@pytest.fixture(scope="module")
+def registered(module_registry: str) -> str:
+    """One logged version for the module: the tests only read it (through servers and the in-process pyfunc)."""
     model, tok = tiny("text-classification")
     with mlflow.start_run():
         info = mlflow.tfexport.log_model(  # type: ignore[attr-defined]
@@ -44,9 +45,10 @@ def registered(tracking_uri: str) -> str:
     return f"models:/{MODEL_NAME}/1"
 
 
-@pytest.fixture
-def server(registered: str, tracking_uri: str, tmp_path: Any) -> Iterator[ScoringServer]:
-    with models_serve(registered, tracking_uri, str(tmp_path)) as srv:
+@pytest.fixture(scope="module")
+def server(registered: str, module_registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringServer]:
+    """One server for the tests that only send it requests."""
+    with models_serve(registered, module_registry, str(tmp_path_factory.mktemp("serve"))) as srv:
         yield srv
 
 
@@ -125,8 +127,8 @@ def test_hostile_requests_get_what_they_should_over_http(server: ScoringServer) 
 
 
 @pytest.fixture
-def impatient_server(registered: str, tracking_uri: str, tmp_path: Any) -> Iterator[ScoringServer]:
-    with models_serve(registered, tracking_uri, str(tmp_path),
+def impatient_server(registered: str, module_registry: str, tmp_path: Any) -> Iterator[ScoringServer]:
+    with models_serve(registered, module_registry, str(tmp_path),
                       extra_env={"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "3"}) as srv:
         yield srv
 

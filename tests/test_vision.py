@@ -228,6 +228,9 @@ def run_vision_cell(arch_name: str, task: str, fmt: str = ONNX) -> VisionCellRes
 # --------------------------------------------------------------------------- tests
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+#: The cells build their own models (only the few ``vit_dirs`` tests share one): ``make test`` spreads them over
+#: its workers (tests/conftest.py).
+SPREAD_OVER_WORKERS = True
 
 
 @pytest.mark.parametrize("cell", VISION_CELLS, ids=lambda c: f"{c[0]}-{c[1]}".replace(" ", "_"))
