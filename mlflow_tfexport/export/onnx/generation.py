@@ -36,6 +36,7 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, ONNX_FILE, FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.onnx import fused_decoder
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
 from mlflow_tfexport.export.wrapper import source_inputs, untie_weights
@@ -287,6 +288,12 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     onnx_optimize.prepare_model(model, options)
     tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter)}
     conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
+    if options.exporter == fused_decoder.FUSED_EXPORTER:
+        path = os.path.join(staging_dir, ONNX_FILE)
+        fused_decoder.write_fused_decoder(model, path, conf[FlavorKey.OPSET])
+        _postprocess([path], source, options, conf, tags)
+        conf[FlavorKey.GENERATION] = Generation.DECODER_WITH_PAST
+        return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=conf, tags=tags)
     if not getattr(model.config, "is_encoder_decoder", False):
         feeds = source_inputs(source, EXPORT_BATCH, EXPORT_PAST + EXPORT_NEW)
         ids, mask = feeds["input_ids"], np.ones_like(feeds["input_ids"])
