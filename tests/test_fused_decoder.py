@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import mlflow
 import pytest
@@ -41,13 +41,13 @@ def _op_types(folder: str) -> List[str]:
 
 
 class Variant:
-    def __init__(self, kind: str, root: str, **options: Any) -> None:
+    def __init__(self, kind: str, root: str, overrides: Optional[Dict[str, Any]] = None, **options: Any) -> None:
         import mlflow_tfexport
         from mlflow_tfexport.export.api import export_to_directory
         from mlflow_tfexport.serving.conf import read_flavor_conf
         from mlflow_tfexport.serving.runtimes import load_runner
 
-        model, self.tok = _decoder_only(kind, **OVERRIDES.get(kind, {}))
+        model, self.tok = _decoder_only(kind, **(OVERRIDES.get(kind, {}) if overrides is None else overrides))
         self.source, self.onnx = os.path.join(root, kind, "source"), os.path.join(root, kind, "onnx")
         mlflow_tfexport.save_model(model, self.source, tokenizer=self.tok, task=TG)
         self.conf, self.report = export_to_directory(self.source, self.onnx, "onnx", **options)
@@ -113,7 +113,7 @@ def test_sampling_seed_stop_beams_and_stream_through_the_pyfunc(kind: str, varia
     assert len(chunks) >= 3 and "".join(chunks) == first[0]
 
 
-def test_legacy_exporter_keeps_the_traced_graph_and_fused_refuses_other_models(tmp_path: Any) -> None:
+def test_legacy_exporter_and_unsupported_configs_keep_the_traced_graph(tmp_path: Any) -> None:
     import mlflow_tfexport
     from mlflow_tfexport.export.api import export_to_directory
 
@@ -121,6 +121,12 @@ def test_legacy_exporter_keeps_the_traced_graph_and_fused_refuses_other_models(t
     assert not FUSED_OPS & set(_op_types(legacy.onnx))
     cfg = DecodeConfig(8, legacy.eos)
     assert legacy.runners["onnx"].decode(legacy.prompts, cfg) == legacy.runners["source"].decode(legacy.prompts, cfg)
+    # a rotary scaling whose frequencies change with the length (the writer lacks it): the traced graph, by default
+    dynamic = Variant("Llama", str(tmp_path / "dynamic"), {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
+                                                                               "rope_theta": 10000.0}})
+    assert not FUSED_OPS & set(_op_types(dynamic.onnx))
+    assert dynamic.runners["onnx"].decode(dynamic.prompts, cfg) == dynamic.runners["source"].decode(dynamic.prompts,
+                                                                                                     cfg)
     model, tok = build(BY_NAME["GPT-2"], TG)
     source = str(tmp_path / "gpt2")
     mlflow_tfexport.save_model(model, source, tokenizer=tok, task=TG)
