@@ -110,6 +110,18 @@ def _linear(g: _Graph, x: str, module: Any, prefix: str) -> str:
     return y
 
 
+def _packed(g: _Graph, x: str, modules: Sequence[Any], prefix: str) -> str:
+    """One MatMul for several projections of ``x`` (their weights concatenated by output rows)."""
+    weight = np.concatenate([_np(m.weight) for m in modules], axis=0)
+    y = g.one("MatMul", [x, g.init(f"{prefix}.weight", weight.T)])
+    if all(getattr(m, "bias", None) is not None for m in modules):
+        y = g.one("Add", [y, g.init(f"{prefix}.bias", np.concatenate([_np(m.bias) for m in modules]))])
+    elif any(getattr(m, "bias", None) is not None for m in modules):
+        zeros = [np.zeros(m.weight.shape[0], np.float32) if m.bias is None else _np(m.bias) for m in modules]
+        y = g.one("Add", [y, g.init(f"{prefix}.bias", np.concatenate(zeros))])
+    return y
+
+
 def _split_linear(g: _Graph, x: str, module: Any, prefix: str, sizes: Sequence[int]) -> List[str]:
     """Phi3's fused projections: one MatMul per part, weights split by output rows."""
     weight = _np(module.weight)
@@ -192,13 +204,12 @@ def write_fused_decoder(model: Any, path: str, opset: int) -> Tuple[List[str], L
     for i, layer in enumerate(inner.layers):
         attn, mlp = layer.self_attn, layer.mlp
         p = f"layers.{i}"
-        if hasattr(attn, "qkv_proj"):
-            q, k, v = _split_linear(g, x, attn.qkv_proj, f"{p}.qkv_proj",
-                                    (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim))
-        else:
-            q = _linear(g, x, attn.q_proj, f"{p}.q_proj")
-            k = _linear(g, x, attn.k_proj, f"{p}.k_proj")
-            v = _linear(g, x, attn.v_proj, f"{p}.v_proj")
+        qkv = _packed(g, x, [attn.qkv_proj] if hasattr(attn, "qkv_proj") else [attn.q_proj, attn.k_proj,
+                                                                                   attn.v_proj], f"{p}.qkv_proj")
+        q, k, v = g.node("Split", [qkv, g.init(f"{p}.qkv_sizes", np.array(
+            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))],
+            [g.name("q"), g.name("k"), g.name("v")], axis=-1)
+        # Rotary at position_ids (GroupQueryAttention's do_rotary counts positions itself: wrong for left padding)
         q = g.one("RotaryEmbedding", [q, "position_ids", "cos_cache", "sin_cache"], MS, interleaved=0,
                   num_heads=heads, rotary_embedding_dim=rotary_dim)
         k = g.one("RotaryEmbedding", [k, "position_ids", "cos_cache", "sin_cache"], MS, interleaved=0,
