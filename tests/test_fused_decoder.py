@@ -5,8 +5,9 @@ Each tiny model is exported with the default options (validated step by step by 
 rows), and its variant must decode as the source: greedy, repetition penalty and beam search token for token,
 prompts of different lengths batched together (left-padded) as each alone, a seeded sampling request
 reproducible, a stop string honoured and ``predict_stream`` joining into ``predict``. Mistral's sliding window is
-4 tokens, shorter than the prompts, so the kernel's window is checked against the model's. GPT-2 keeps the
-traced graph (``tests/test_decoding.py``), and ``exporter='legacy'`` still writes it for the family.
+4 tokens (Phi3's 5), shorter than the prompts plus new tokens, so the kernel's window is checked against the
+model's. GPT-2 keeps the traced graph (``tests/test_decoding.py``), and ``exporter='legacy'`` still writes it
+for the family.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from mlflow_tfexport.serving.decoding import DecodeConfig  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
 
 FAMILY = ["Llama", "Mistral", "Qwen2", "Phi3"]
-OVERRIDES: Dict[str, Dict[str, Any]] = {"Mistral": {"sliding_window": 4}, "Qwen2": {"tie_word_embeddings": True}}
+OVERRIDES: Dict[str, Dict[str, Any]] = {"Mistral": {"sliding_window": 4}, "Phi3": {"sliding_window": 5},
+                                      "Qwen2": {"tie_word_embeddings": True}}
 FUSED_OPS = {"GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"}
 
 

@@ -65,8 +65,6 @@ def unsupported_reason(model: Any) -> Optional[str]:
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rotary is None or getattr(rotary, "inv_freq", None) is None:
         return "no rotary embedding module with inv_freq at model.model.rotary_emb"
-    if getattr(config, "sliding_window", None) and getattr(config, "layer_types", None) is None and kind != "mistral":
-        return "a sliding window without per-layer layer_types"
     return None
 
 
@@ -149,7 +147,8 @@ def _rotary_caches(model: Any, rotary_dim: int) -> Tuple[np.ndarray, np.ndarray]
 
 def _window(config: Any, layer: int) -> int:
     """GroupQueryAttention's ``local_window_size`` (-1: none), the model's ``sliding_window`` (equal logits on
-    left-padded rows longer than the window: ``tests/test_fused_decoder.py``)."""
+    left-padded rows longer than the window: ``tests/test_fused_decoder.py``): on every layer without
+    ``layer_types`` (Mistral, Phi3, as their masks do), else on the ``sliding_attention`` ones."""
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
     if not window:
