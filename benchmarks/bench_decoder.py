@@ -7,9 +7,11 @@ system gets these very weights and the same ``--prompt``-token prompt, ``--batch
 and generates ``--new`` tokens greedily; the table is new tokens per second (best of ``--repeats``) and the
 ratio to torch. Systems:
 
-- ``onnx``: our variant (``export_to_directory(..., "onnx")``) through ``mlflow.pyfunc.load_model`` with the
-  model_config it was written with; ``onnx threads=0``: with ``intra_op_num_threads: 0`` (onnxruntime's
-  default, a thread per core); ``onnx optimize threads=0``: exported with ``optimize=True``.
+- ``onnx``: our variant (``export_to_directory(..., "onnx")``: for the Llama family the fused graph of
+  ``exporter='fused'``, GPT-2 the traced one) through ``mlflow.pyfunc.load_model`` with the model_config it
+  was written with; ``onnx0``: with ``intra_op_num_threads: 0`` (onnxruntime's default, a thread per core);
+  ``onnxlegacy``: the traced graph (``exporter='legacy'``), threads 0; ``onnxopt``: the traced graph with
+  ``optimize=True``, threads 0.
 - ``torch generate``: ``model.generate`` (torch's default threads).
 - ``onnxruntime-genai`` (its model builder, fp32, CPU) and ``optimum`` (``ORTModelForCausalLM``), each run by
   ``decoder_others.py`` in its own virtualenv made by ``.ci/bench-venvs.sh`` (``--genai-python`` /
@@ -19,7 +21,7 @@ ratio to torch. Systems:
 Every row's tokens are checked against torch's: ``tokens`` is ``equal`` or says where they differ.
 
     python benchmarks/bench_decoder.py [--size tiny|124m] [--new 32] [--prompt 32] [--batches 1,8]
-        [--models gpt2,llama] [--repeats 1] [--systems onnx,onnx0,onnxopt,torch,genai,optimum] [--out DIR]
+        [--models gpt2,llama] [--repeats 1] [--systems onnx,onnx0,onnxlegacy,onnxopt,torch,genai,optimum] [--out DIR]
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ sys.path.insert(0, HERE)
 import harness  # noqa: E402
 
 SIZES = {"tiny": (256, 4, 4), "124m": (768, 12, 12)}  # hidden, layers, heads
-SYSTEMS = ("onnx", "onnx0", "onnxopt", "torch", "genai", "optimum")
+SYSTEMS = ("onnx", "onnx0", "onnxlegacy", "onnxopt", "torch", "genai", "optimum")
 LABELS = {"onnx": "our ONNX variant, as written", "onnx0": "our ONNX variant, intra_op_num_threads 0",
+          "onnxlegacy": "our ONNX variant, exporter='legacy' (traced graph), threads 0",
           "onnxopt": "our ONNX variant, optimize=True, threads 0", "torch": "torch generate",
           "genai": "onnxruntime-genai", "optimum": "optimum ORTModelForCausalLM"}
 VENVS = {"genai": "/tmp/genai-venv/bin/python", "optimum": "/tmp/optimum-venv/bin/python"}
@@ -140,16 +143,18 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Dict[str, Any]
     if "torch" in args.systems:
         runs["torch"] = torch_generate
     params = {"max_new_tokens": args.new, "do_sample": False}
-    ours = {"onnx": ("onnx", False, None), "onnx0": ("onnx", False, {"intra_op_num_threads": 0}),
-            "onnxopt": ("onnx-opt", True, {"intra_op_num_threads": 0})}
+    threads0 = {"intra_op_num_threads": 0}
+    ours: Dict[str, Any] = {"onnx": ("onnx", {}, None), "onnx0": ("onnx", {}, threads0),
+                            "onnxlegacy": ("onnx-legacy", {"exporter": "legacy"}, threads0),
+                            "onnxopt": ("onnx-opt", {"optimize": True}, threads0)}
     exported: Dict[str, str] = {}
-    for system, (folder, optimize, config) in ours.items():
+    for system, (folder, options, config) in ours.items():
         if system not in args.systems:
             continue
         path = os.path.join(work, folder)
         if folder not in exported:
             started = time.perf_counter()
-            export_to_directory(source, path, "onnx", optimize=optimize)
+            export_to_directory(source, path, "onnx", **options)
             exported[folder] = path
             harness.log(f"  export {folder}: {time.perf_counter() - started:.0f} s")
         pyfunc = mlflow.pyfunc.load_model(path, model_config=config) if config else mlflow.pyfunc.load_model(path)

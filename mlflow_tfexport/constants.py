@@ -18,6 +18,9 @@ MLMODEL_FILE = "MLmodel"
 TOKENIZER_FILE = "tokenizer.json"  # inside TOKENIZER_DIR: what the serving tokenizer loads
 CODE_DIR = "code"  # this package's runtime code, so serving needs no pip install of it
 ONNX_FILE = "model.onnx"
+#: Metadata key of a with-past graph whose attention kernel takes a multi-token step over a past for one row at a
+#: time (GroupQueryAttention); the serving runner then runs such a step row by row. Value: the kernel's name.
+ONNX_META_ROW_CHUNKS = "tfexport.multi_token_past_per_row"
 ONNX_ENCODER_FILE = "encoder.onnx"
 ONNX_DECODER_FILE = "decoder.onnx"
 VALIDATION_FILE = "validation.json"

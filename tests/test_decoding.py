@@ -33,8 +33,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::torch.jit.Tr
 PROMPTS = ["I loved this film, the plot was", "Paris is", "it was not good and the end was not what"]
 
 
-def _decoder_only(kind: str) -> Tuple[Any, Any]:
-    """A tiny Llama or Mixtral (4 experts, 2 per token) with the tests' byte-level tokenizer."""
+def _decoder_only(kind: str, **overrides: Any) -> Tuple[Any, Any]:
+    """A tiny Llama-style decoder (``kind``: Llama, Mixtral with 4 experts, 2 per token, Mistral, Qwen2, Phi3)
+    with the tests' byte-level tokenizer; ``overrides`` go to its config."""
     import torch
     import transformers
     from tiny import gpt2_tokenizer
@@ -47,6 +48,7 @@ def _decoder_only(kind: str) -> Tuple[Any, Any]:
                                   pad_token_id=eos, bos_token_id=eos, eos_token_id=eos)
     if kind == "Mixtral":
         kwargs.update(num_local_experts=4, num_experts_per_tok=2)
+    kwargs.update(overrides)
     config = getattr(transformers, f"{kind}Config")(**kwargs)
     return getattr(transformers, f"{kind}ForCausalLM")(config).eval(), tok
 

@@ -26,6 +26,7 @@ from mlflow_tfexport.constants import ONNX_FILE, FlavorKey, Format, Tag
 from mlflow_tfexport.errors import ExportError, cause
 from mlflow_tfexport.export.onnx import calibration as calib
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
+from mlflow_tfexport.export.onnx.fused_decoder import FUSED_EXPORTER, FUSED_MODEL_TYPES
 from mlflow_tfexport.export.onnx.generation import export_generation
 from mlflow_tfexport.export.options import (
     STATIC_QUANTIZE,
@@ -48,7 +49,7 @@ from mlflow_tfexport.tasks import IMAGE, TaskSpec, input_axes
 EXPORT_SHAPE: Shape = (2, 16)
 VALIDATION_SHAPE: Shape = (3, 23)
 #: Opsets each exporter supports with transformers models (attention needs >= 14).
-OPSET_RANGE: Dict[str, Tuple[int, int]] = {"legacy": (14, 20), "dynamo": (18, 23)}
+OPSET_RANGE: Dict[str, Tuple[int, int]] = {"legacy": (14, 20), "dynamo": (18, 23), FUSED_EXPORTER: (14, 21)}
 DEFAULT_EXPORTER = "legacy"
 #: Above this many bytes of weights the model is written with ONNX external data (protobuf caps at 2 GB).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -75,7 +76,15 @@ def save_with_external_data(path: str) -> None:
 def with_past(spec: TaskSpec, exporter: str) -> bool:
     """Generation tasks export with past key values (``export/onnx/generation.py``) with the legacy exporter;
     the dynamo exporter writes a causal LM's single logits graph (decoded by re-running it)."""
-    return spec.generative and (exporter == DEFAULT_EXPORTER or not spec.causal)
+    return spec.generative and (exporter in (DEFAULT_EXPORTER, FUSED_EXPORTER) or not spec.causal)
+
+
+def default_exporter(options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> str:
+    """``exporter='fused'`` (``export/onnx/fused_decoder.py``) for a causal LM of the Llama family exported
+    without post-processing (``optimize``/``quantize`` work on the traced graph), else the legacy exporter."""
+    fused = (spec.generative and spec.causal and source_conf.get(FlavorKey.MODEL_TYPE) in FUSED_MODEL_TYPES
+             and not options.optimize and not options.quantize)
+    return FUSED_EXPORTER if fused else DEFAULT_EXPORTER
 
 
 def _check_generation(exporter: str, options: ExportOptions, spec: TaskSpec) -> None:
@@ -97,9 +106,15 @@ class OnnxBackend:
     def check(self, options: ExportOptions, source_conf: Mapping[str, Any], spec: TaskSpec) -> ExportOptions:
         """The exporter and the opset (default: the task's, within the exporter's range); generation limits.
         Options of other formats were refused by ``make_options``."""
-        exporter = options.exporter or DEFAULT_EXPORTER
+        exporter = options.exporter or default_exporter(options, source_conf, spec)
         if exporter not in OPSET_RANGE:
             raise ExportError(f"Unknown ONNX exporter {exporter!r}; use one of {', '.join(OPSET_RANGE)}.")
+        model_type = source_conf.get(FlavorKey.MODEL_TYPE)
+        if exporter == FUSED_EXPORTER and not (spec.generative and spec.causal and model_type in FUSED_MODEL_TYPES):
+            raise ExportError(
+                f"exporter='fused' writes text-generation graphs of model types {', '.join(FUSED_MODEL_TYPES)}; "
+                f"received task {spec.name!r}, model type {model_type!r}. Use exporter='legacy' (traced) instead."
+            )
         low, high = OPSET_RANGE[exporter]
         opset = options.opset if options.opset is not None else max(spec.default_opset, low)
         if not isinstance(opset, int) or isinstance(opset, bool) or not low <= opset <= high:

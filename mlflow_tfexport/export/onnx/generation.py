@@ -1,6 +1,9 @@
 """ONNX export of generation models with past key values: the ``-with-past`` features of the old exporter.
 
-The ONNX backend calls this module for generative tasks (legacy exporter):
+The ONNX backend calls this module for generative tasks (legacy exporter; ``exporter='fused'``, the
+default for the Llama family's causal LMs, writes ``model.onnx`` with ``export/onnx/fused_decoder.py``
+instead, same inputs and outputs, and falls back to the traced graph, with a warning and
+``tfexport.exporter=legacy``, for a model with a feature that writer lacks):
 
 - ``text-generation`` (causal LM): one graph, ``model.onnx``, taking
   ``input_ids``, ``attention_mask`` (past + new positions) and the flattened
@@ -27,6 +30,7 @@ the references ``validation/generation.py`` compares the exported graphs with.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,10 +40,13 @@ import numpy as np
 from mlflow_tfexport._lazy import require
 from mlflow_tfexport.constants import ONNX_DECODER_FILE, ONNX_ENCODER_FILE, ONNX_FILE, FlavorKey, Generation, Tag
 from mlflow_tfexport.errors import ExportError
+from mlflow_tfexport.export.onnx import fused_decoder
 from mlflow_tfexport.export.onnx import optimize as onnx_optimize
 from mlflow_tfexport.export.options import ExportedArtifact, ExportOptions, SourceModel
 from mlflow_tfexport.export.wrapper import source_inputs, untie_weights
 from mlflow_tfexport.tasks import BATCH
+
+_logger = logging.getLogger(__name__)
 
 #: (batch, past, new) of the export trace: batch >= 2 so the batch axis stays dynamic, a past > 0
 #: so the cache length is traced as a shape, not a constant.
@@ -287,6 +294,17 @@ def export_generation(source: SourceModel, options: ExportOptions, staging_dir: 
     onnx_optimize.prepare_model(model, options)
     tags = {Tag.OPSET: str(options.opset), Tag.TRACE_SHAPE: "dynamic", Tag.EXPORTER: str(options.exporter)}
     conf: Dict[str, Any] = {FlavorKey.OPSET: options.opset}
+    unfused = fused_decoder.unsupported_reason(model) if options.exporter == fused_decoder.FUSED_EXPORTER else None
+    if unfused is not None:  # a family member with a feature the writer lacks (e.g. Phi3's longrope): traced
+        _logger.warning("exporter='fused' cannot write %s (%s); writing the traced graph (exporter='legacy').",
+                        arch, unfused)
+        tags[Tag.EXPORTER] = "legacy"
+    elif options.exporter == fused_decoder.FUSED_EXPORTER:
+        path = os.path.join(staging_dir, ONNX_FILE)
+        fused_decoder.write_fused_decoder(model, path, conf[FlavorKey.OPSET])
+        _postprocess([path], source, options, conf, tags)
+        conf[FlavorKey.GENERATION] = Generation.DECODER_WITH_PAST
+        return ExportedArtifact(model_file=ONNX_FILE, flavor_conf=conf, tags=tags)
     if not getattr(model.config, "is_encoder_decoder", False):
         feeds = source_inputs(source, EXPORT_BATCH, EXPORT_PAST + EXPORT_NEW)
         ids, mask = feeds["input_ids"], np.ones_like(feeds["input_ids"])

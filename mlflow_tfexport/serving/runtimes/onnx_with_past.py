@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlflow_tfexport.constants import FlavorKey, Generation
+from mlflow_tfexport.constants import ONNX_META_ROW_CHUNKS, FlavorKey, Generation
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.serving import decoding
 from mlflow_tfexport.serving.conf import artifact_path
@@ -159,6 +159,9 @@ class DecoderWithPastRunner(_Decodes):
         self.present_names = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.has_positions = any(i.name == "position_ids" for i in self.session.get_inputs())
+        # GroupQueryAttention takes several new tokens over a past for one row at a time (serving never does:
+        # a prompt has an empty past, then one token per step; validation's middle chunk does).
+        self.row_chunks = ONNX_META_ROW_CHUNKS in self.session.get_modelmeta().custom_metadata_map
 
     def steps(self) -> Any:
         return _CausalSteps(self)
@@ -179,6 +182,10 @@ class DecoderWithPastRunner(_Decodes):
                 position_ids = (np.cumsum(attention_mask, axis=1) - 1)[:, -new:]
                 position_ids = np.where(attention_mask[:, -new:] == 0, 1, position_ids)
             feeds["position_ids"] = np.asarray(position_ids, dtype=np.int64)
+        batch, new = input_ids.shape
+        if self.row_chunks and batch > 1 and new > 1 and attention_mask.shape[1] > new:
+            rows = [self.session.run(None, {k: v[row:row + 1] for k, v in feeds.items()}) for row in range(batch)]
+            return {name: np.concatenate([r[j] for r in rows]) for j, name in enumerate(self._outputs)}
         return dict(zip(self._outputs, self.session.run(None, feeds), strict=True))
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
