@@ -150,3 +150,24 @@ def test_fused_variant_serves_without_torch(variants: Dict[str, Variant]) -> Non
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_lone_decode_gets_every_core_given(variants: Dict[str, Variant], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written with ``intra_op_num_threads: auto``, the generation session has an intra-op thread per core given
+    (``OMP_NUM_THREADS`` lowers it, as Spark sets it), not one; a number in ``model_config`` is kept."""
+    import yaml
+
+    from mlflow_tfexport.serving.batching import given_cores
+
+    path = variants["Llama"].onnx
+    with open(os.path.join(path, "MLmodel")) as f:
+        assert yaml.safe_load(f)["flavors"]["python_function"]["config"]["intra_op_num_threads"] == "auto"
+
+    def threads(**config: Any) -> int:
+        runner = mlflow.pyfunc.load_model(path, model_config=config or None)._model_impl.runner
+        return int(runner.session.get_session_options().intra_op_num_threads)
+
+    assert threads() == given_cores()
+    assert threads(intra_op_num_threads=1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads() == 1

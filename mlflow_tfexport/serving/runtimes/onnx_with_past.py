@@ -22,14 +22,21 @@ import numpy as np
 from mlflow_tfexport.constants import ONNX_META_ROW_CHUNKS, FlavorKey, Generation
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.serving import decoding
+from mlflow_tfexport.serving.batching import given_cores
 from mlflow_tfexport.serving.conf import artifact_path
 from mlflow_tfexport.serving.runtimes.padding import right_padded
-from mlflow_tfexport.serving.runtimes.sessions import new_session
+from mlflow_tfexport.serving.runtimes.sessions import new_session, wants_auto_threads
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def _session(path: str, config: Mapping[str, Any]) -> Any:
+    """The graph's session. With ``intra_op_num_threads: "auto"`` (what variants are written with) one session
+    with an intra-op thread per core given (``given_cores``): a decode is a chain of one-position steps that
+    cannot be split over rows, so a lone request gets every core, and concurrent requests share the pool (a
+    second, one-thread session as for the other tasks would double the decoder's memory)."""
+    if wants_auto_threads(config):
+        config = {**config, "intra_op_num_threads": given_cores()}
     return new_session(path, config)
 
 
