@@ -30,19 +30,13 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
+from harness import best_of  # noqa: E402
 
 
 def _model(kind: str, args: argparse.Namespace, tok: Any) -> Any:
@@ -119,7 +113,8 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
         rates: Dict[str, float] = {}
         for name, pyfunc in variants.items():
             pyfunc.predict(prompts[:1], params={**params, "max_new_tokens": 4})  # warm-up
-            seconds = _best(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats)
+            seconds = best_of(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats,
+                              warm_up=False)
             rates[name] = batch * args.new / seconds
             results.append((f"{kind} {name}", batch, rates[name]))
         base = rates["mlflow.transformers (pipeline)"]
@@ -186,7 +181,8 @@ def bench_seq2seq(args: argparse.Namespace, root: str, tok: Any) -> List[Tuple[s
         rates: Dict[str, float] = {}
         for name, pyfunc in variants.items():
             pyfunc.predict(prompts[:1], params={"max_new_tokens": 4})  # warm-up
-            elapsed = _best(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats)
+            elapsed = best_of(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats,
+                              warm_up=False)
             rates[name] = batch * args.new / elapsed
             results.append((f"bart {name}", batch, rates[name]))
         base = rates["source (tfexport, transformers generate)"]

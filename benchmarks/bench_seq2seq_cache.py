@@ -33,7 +33,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -41,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from harness import best_of  # noqa: E402
 
 
 def cache_modules(model: Any) -> Tuple[Any, Any]:
@@ -193,13 +195,6 @@ def per_call(m: Dict[str, Any], ids: np.ndarray, mask: np.ndarray, start: int, c
     return best
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -247,7 +242,7 @@ def main(argv: List[str] | None = None) -> int:
         best = {name: float("inf") for name in runs}
         for _ in range(args.repeats):  # interleaved: a load spike on a shared machine hits both
             for name, run in runs.items():
-                best[name] = min(best[name], _best(run, 1))
+                best[name] = min(best[name], best_of(run, 1, warm_up=False))
         rates = {name: (batch * args.new / best[name], same[name]) for name in runs}
         print(f"  batch {batch}:")
         calls = per_call(m, ids, mask, start, args.calls)

@@ -143,9 +143,10 @@ def interleaved(fns: Dict[str, Callable[[], Any]], trials: int, budget_s: float)
     }
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls (after one warm-up call), in seconds."""
-    fn()
+def best_of(fn: Callable[[], Any], repeats: int, *, warm_up: bool = True) -> float:
+    """The fastest of ``repeats`` timed calls (after one warm-up call unless ``warm_up=False``), in seconds."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
