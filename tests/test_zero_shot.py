@@ -50,8 +50,10 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     example = {"image": [base64.b64encode(png_bytes(sample_images(1)[0])).decode()], "candidate_labels": ["cat,dog"]}
     mlflow_tfexport.save_model(model, str(root / "labelled"), tokenizer=tok, image_processor=processor,
                                input_example=example)
+    _, labelled_report = export_to_directory(str(root / "labelled"), str(root / "labelled-onnx"), "onnx")
     return {"source": str(root / "source"), "onnx": str(root / "onnx"), "model": model, "tok": tok,
-            "processor": processor, "conf": conf, "report": report, "labelled": str(root / "labelled")}
+            "processor": processor, "conf": conf, "report": report, "labelled": str(root / "labelled"),
+            "labelled_onnx": str(root / "labelled-onnx"), "labelled_report": labelled_report}
 
 
 def _assert_same(got: Any, expected: Any, atol: float) -> None:
@@ -94,15 +96,24 @@ def test_onnx_variant_answers_like_the_source(clip: Dict[str, Any]) -> None:
     expected = mlflow.pyfunc.load_model(clip["source"]).predict(images, params=params)
     onnx = mlflow.pyfunc.load_model(clip["onnx"])
     _assert_same(onnx.predict(images, params=params), expected, 1e-4)
-    # Labels per row in a column (a model logged with an example that carries them; its ONNX export: see the
-    # report of issue 25): the same answers as the param for each row's own labels.
+    # Labels per row in a column (a model logged with an example that carries them, and its ONNX export): the
+    # same answers as the param for each row's own labels.
     per_row = [["cat", "dog"], "fish,bird,cat", ["cat", "dog"], ["dog"]]
     b64 = [base64.b64encode(im).decode() for im in images]
-    got = mlflow.pyfunc.load_model(clip["labelled"]).predict(pd.DataFrame({"image": b64, "candidate_labels": per_row}))
-    for i, labels in enumerate(per_row):
-        label_text = labels if isinstance(labels, str) else ",".join(labels)
-        one = mlflow.pyfunc.load_model(clip["source"]).predict([images[i]], params={"candidate_labels": label_text})
-        _assert_same([got[i]], one, 1e-4)
+    frame = pd.DataFrame({"image": b64, "candidate_labels": per_row})
+    for labelled in (clip["labelled"], clip["labelled_onnx"]):
+        got = mlflow.pyfunc.load_model(labelled).predict(frame)
+        for i, labels in enumerate(per_row):
+            label_text = labels if isinstance(labels, str) else ",".join(labels)
+            one = mlflow.pyfunc.load_model(clip["source"]).predict([images[i]], params={"candidate_labels": label_text})
+            _assert_same([got[i]], one, 1e-4)
+
+
+def test_an_export_of_a_source_with_candidate_labels_validates_on_its_example(clip: Dict[str, Any]) -> None:
+    """The input example (image + candidate_labels) is the export's validation data: the zero-shot pyfunc answers
+    it on both sides and the top labels agree (it failed with KeyError 'pixel_values' through the text pyfunc)."""
+    agreement = clip["labelled_report"].agreement
+    assert agreement is not None and agreement.passed and agreement.rows == 1 and agreement.value == 1.0
 
 
 def test_bad_requests_say_what_to_send(clip: Dict[str, Any]) -> None:

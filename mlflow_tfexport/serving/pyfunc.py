@@ -16,10 +16,15 @@ from mlflow_tfexport.serving.image import ImagePyfunc
 from mlflow_tfexport.serving.runtimes import load_runner
 from mlflow_tfexport.serving.text import TfexportPyfunc
 from mlflow_tfexport.serving.zero_shot import ZeroShotImagePyfunc
-from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT
+from mlflow_tfexport.tasks import IMAGE, IMAGE_TEXT, TaskSpec
 
 #: The pyfunc of each input kind (text: ``TfexportPyfunc``).
 PYFUNCS: Dict[str, Any] = {IMAGE: ImagePyfunc, IMAGE_TEXT: ZeroShotImagePyfunc}
+
+
+def pyfunc_class(spec: TaskSpec) -> Any:
+    """The pyfunc class serving a task: a user's export config's, else the one of its input kind."""
+    return CustomPyfunc if spec.custom is not None else PYFUNCS.get(spec.input_kind, TfexportPyfunc)
 
 
 def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> Any:
@@ -28,5 +33,4 @@ def _load_pyfunc(path: str, model_config: Optional[Dict[str, Any]] = None) -> An
     config = dict(model_config or {})
     spec = task_of(conf)
     runner = load_runner(path, conf, config)
-    pyfunc_class = CustomPyfunc if spec.custom is not None else PYFUNCS.get(spec.input_kind, TfexportPyfunc)
-    return pyfunc_class(path, conf, runner, config)
+    return pyfunc_class(spec)(path, conf, runner, config)

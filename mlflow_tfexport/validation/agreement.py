@@ -35,12 +35,10 @@ from mlflow.models import Model
 from mlflow_tfexport.constants import FlavorKey
 from mlflow_tfexport.errors import ExportError, TfexportError
 from mlflow_tfexport.export.options import QUANTIZE_MODES
-from mlflow_tfexport.serving.custom import CustomPyfunc
 from mlflow_tfexport.serving.export_config import task_of
-from mlflow_tfexport.serving.image import ImagePyfunc
+from mlflow_tfexport.serving.pyfunc import pyfunc_class
 from mlflow_tfexport.serving.runtimes import Runner
-from mlflow_tfexport.serving.text import TfexportPyfunc
-from mlflow_tfexport.tasks import IMAGE, AgreementMetric, TaskSpec
+from mlflow_tfexport.tasks import AgreementMetric, TaskSpec
 from mlflow_tfexport.validation.data import InputExampleError, ValidationData, load_validation_data
 from mlflow_tfexport.validation.report import AgreementCheck
 
@@ -104,10 +102,16 @@ def _score_diff(pairs: Sequence[Tuple[Any, Any]]) -> Dict[str, float]:
     return {"max_score_diff": max(finite) if finite else 0.0}
 
 
+def _top(row: Any) -> Any:
+    """A row's answer: a classifier's record, or the first (highest-scored) entry of a ranked list (zero-shot)."""
+    return (row[0] if row else {"label": None, "score": math.nan}) if isinstance(row, (list, tuple)) else row
+
+
 def label_agreement(source: Any, variant: Any, threshold: float) -> Measured:
-    """Same label per row; the largest score difference among rows with the same label."""
+    """Same label per row (a ranked list's top label); the largest score difference among rows with the same
+    label."""
     rows = len(source)
-    a, b = _records(source, rows), _records(variant, rows)
+    a, b = [_top(r) for r in _records(source, rows)], [_top(r) for r in _records(variant, rows)]
     same = [str(x["label"]) == str(y["label"]) for x, y in zip(a, b, strict=True)]
     differing = [(i, f"source {x['label']!r} ({float(x['score']):.3g}), variant {y['label']!r} "
                      f"({float(y['score']):.3g})") for i, (x, y, s) in enumerate(zip(a, b, same, strict=True)) if not s]
@@ -309,10 +313,7 @@ def advice(metric: str, value: float, mode: str) -> str:
 def pyfunc_for(path: str, conf: Mapping[str, Any], runner: Runner) -> Any:
     """The served model (the pyfunc of ``serving/``) around ``runner``: what ``mlflow.pyfunc.load_model``
     returns for a model saved at ``path`` with flavor block ``conf``."""
-    spec = task_of(conf)
-    pyfunc_class = CustomPyfunc if spec.custom is not None else ImagePyfunc if spec.input_kind == IMAGE \
-        else TfexportPyfunc
-    return pyfunc_class(path, conf, runner, {})
+    return pyfunc_class(task_of(conf))(path, conf, runner, {})
 
 
 def compared_conf(source_conf: Mapping[str, Any], variant_conf: Mapping[str, Any]) -> Dict[str, Any]:
