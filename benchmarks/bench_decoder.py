@@ -54,33 +54,8 @@ VENVS = {"genai": "/tmp/genai-venv/bin/python", "optimum": "/tmp/optimum-venv/bi
 
 def build(kind: str, size: str, tok: Any) -> Any:
     """The random-weight decoder every system gets (seed 0)."""
-    import torch
-    import transformers
+    return harness.random_decoder(kind, tok, *SIZES[size])
 
-    hidden, layers, heads = SIZES[size]
-    torch.manual_seed(0)
-    eos = tok.eos_token_id
-    if kind == "gpt2":
-        config: Any = transformers.GPT2Config(vocab_size=50257, n_embd=hidden, n_layer=layers, n_head=heads,
-                                              n_positions=1024)
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.LlamaConfig(vocab_size=32000, hidden_size=hidden, num_hidden_layers=layers,
-                                          num_attention_heads=heads, num_key_value_heads=max(1, heads // 3),
-                                          intermediate_size=hidden * 8 // 3, max_position_embeddings=1024,
-                                          tie_word_embeddings=False)
-        model = transformers.LlamaForCausalLM(config)
-    with torch.no_grad():  # only ids the tokenizer knows win; the vocabulary's cost stays
-        model.get_output_embeddings().weight[len(tok):] = 0.0
-    model.config.eos_token_id = model.config.pad_token_id = model.config.bos_token_id = eos
-    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos
-    return model.eval()
-
-
-def prompt_text(tok: Any, length: int) -> str:
-    text = tok.decode(list(range(40, 40 + length)))
-    assert len(tok(text)["input_ids"]) == length, "prompt length"
-    return text
 
 
 def check(tokens: List[int], reference: List[int]) -> str:
@@ -118,7 +93,7 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Dict[str, Any]
     tok = gpt2_tokenizer(model_max_length=1024)
     model = build(kind, args.size, tok)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
-    text = prompt_text(tok, args.prompt)
+    text = harness.prompt_text(tok, args.prompt)
     prompt_ids = tok(text)["input_ids"]
     work = os.path.join(root, kind)
     hf = os.path.join(work, "hf")

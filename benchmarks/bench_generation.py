@@ -36,37 +36,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from harness import best_of  # noqa: E402
+from harness import best_of, prompt_text, random_decoder  # noqa: E402
 
 
-def _model(kind: str, args: argparse.Namespace, tok: Any) -> Any:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    eos = tok.eos_token_id
-    if kind == "gpt2":
-        config: Any = transformers.GPT2Config(vocab_size=50257, n_embd=args.hidden, n_layer=args.layers,
-                                              n_head=args.heads, n_positions=1024)
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.LlamaConfig(vocab_size=32000, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                                          num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 3),
-                                          intermediate_size=args.hidden * 8 // 3, max_position_embeddings=1024)
-        model = transformers.LlamaForCausalLM(config)
-    with torch.no_grad():  # only ids the tokenizer knows win (their text streams); the vocabulary's cost stays
-        model.get_output_embeddings().weight[len(tok):] = 0.0
-    model.config.eos_token_id = model.config.pad_token_id = model.config.bos_token_id = eos
-    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos
-    return model.eval()
-
-
-def _prompt(tok: Any, length: int) -> str:
-    """A text of ``length`` tokens (byte-level: decoding ids and encoding the text gives them back)."""
-    text = tok.decode(list(range(40, 40 + length)))
-    assert len(tok(text)["input_ids"]) == length, "prompt length"
-    return text
-
+def tokens_per_second(kind: str, variants: Dict[str, Any], prompt: str, params: Dict[str, Any],
+                      args: argparse.Namespace, base: str, base_label: str) -> List[Tuple[str, int, float]]:
+    """For each batch of ``args.batches`` copies of ``prompt``: every variant's new tokens per second (best of
+    ``args.repeats`` after a short warm-up), printed with the ratio to the variant named ``base``."""
+    results = []
+    width = max(len(name) for name in variants)
+    for batch in args.batches:
+        prompts = [prompt] * batch
+        rates: Dict[str, float] = {}
+        for name, pyfunc in variants.items():
+            pyfunc.predict(prompts[:1], params={**params, "max_new_tokens": 4})  # warm-up
+            seconds = best_of(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats,
+                              warm_up=False)
+            rates[name] = batch * args.new / seconds
+            results.append((f"{kind} {name}", batch, rates[name]))
+        print(f"  batch {batch}:")
+        for name, rate in rates.items():
+            print(f"    {name:{width}s} {rate:8.1f} tokens/s  ({rate / rates[base]:.2f}x {base_label})")
+    return results
 
 def _ttft(pyfunc: Any, prompt: str, params: Dict[str, Any]) -> float:
     started = time.perf_counter()
@@ -90,7 +81,7 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
     tok = gpt2_tokenizer(model_max_length=1024)
     if kind == "bart":
         return bench_seq2seq(args, root, tok)
-    model = _model(kind, args, tok)
+    model = random_decoder(kind, tok, args.hidden, args.layers, args.heads)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     source, onnx, hf = (os.path.join(root, kind, n) for n in ("source", "onnx", "transformers"))
     mlflow_tfexport.save_model(model, source, tokenizer=tok, task="text-generation")
@@ -104,23 +95,11 @@ def bench(kind: str, args: argparse.Namespace, root: str) -> List[Tuple[str, int
     variants = {"source (tfexport, transformers generate)": mlflow.pyfunc.load_model(source),
                 "onnx (tfexport, with past, numpy loop)": mlflow.pyfunc.load_model(onnx),
                 "mlflow.transformers (pipeline)": mlflow.pyfunc.load_model(hf)}
-    prompt = _prompt(tok, args.prompt)
+    prompt = prompt_text(tok, args.prompt)
     print(f"\n{kind}: {params_m:.0f}M parameters, prompt {args.prompt} tokens, {args.new} new tokens (greedy), "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs; ONNX export {export_s:.0f} s")
-    results = []
-    for batch in args.batches:
-        prompts = [prompt] * batch
-        rates: Dict[str, float] = {}
-        for name, pyfunc in variants.items():
-            pyfunc.predict(prompts[:1], params={**params, "max_new_tokens": 4})  # warm-up
-            seconds = best_of(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats,
-                              warm_up=False)
-            rates[name] = batch * args.new / seconds
-            results.append((f"{kind} {name}", batch, rates[name]))
-        base = rates["mlflow.transformers (pipeline)"]
-        print(f"  batch {batch}:")
-        for name, rate in rates.items():
-            print(f"    {name:42s} {rate:8.1f} tokens/s  ({rate / base:.2f}x mlflow.transformers)")
+    results = tokens_per_second(kind, variants, prompt, params, args, "mlflow.transformers (pipeline)",
+                                "mlflow.transformers")
     for name, pyfunc in list(variants.items())[:2]:
         ttft = min(_ttft(pyfunc, prompt, params) for _ in range(max(1, args.repeats)))
         print(f"  time to first token, predict_stream, {name:42s} {ttft * 1000:7.1f} ms")
@@ -170,25 +149,13 @@ def bench_seq2seq(args: argparse.Namespace, root: str, tok: Any) -> List[Tuple[s
     variants = {"source (tfexport, transformers generate)": mlflow.pyfunc.load_model(source),
                 "onnx (tfexport, encoder + decoder with past)": mlflow.pyfunc.load_model(onnx),
                 f"torchscript (static, 1x{bucket},8x{bucket}, no cache)": mlflow.pyfunc.load_model(ts)}
-    prompt = _prompt(tok, args.prompt)
+    prompt = prompt_text(tok, args.prompt)
     params = {"max_new_tokens": args.new}
     print(f"\nbart: {params_m:.0f}M parameters, prompt {args.prompt} tokens, {args.new} new tokens (greedy), "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs; export ONNX {seconds['onnx']:.0f} s, "
           f"TorchScript {seconds['torchscript']:.0f} s (with validation)")
-    results = []
-    for batch in args.batches:
-        prompts = [prompt] * batch
-        rates: Dict[str, float] = {}
-        for name, pyfunc in variants.items():
-            pyfunc.predict(prompts[:1], params={"max_new_tokens": 4})  # warm-up
-            elapsed = best_of(lambda p=pyfunc, rows=prompts: p.predict(rows, params=params), args.repeats,
-                              warm_up=False)
-            rates[name] = batch * args.new / elapsed
-            results.append((f"bart {name}", batch, rates[name]))
-        base = rates["source (tfexport, transformers generate)"]
-        print(f"  batch {batch}:")
-        for name, rate in rates.items():
-            print(f"    {name:48s} {rate:8.1f} tokens/s  ({rate / base:.2f}x source)")
+    results = tokens_per_second("bart", variants, prompt, params, args, "source (tfexport, transformers generate)",
+                                "source")
     return results
 
 

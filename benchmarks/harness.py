@@ -342,3 +342,37 @@ def write_results(out_dir: str, name: str, data: Any, markdown: Optional[str] = 
         with open(paths[1], "w") as f:
             f.write(markdown)
     return paths
+
+
+def random_decoder(kind: str, tok: Any, hidden: int, layers: int, heads: int) -> Any:
+    """A random-weight decoder (seed 0) of the decoder benchmarks: ``"gpt2"`` (GPT-2's 50257 vocabulary) or a
+    Llama-style one (32000 vocabulary, a third of the heads as key/value heads, MLP 8/3 of hidden), with output
+    rows of ids ``tok`` lacks zeroed (only ids the tokenizer knows win, so generated ids have text; the
+    vocabulary's cost stays) and ``tok``'s eos as eos, pad and bos."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    if kind == "gpt2":
+        config: Any = transformers.GPT2Config(vocab_size=50257, n_embd=hidden, n_layer=layers, n_head=heads,
+                                              n_positions=1024)
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.LlamaConfig(vocab_size=32000, hidden_size=hidden, num_hidden_layers=layers,
+                                          num_attention_heads=heads, num_key_value_heads=max(1, heads // 3),
+                                          intermediate_size=hidden * 8 // 3, max_position_embeddings=1024,
+                                          tie_word_embeddings=False)
+        model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[len(tok):] = 0.0
+    model.config.eos_token_id = model.config.pad_token_id = model.config.bos_token_id = eos
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos
+    return model.eval()
+
+
+def prompt_text(tok: Any, length: int) -> str:
+    """A text of ``length`` tokens (byte-level: decoding ids and encoding the text gives them back)."""
+    text = tok.decode(list(range(40, 40 + length)))
+    assert len(tok(text)["input_ids"]) == length, "prompt length"
+    return text
