@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
@@ -233,13 +233,20 @@ def _settle(client: MlflowClient, name: str, guard: wk.AliasGuard, *, quiet_s: f
         time.sleep(quiet_s)
 
 
-def test_a_240_character_alias_over_webhooks_breaks_nothing(guarded: Guarded, tiny_model: Any) -> None:
+def _good_on_production(guarded: Guarded, tiny_model: Any, name: str) -> Tuple[MlflowClient, str, str, str]:
+    """A logged source ``name`` with a passed and a failed ONNX copy; the passed one moved to ``@production`` as
+    the UI does, and its promotion recorded (the accepted one). Returns (client, name, good, failed)."""
     client = guarded.client
-    name = _log_source(tiny_model, "ui-long-alias")
+    name = _log_source(tiny_model, name)
     good = _copy_of(client, name, "1", format="onnx", validation="passed")
     failed = _copy_of(client, name, "1", format="onnx", validation="failed")
     _set_alias_as_the_ui_does(guarded.url, name, "production", good)
-    _wait_for(lambda: _entries(client, name), "the first promotion to be recorded")  # good is the accepted one
+    _wait_for(lambda: _entries(client, name), "the first promotion to be recorded")
+    return client, name, good, failed
+
+
+def test_a_240_character_alias_over_webhooks_breaks_nothing(guarded: Guarded, tiny_model: Any) -> None:
+    client, name, good, failed = _good_on_production(guarded, tiny_model, "ui-long-alias")
     _set_alias_as_the_ui_does(guarded.url, name, "a" * 240, "1")  # unguarded: accepted and recorded
     _set_alias_as_the_ui_does(guarded.url, name, "production", failed)
     _wait_for(lambda: client.get_model_version(name, failed).tags.get(Tag.REFUSED_PREFIX + "production"),
@@ -254,7 +261,7 @@ def test_moves_a_fraction_of_a_second_apart_are_all_recorded(guarded: Guarded, t
     name = _log_source(tiny_model, "ui-quick-moves")
     good = _copy_of(client, name, "1", format="onnx", validation="passed")
     failed = _copy_of(client, name, "1", format="onnx", validation="failed")
-    newer = _copy_of(client, name, "1", format="onnx", validation="passed")
+    newer = _copy_of(client, name, "1", format="onnx", validation="passed")  # before any move: no webhook in flight
     _set_alias_as_the_ui_does(guarded.url, name, "production", good)
     _wait_for(lambda: _entries(client, name), "the first promotion to be recorded")
     _set_alias_as_the_ui_does(guarded.url, name, "production", failed)
@@ -269,12 +276,7 @@ def test_moves_a_fraction_of_a_second_apart_are_all_recorded(guarded: Guarded, t
 
 
 def test_a_deletion_right_after_a_refused_move_is_not_undone(guarded: Guarded, tiny_model: Any) -> None:
-    client = guarded.client
-    name = _log_source(tiny_model, "ui-quick-delete")
-    good = _copy_of(client, name, "1", format="onnx", validation="passed")
-    failed = _copy_of(client, name, "1", format="onnx", validation="failed")
-    _set_alias_as_the_ui_does(guarded.url, name, "production", good)
-    _wait_for(lambda: _entries(client, name), "the first promotion to be recorded")
+    client, name, good, failed = _good_on_production(guarded, tiny_model, "ui-quick-delete")
     _set_alias_as_the_ui_does(guarded.url, name, "production", failed)
     time.sleep(0.15)
     r = requests.delete(guarded.url + ALIAS_API, json={"name": name, "alias": "production"}, timeout=30)
