@@ -16,7 +16,11 @@ thread for every call (``onnx-threads-1``:
 ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"intra_op_num_threads": 1}'``, the
 previous default), with one run at a time (``onnx-one-run``:
 ``{"concurrent_runs": 1}``), with batching off (``onnx-unbatched``:
-``{"batching": false}``) and under the scoring-server settings below.
+``{"batching": false}``) and under the scoring-server settings below. The
+TorchScript variant likewise: as logged (``torchscript``: torch's threads, one
+per core, one run at a time, waiting requests merged), with batching off
+(``torchscript-unbatched``) and with one torch thread and a run per core
+(``torchscript-threads-1``: ``{"torch_num_threads": 1, "concurrent_runs": 0}``).
 ``scoring-server`` serves a pyfunc that answers every request with a constant,
 without a model: the most requests/s MLflow's scoring server and this load
 generator reach on the machine, the ceiling of every variant. Clients POST one
@@ -385,6 +389,11 @@ def main() -> int:
         "onnx-threads-1": ("onnx", {"intra_op_num_threads": 1}, None),
         "onnx-no-access-log": ("onnx", None, {"UVICORN_ACCESS_LOG": "false"}),
         "onnx-fast": ("onnx", None, fast),
+        # TorchScript as logged runs one request's model run at a time on every core and merges the waiting
+        # ones (concurrent_runs 1); against it: batching off (each request's run on every core at once) and one
+        # torch thread per run with a run per core (what ONNX does for concurrent calls)
+        "torchscript-unbatched": ("torchscript", {"batching": False}, None),
+        "torchscript-threads-1": ("torchscript", {"torch_num_threads": 1, "concurrent_runs": 0}, None),
     }
     with contextlib.ExitStack() as stack:
         servers = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import sys
@@ -67,9 +68,11 @@ def module_registry(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: 
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Callable[..., Tuple[Any, Any]]:
-    """``tiny_model(task, arch="bert")`` -> a cached tiny random ``(model, tokenizer)``.
+    """``tiny_model(task, arch="bert")`` -> a tiny random ``(model, tokenizer)``, built once per session.
 
-    The same objects are returned for the same arguments: do not modify them in a test.
+    Each call gets its own deep copy (a few ms; tied weights stay tied): a test that changes its model or
+    tokenizer (an export that unties the LM head, a tokenizer setting) cannot change what a later test, on
+    the same process in any order, is given.
     """
     from tiny import tiny
 
@@ -78,7 +81,7 @@ def tiny_model() -> Callable[..., Tuple[Any, Any]]:
     def get(task: str, arch: str = "bert") -> Tuple[Any, Any]:
         if (task, arch) not in cache:
             cache[(task, arch)] = tiny(task, arch)
-        return cache[(task, arch)]
+        return copy.deepcopy(cache[(task, arch)])
 
     return get
 

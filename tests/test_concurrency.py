@@ -222,3 +222,44 @@ def test_mixed_concurrent_requests_on_real_scoring_servers(servers: Dict[str, Sc
     assert all(n > 0 for n in counts.values()), counts
     for server in servers.values():  # and every server still answers
         assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+
+
+def test_models_loaded_in_threads_at_once_leave_transformers_intact(tmp_path: Any, tiny_model: Any) -> None:
+    """transformers 5's ``from_pretrained`` swaps process-wide functions while it loads (``tie_weights`` and the
+    ``torch.nn.init`` functions become no-ops, then are put back): two loads in threads at once (two exports of a
+    worker with ``--threads 2``, two ``load_model`` calls) could put a no-op back for good, and every later load
+    of the process would leave a tied LM head on the meta device. Loads take turns."""
+    import torch
+    import transformers
+
+    from mlflow_tfexport.serving.conf import read_flavor_conf
+    from mlflow_tfexport.serving.runtimes.eager import load_transformers_model
+
+    model, tok = tiny_model("fill-mask")
+    path = str(tmp_path / "fill-mask")
+    mlflow_tfexport.save_model(model, path, tokenizer=tok)
+    conf = read_flavor_conf(path)
+    originals = (transformers.PreTrainedModel.tie_weights, transformers.PreTrainedModel.init_weights,
+                 torch.nn.init.normal_)
+    barrier = threading.Barrier(8)
+    errors: List[BaseException] = []
+
+    def load() -> None:
+        try:
+            barrier.wait()
+            for _ in range(3):
+                load_transformers_model(path, conf)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert (transformers.PreTrainedModel.tie_weights, transformers.PreTrainedModel.init_weights,
+            torch.nn.init.normal_) == originals, "a load in a thread left a transformers patch in place"
+    again = load_transformers_model(path, conf)
+    head = again.get_output_embeddings().weight
+    assert head.device.type == "cpu" and head is again.get_input_embeddings().weight

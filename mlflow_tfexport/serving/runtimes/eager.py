@@ -28,6 +28,12 @@ from mlflow_tfexport.tasks import IMAGE
 #: Held while a sampling ``generate`` draws from torch's global generator (see ``EagerRunner._run``).
 _SAMPLING_LOCK = threading.Lock()
 
+#: ``from_pretrained`` in transformers 5 swaps process-wide functions while it loads (``PreTrainedModel.tie_weights``
+#: and ``init_weights`` and the ``torch.nn.init`` functions become no-ops, then are put back). Two loads in threads
+#: at once (a worker's concurrent exports, ``load_model`` in threads) can put a no-op back for good: every later load
+#: of the process then leaves tied weights (an LM head) on the meta device. Loads in this process take turns.
+_LOAD_LOCK = threading.Lock()
+
 
 class EagerRunner:
     def __init__(
@@ -287,7 +293,8 @@ def load_transformers_model(model_dir: str, flavor_conf: Mapping[str, Any]) -> A
     shown = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()  # no "Loading weights" bar per load: the stage lines say what is loading
     try:
-        model = auto_cls.from_pretrained(path).eval()
+        with _LOAD_LOCK:
+            model = auto_cls.from_pretrained(path).eval()
     finally:
         if shown:
             bars.enable_progress_bar()
