@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Any, List
+from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 from helpers import wait_for, worker_in_thread
@@ -26,7 +26,8 @@ from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.registry import history, promote, rollback
 from mlflow_tfexport.registry.attest import Signer, attest_version, validation_state
-from mlflow_tfexport.worker.guard import guard_all
+from mlflow_tfexport.worker.guard import AliasGuard, guard_all, guard_model
+from mlflow_tfexport.worker.journal import Told, WriteJournal
 from mlflow_tfexport.worker.memory import GuardMemory
 
 LONG_ALIAS = "a" * 240  # legal for MLflow (255 at most); tfexport.accepted.<it> would be 258 characters
@@ -264,6 +265,102 @@ def test_a_users_deletion_stands_unless_the_policy_says_required(client: MlflowC
     assert _alias(client) == good, "a required alias deleted by a user was not put back"
     last = _entries(client)[-1]
     assert last.decision == "refused" and "required" in last.reason
+
+
+class _UserAtTheSameMoment:
+    """A real client whose first alias write (the guard's undo) is preceded by a user's alias change through the
+    same registry: the user's write lands after the guard's last read of the alias and before its undo, the
+    window MLflow's aliases (no compare-and-set) leave open. Everything else goes to the real client."""
+
+    def __init__(self, registry: MlflowClient, change: Callable[[], None]) -> None:
+        self._client, self._change = registry, change
+        self.writes: List[tuple[str, Optional[str]]] = []
+
+    def _user(self) -> None:
+        change, self._change = self._change, lambda: None
+        change()
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self._user()
+        self.writes.append((alias, str(version)))
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def delete_registered_model_alias(self, name: str, alias: str) -> None:
+        self._user()
+        self.writes.append((alias, None))
+        self._client.delete_registered_model_alias(name, alias)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._client, attr)
+
+
+@pytest.mark.parametrize("change", ["removes", "moves to a passed version", "moves to a failed version",
+                                    "removes a required alias"])
+def test_a_users_change_overwritten_by_an_undo_is_judged_again(client: MlflowClient, folder: Any,  # noqa: F811
+                                                               memory: GuardMemory, change: str) -> None:
+    """The user changes @production at the moment the guard undoes a refused move (after its last read): the
+    undo overwrites it. The webhook of that change, which MLflow sends after the change was written, makes the
+    guard judge it again: put back when the policy allows it, refused otherwise; never a failed version."""
+    good, failed = _guarded_at_good(client, folder, memory)
+    other = variant(client, folder, validation="failed" if "failed" in change else "passed")
+    if "required" in change:
+        client.set_registered_model_tag(NAME, Tag.POLICY_PREFIX + "production.required", "true")
+        _pass(client, memory)
+    user: Tuple[str, Optional[str]] = ("production", None if "removes" in change else other)
+
+    def users_change() -> None:
+        if user[1] is None:
+            client.delete_registered_model_alias(NAME, "production")
+        else:
+            client.set_registered_model_alias(NAME, "production", user[1])
+
+    racing = _UserAtTheSameMoment(client, users_change)
+    guard = AliasGuard(racing, signer=SIGNER, memory=memory)
+    try:
+        client.set_registered_model_alias(NAME, "production", failed)
+        guard.submit(NAME, "production", failed)  # the webhook of the refused move
+        guard.join()
+        assert _alias(client) == good  # the undo overwrote the user's change: all MLflow lets a client do
+        before = len(_entries(client))
+        # The deliveries that follow, in either order: the user's change, the guard's own undo.
+        guard.submit(NAME, *user)
+        guard.submit(NAME, "production", good)
+        guard.join()
+        recorded = [(e.decision, e.to_version) for e in _entries(client)[before:]]
+        expected = {"removes": (None, [("reapplied", None), ("removed", None)]),
+                    "moves to a passed version": (other, [("reapplied", other), ("accepted", other)]),
+                    "moves to a failed version": (good, [("refused", other)]),
+                    "removes a required alias": (good, [("refused", None)])}[change]
+        assert (_alias(client), recorded) == expected
+        failing = {failed} | ({other} if "failed" in change else set())
+        assert not [w for w in racing.writes if w[1] in failing], racing.writes  # the guard never wrote one
+        if "failed" in change:
+            assert Tag.REFUSED_PREFIX + "production" in client.get_model_version(NAME, other).tags
+        # The deliveries of the guard's own writes are not taken for a user's: nothing more happens.
+        for alias, version in racing.writes[1:]:
+            guard.submit(NAME, alias, version)
+        guard.join()
+        assert len(_entries(client)) == before + len(expected[1]) and _alias(client) == expected[0]
+    finally:
+        guard.stop(timeout=30)
+
+
+def test_a_delivery_received_before_the_guards_last_read_is_not_reapplied(
+        client: MlflowClient, folder: Any, memory: GuardMemory) -> None:  # noqa: F811
+    """A move the guard had seen replaced (its delivery came before the guard's read) is not the user's last
+    word: it is recorded as superseded, not put back, even when its delivery is handled after the undo."""
+    good, failed = _guarded_at_good(client, folder, memory)
+    newer = variant(client, folder)
+    journal = WriteJournal()
+    client.set_registered_model_alias(NAME, "production", newer)
+    early = Told("production", newer)  # received now, handled only after the next pass
+    client.set_registered_model_alias(NAME, "production", failed)
+    assert [e.decision for e in guard_model(client, NAME, via="webhook", signer=SIGNER, memory=memory,
+                                            told=[Told("production", failed)], journal=journal)] == ["refused"]
+    recorded = guard_model(client, NAME, via="webhook", signer=SIGNER, memory=memory,
+                           told=[early, Told("production", good)], journal=journal)
+    assert _alias(client) == good
+    assert [(e.decision, e.to_version) for e in recorded] == [("superseded", newer)]
 
 
 @pytest.mark.integration

@@ -44,6 +44,7 @@ REMOVED = "removed"  # the alias was deleted (by a user; the guard's own removal
 SUPERSEDED = "superseded"  # a move the worker was told of, replaced by another move before the guard looked
 POLICY = "policy"  # the promotion policy tags changed (added, changed or removed)
 ERROR = "error"  # the guard could not check an alias (the reason says why); the other aliases went on
+REAPPLIED = "reapplied"  # a user's move the guard's undo overwrote (no compare-and-set), made again by the guard
 VIA_ROLLBACK = "rollback"
 MAX_ENTRIES = 50
 MAX_ENTRY_CHARS = 4000
@@ -69,7 +70,7 @@ class Entry:
     alias: str
     from_version: Optional[str]  # None: the alias pointed nowhere
     to_version: Optional[str]  # None: the alias was removed
-    decision: str  # ACCEPTED, REFUSED, REMOVED, SUPERSEDED, POLICY or ERROR
+    decision: str  # ACCEPTED, REFUSED, REMOVED, SUPERSEDED, REAPPLIED, POLICY or ERROR
     reason: str = ""
     by: Optional[str] = None  # who, when known (MLflow's alias webhooks do not say)
     via: str = ""  # "webhook", "poll", "cli", "rollback", "start"

@@ -19,6 +19,8 @@ The pieces, each importing only those listed before it:
   URIs or an operator's ``--data-dir`` (``DataPolicy``, ``request_data``; see docs/worker-data.md);
 - ``queue``: ``ExportWorker``, the job queue and its threads, and the status text (``format_status``);
 - ``memory``: the guard's own memory of the models it guards (``GuardMemory``, ``--state-dir``);
+- ``journal``: the guard's own alias writes, in the process (``WriteJournal``), so that a user's move its undo
+  overwrote is found from that move's webhook (``Told``);
 - ``guard``: aliases moved in the UI checked against the model's promotion policy, refused ones undone
   (``guard_alias``, ``guard_all``, ``AliasGuard``; alias webhooks and every poll pass); its records are signed
   (``mlflow_tfexport.registry.attest``, docs/trust-model.md);
@@ -31,7 +33,8 @@ The pieces, each importing only those listed before it:
 from __future__ import annotations
 
 from mlflow_tfexport.worker.grammar import MAX_SPECS, ExportSpec, RequestError, parse_request
-from mlflow_tfexport.worker.guard import AliasGuard, Told, guard_alias, guard_all, guard_model
+from mlflow_tfexport.worker.guard import AliasGuard, guard_alias, guard_all, guard_model
+from mlflow_tfexport.worker.journal import Told, WriteJournal
 from mlflow_tfexport.worker.memory import STATE_DIR_ENV, GuardMemory
 from mlflow_tfexport.worker.poll import (
     find_interrupted,
@@ -94,6 +97,7 @@ __all__ = [
     "SignatureVerifier",
     "Told",
     "WebhookReceiver",
+    "WriteJournal",
     "find_interrupted",
     "find_pending",
     "format_status",

@@ -16,9 +16,14 @@ an unsigned or mismatching one is ignored):
 - the alias is gone: the removal is recorded; it is put back only when the policy says ``<alias>.required``.
 
 A move the worker was told of (a webhook) that another move replaced before the guard looked is recorded as
-``superseded``, with its version. A change of the policy tags is recorded, and every guarded alias is checked
-again under the new policy (a loosen-move-tighten sequence ends with the move undone). One alias or model that
-fails is recorded as an ``error`` entry; the others are checked all the same.
+``superseded``, with its version. MLflow has no compare-and-set for aliases, so a user's move or deletion that
+lands between the guard's last read and its undo is overwritten by the undo; its webhook, which comes after
+it, tells the guard so (``journal``): that move is judged like any other and, when the policy allows it, put
+back and recorded as ``reapplied`` (a refused one is recorded as refused and not put back).
+
+A change of the policy tags is recorded, and every guarded alias is checked again under the new policy (a
+loosen-move-tighten sequence ends with the move undone). One alias or model that fails is recorded as an
+``error`` entry; the others are checked all the same.
 
 Poll mode calls ``guard_all`` on every pass; the webhook receiver queues the model on an ``AliasGuard``, whose
 one thread reconciles one model at a time (so the guard never races itself).
@@ -31,7 +36,6 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 from mlflow.exceptions import MlflowException
@@ -41,6 +45,7 @@ from mlflow_tfexport.constants import Tag
 from mlflow_tfexport.registry import clear_refusal
 from mlflow_tfexport.registry.attest import Signer, resolve
 from mlflow_tfexport.registry.policy import Policy, decide, read_policy
+from mlflow_tfexport.worker.journal import Told, WriteJournal
 from mlflow_tfexport.worker.memory import GuardMemory, policy_snapshot
 
 _logger = logging.getLogger(__name__)
@@ -52,14 +57,6 @@ MAX_ROUNDS = 3
 #: Moves remembered per model between two passes (webhook deliveries); older ones are dropped.
 MAX_TOLD = 100
 MAX_TAG_VALUE_CHARS = 4900
-
-
-@dataclass(frozen=True)
-class Told:
-    """A move the worker was told of by a webhook: ``version`` None for a deletion."""
-
-    alias: str
-    version: Optional[str]
 
 
 def _stamp(at: float) -> str:
@@ -89,8 +86,10 @@ def _describe_change(old: Mapping[str, str], new: Mapping[str, str]) -> str:
 class _Pass:
     """One reconciliation of one registered model."""
 
-    def __init__(self, client: Any, name: str, via: str, signer: Optional[Signer], memory: GuardMemory) -> None:
+    def __init__(self, client: Any, name: str, via: str, signer: Optional[Signer], memory: GuardMemory,
+                 journal: Optional[WriteJournal] = None) -> None:
         self.client, self.name, self.via, self.signer, self.memory = client, name, via, signer, memory
+        self.journal = journal if journal is not None else WriteJournal()
         self.recorded: List[history.Entry] = []
 
     def record(self, entry: history.Entry) -> history.Entry:
@@ -122,6 +121,7 @@ class _Pass:
 
     def run(self, told: Sequence[Told]) -> bool:
         """One round; True when the model is settled (no alias moved under the guard meanwhile)."""
+        told = self.journal.not_own(self.name, told)  # the deliveries of the guard's own writes
         model = self.client.get_registered_model(self.name)
         tags = model.tags or {}
         now = {a: str(v) for a, v in (model.aliases or {}).items()}
@@ -136,13 +136,22 @@ class _Pass:
                 self.memory.remember(self.name, policy=snapshot)
                 recheck = True
         accepted = self.accepted_state(tags)
+        policy = read_policy(tags)
+        lost = self.journal.overwritten(self.name, now, told)
+        for alias, (t, undo) in sorted(lost.items()):  # a user's move an undo overwrote: through the policy again
+            self.journal.forget(self.name, alias)
+            self.reapply(alias, t, undo.undid, now.get(alias), accepted.get(alias), policy, tags)
+        if lost:
+            now = {a: str(v) for a, v in (self.client.get_registered_model(self.name).aliases or {}).items()}
+        reapplied = {id(t) for t, _ in lost.values()}
         for t in told:  # moves replaced before the guard looked: recorded with their version
+            if id(t) in reapplied:
+                continue
             if t.version is not None and now.get(t.alias) != t.version and accepted.get(t.alias) != t.version:
                 self.record(history.Entry(
                     time.time(), t.alias, accepted.get(t.alias), t.version, history.SUPERSEDED,
                     f"@{t.alias} was moved to version {t.version}, then moved again before the guard checked it "
                     f"(now {'at version ' + now[t.alias] if t.alias in now else 'removed'})", None, self.via))
-        policy = read_policy(tags)
         settled = True
         ours = known or any(k.startswith(Tag.PREFIX) for k in tags)
         for alias in sorted(set(now) | {a for a, v in accepted.items() if v is not None}):
@@ -221,32 +230,109 @@ class _Pass:
         self.client.set_model_version_tag(self.name, now, history.alias_key(Tag.REFUSED_PREFIX, alias),
                                           text[:MAX_TAG_VALUE_CHARS])
         self.record(history.Entry(at, alias, before, now, history.REFUSED, why, None, self.via, plan))
+        checked = time.monotonic()  # a move made after this read may be overwritten below: see ``journal``
         if not self._still(alias, now):  # a user moved or removed it while the refusal was written: theirs stands
             self.record(history.Entry(time.time(), alias, now, None, history.SUPERSEDED,
                                       f"not undone: @{alias} was moved or removed meanwhile", None, self.via))
             return "moved again"
-        done = self.restore(alias, target)
+        done = self.restore(alias, target, checked=checked, undid=now)
         if done != plan:
             self.record(history.Entry(time.time(), alias, now, None, history.REMOVED, done, None, self.via))
         _logger.warning("models:/%s@%s -> version %s refused: %s; %s", self.name, alias, now, why, done)
         return "refused"
 
-    def restore(self, alias: str, target: Optional[str]) -> str:
-        """Point ``alias`` back at ``target`` (or remove it); what was done, as words."""
+    def write_alias(self, alias: str, version: Optional[str]) -> None:
+        """Point ``alias`` at ``version`` (None: remove it), noted in the journal first as the guard's own."""
+        self.journal.expect(self.name, alias, version)
+        if version is None:
+            self.client.delete_registered_model_alias(self.name, alias)
+        else:
+            self.client.set_registered_model_alias(self.name, alias, version)
+
+    def restore(self, alias: str, target: Optional[str], *, checked: float, undid: Optional[str]) -> str:
+        """Point ``alias`` back at ``target`` (or remove it), having last read it at ``checked``; what was done,
+        as words."""
         if target is not None:
             try:
                 self.set_accepted(alias, target, guarded=True)
-                self.client.set_registered_model_alias(self.name, alias, target)
+                self.write_alias(alias, target)
+                self.journal.undone(self.name, alias, checked_at=checked, wrote=target, undid=undid)
                 return f"@{alias} moved back to version {target}"
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                self.client.delete_registered_model_alias(self.name, alias)
+                self.write_alias(alias, None)
+                self.journal.undone(self.name, alias, checked_at=checked, wrote=None, undid=undid)
                 self.set_accepted(alias, None, guarded=True)
                 return f"@{alias} removed (version {target}, which held it before, no longer exists)"
-        self.client.delete_registered_model_alias(self.name, alias)
+        self.write_alias(alias, None)
+        self.journal.undone(self.name, alias, checked_at=checked, wrote=None, undid=undid)
         self.set_accepted(alias, None, guarded=True)
         return f"@{alias} removed (it pointed nowhere before)"
+
+    def reapply(self, alias: str, told: Told, undid: Optional[str], current: Optional[str], before: Optional[str],
+                policy: Policy, tags: Mapping[str, str]) -> None:
+        """A user's move (or deletion) of ``alias`` that the guard's undo overwrote (``journal``): judged like
+        any move. Put back when the policy allows it (the rest of the pass then accepts it as any move), else
+        recorded as refused, and the alias stays at ``current``, where the undo put it."""
+        lost = "removal" if told.version is None else f"move to version {told.version}"
+        undone = f"the move to version {undid}" if undid is not None else "the removal"
+        how = (f"a user's {lost} of @{alias} was overwritten by the guard's undo of {undone}, made at the same "
+               f"moment (the registry has no compare-and-set)")
+        stays = f"not put back: @{alias} stays {'at version ' + current if current is not None else 'removed'}"
+        if told.version is None:
+            rule = policy.rule(alias)
+            if rule is not None and rule.required and not policy.errors and current is not None:
+                self.record(history.Entry(time.time(), alias, current, None, history.REFUSED,
+                                          f"{how}; the policy says it is required ({Tag.POLICY_PREFIX}{alias}"
+                                          ".required)", None, self.via, stays))
+                return
+            if self.write_over(alias, current, None, undid=undid):
+                self.record(history.Entry(time.time(), alias, current, None, history.REAPPLIED,
+                                          f"{how}; removed again", None, self.via))
+            return
+        try:
+            decision = decide(self.client, self.name, alias, told.version, before, signer=self.signer,
+                              model_tags=tags)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self.record(history.Entry(time.time(), alias, current, told.version, history.SUPERSEDED,
+                                      f"{how}; version {told.version} no longer exists", None, self.via, stays))
+            return
+        if not decision.allowed:
+            at = time.time()
+            text = (f"{_stamp(at)}: @{alias} may not point at version {told.version}: {decision.reason}. The move "
+                    f"was overwritten by the guard at the same moment and is not put back. "
+                    f"Policy: mlflow-tfexport policy {self.name}")
+            self.client.set_model_version_tag(self.name, told.version, history.alias_key(Tag.REFUSED_PREFIX, alias),
+                                              text[:MAX_TAG_VALUE_CHARS])
+            self.record(history.Entry(at, alias, current, told.version, history.REFUSED,
+                                      f"{decision.reason} ({how})", None, self.via, stays))
+            _logger.warning("models:/%s@%s -> version %s (overwritten by an undo) refused: %s", self.name, alias,
+                            told.version, decision.reason)
+            return
+        if not self.write_over(alias, current, told.version, undid=undid):
+            return
+        self.record(history.Entry(time.time(), alias, current, told.version, history.REAPPLIED,
+                                  f"{how}; moved there again, to be checked like any move", None, self.via))
+        _logger.info("models:/%s@%s -> version %s put back (overwritten by an undo)", self.name, alias,
+                     told.version)
+
+    def write_over(self, alias: str, current: Optional[str], value: Optional[str], *, undid: Optional[str]) -> bool:
+        """Write ``value`` over ``alias`` if it still holds ``current``, noted in the journal as an undo (so that a
+        user's move this write overwrites is found in turn); False when a user moved it meanwhile (theirs is newer
+        than the move it would re-apply, and is checked as any move)."""
+        checked = time.monotonic()
+        if not self._still(alias, current):
+            self.record(history.Entry(time.time(), alias, current, value, history.SUPERSEDED,
+                                      f"a user's move of @{alias} overwritten by the guard's undo of "
+                                      f"{'version ' + undid if undid is not None else 'a removal'} was not put back: "
+                                      f"@{alias} was moved again since", None, self.via))
+            return False
+        self.write_alias(alias, value)
+        self.journal.undone(self.name, alias, checked_at=checked, wrote=value, undid=current)
+        return True
 
     def removed(self, alias: str, before: Optional[str], required: bool) -> str:
         if required and before is not None:
@@ -254,8 +340,9 @@ class _Pass:
             plan = f"@{alias} set back to version {before}"
             why = f"@{alias} was removed, but the policy says it is required ({Tag.POLICY_PREFIX}{alias}.required)"
             self.record(history.Entry(at, alias, before, None, history.REFUSED, why, None, self.via, plan))
+            checked = time.monotonic()
             if self._still(alias, None):
-                self.restore(alias, before)
+                self.restore(alias, before, checked=checked, undid=None)
             return "refused"
         self.set_accepted(alias, None, guarded=False)
         self.record(history.Entry(time.time(), alias, before, None, history.REMOVED, f"@{alias} was removed", None,
@@ -265,15 +352,18 @@ class _Pass:
 
 
 def guard_model(client: Any, name: str, *, via: str, signer: Optional[Signer] = None,
-                memory: Optional[GuardMemory] = None, told: Sequence[Told] = ()) -> List[history.Entry]:
+                memory: Optional[GuardMemory] = None, told: Sequence[Told] = (),
+                journal: Optional[WriteJournal] = None) -> List[history.Entry]:
     """Reconcile every alias of ``name`` (and its policy) with the guard's state; the recorded entries.
 
     ``signer``: the worker's (default: this process's secret, if any); ``memory``: the guard's memory (default:
-    a fresh one, which knows nothing: only signed tags are then trusted); ``told``: the moves webhooks named.
+    a fresh one, which knows nothing: only signed tags are then trusted); ``told``: the moves webhooks named,
+    in the order received; ``journal``: the guard's own alias writes (default: a fresh one; pass the same one
+    to every pass, so that a user's move an undo overwrote is found from its delivery).
     """
     signer = resolve(signer)
     memory = memory if memory is not None else GuardMemory()
-    one = _Pass(client, name, via, signer, memory)
+    one = _Pass(client, name, via, signer, memory, journal)
     for _ in range(MAX_ROUNDS):
         if one.run(told):
             break
@@ -307,7 +397,7 @@ def changed_aliases(model: Any, signer: Optional[Signer] = None,
 
 
 def guard_all(client: Any, *, via: str = "poll", page_size: int = 200, signer: Optional[Signer] = None,
-              memory: Optional[GuardMemory] = None) -> List[history.Entry]:
+              memory: Optional[GuardMemory] = None, journal: Optional[WriteJournal] = None) -> List[history.Entry]:
     """Reconcile the aliases of every registered model (poll mode, and once when the worker starts)."""
     signer = resolve(signer)
     memory = memory if memory is not None else GuardMemory()
@@ -318,7 +408,8 @@ def guard_all(client: Any, *, via: str = "poll", page_size: int = 200, signer: O
         for model in page:
             try:
                 if _needs_pass(model, signer, memory):
-                    recorded += guard_model(client, model.name, via=via, signer=signer, memory=memory)
+                    recorded += guard_model(client, model.name, via=via, signer=signer, memory=memory,
+                                            journal=journal)
             except Exception as exc:  # one model's trouble does not stop the others
                 _logger.warning("guarding the aliases of %r failed: %s", model.name, exc)
         token = getattr(page, "token", None)
@@ -331,8 +422,8 @@ class AliasGuard:
 
     ``submit(name, alias, version)`` returns at once; a model already waiting is not queued twice (its pass
     reads the latest state anyway), but every move submitted is kept for it (at most ``MAX_TOLD``), so that a
-    move replaced before the pass is recorded as superseded. A pass that fails (registry unreachable) is tried
-    ``RETRIES`` times.
+    move replaced before the pass is recorded as superseded, and one that an undo overwrote is found (with the
+    guard's ``journal`` of its own writes). A pass that fails (registry unreachable) is tried ``RETRIES`` times.
     """
 
     def __init__(self, client: Any, *, max_queue: int = 1000, signer: Optional[Signer] = None,
@@ -340,6 +431,7 @@ class AliasGuard:
         self.client = client
         self.signer = resolve(signer)
         self.memory = memory if memory is not None else GuardMemory()
+        self.journal = WriteJournal()
         self._queue: queue.Queue[Optional[str]] = queue.Queue(maxsize=max_queue)
         self._waiting: Set[str] = set()
         self._told: Dict[str, List[Told]] = {}
@@ -400,7 +492,8 @@ class AliasGuard:
     def _pass(self, name: str, told: List[Told]) -> None:
         for attempt in range(1, RETRIES + 1):
             try:
-                guard_model(self.client, name, via="webhook", signer=self.signer, memory=self.memory, told=told)
+                guard_model(self.client, name, via="webhook", signer=self.signer, memory=self.memory, told=told,
+                            journal=self.journal)
                 return
             except MlflowException as exc:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # deleted since, or never was: nothing to guard

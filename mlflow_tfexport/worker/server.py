@@ -358,6 +358,6 @@ def _registry_uri() -> str:
 def _at_start(worker: ExportWorker, guard: AliasGuard) -> None:
     recover(worker)
     try:
-        guard_all(worker.client, via="start", signer=guard.signer, memory=guard.memory)
+        guard_all(worker.client, via="start", signer=guard.signer, memory=guard.memory, journal=guard.journal)
     except Exception as exc:  # the registry away at start: the next alias delivery checks its model
         _logger.warning("could not check the aliases at start: %s", exc)
