@@ -17,6 +17,7 @@ import io
 import os
 import random
 import threading
+import time
 from typing import Any, Callable, Dict, List, Tuple
 
 import mlflow
@@ -32,7 +33,7 @@ from servers import models_serve
 import mlflow_tfexport
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.serving.batching import Batcher
-from mlflow_tfexport.serving.runtimes.lanes import NARROW, SPLIT, WIDE, Lanes
+from mlflow_tfexport.serving.runtimes.lanes import CPU_WATCH_INTERVAL_S, NARROW, SPLIT, WIDE, CpuWatch, Lanes
 
 LONG = " ".join(["film"] * 200)  # over the tiny models' 64 tokens
 TEXTS = ["a great film", "dull", "the plot was slow but the actors were wonderful and the music too", "ok"]
@@ -323,6 +324,46 @@ def test_a_lone_call_gets_every_core_and_concurrent_calls_one_thread_each() -> N
     busy.run(rows)  # a saturated machine: one thread, even alone
     busy.run(one)
     assert busy.taken == {WIDE: 0, NARROW: 2, SPLIT: 0}
+
+
+def test_the_callers_own_cpu_never_makes_the_cores_look_busy() -> None:
+    """CpuWatch judges other processes' use of the CPUs: this process keeping both CPUs busy (a batch job
+    calling predict in a loop) leaves them spare; others keeping one of two busy does not; readings closer
+    than CPU_WATCH_INTERVAL_S reuse the answer; no /proc/stat: the load average decides."""
+    readings: List[Tuple[float, float, int]] = []
+    now = [100.0]
+    watch = CpuWatch(read=lambda: readings.pop(0), clock=lambda: now[0])
+
+    def at(t: float, busy: float, own: float) -> bool:
+        now[0] = t
+        readings.append((busy, own, 2))
+        return watch.spare(2)
+
+    at(100.0, 1000.0, 10.0)  # the first reading: the load average decides
+    assert at(101.0, 1002.0, 12.0)  # both CPUs busy for a second, all of it this process: spare
+    assert not at(102.0, 1004.0, 13.0)  # one CPU-second of it from another process: not spare
+    assert at(103.0, 1004.5, 13.5)
+    now[0] = 103.0 + CPU_WATCH_INTERVAL_S / 2
+    assert watch.spare(2) and readings == []  # too soon: the last answer, nothing read
+    assert CpuWatch(read=lambda: None).spare(1) == (os.getloadavg()[0] < 1)
+
+
+@pytest.mark.integration
+def test_a_busy_process_beside_makes_a_lone_call_run_on_one_thread() -> None:
+    """Real /proc/stat: while another process keeps both CPUs busy, a watch says they are not spare."""
+    import subprocess
+    import sys
+
+    cpus = len(os.sched_getaffinity(0))
+    watch = CpuWatch()
+    burn = "import multiprocessing as m, time\n" \
+           "def spin():\n    t = time.time() + 3\n    while time.time() < t: pass\n" \
+           f"ps = [m.Process(target=spin) for _ in range({cpus})]\n[p.start() for p in ps]\n[p.join() for p in ps]\n"
+    with subprocess.Popen([sys.executable, "-c", burn]) as proc:
+        watch.spare(cpus)
+        time.sleep(1.5)
+        assert not watch.spare(cpus), "another process kept every CPU busy"
+        proc.wait(30)
 
 
 def test_a_lone_call_holds_every_run_and_calls_arriving_meanwhile_share_the_next_runs() -> None:

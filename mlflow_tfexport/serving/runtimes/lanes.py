@@ -17,10 +17,16 @@ runs of the same graph (``intra_op_num_threads: "auto"``):
 ``OMP_NUM_THREADS`` where that is lower (PySpark sets it to the task's cores
 in each ``spark_udf`` worker, so workers do not fight over the cores).
 
-Every core helps only where the cores are free: a lone call takes them when
-the machine's 1-minute load average is below the cores given (``spare_cores``),
-else it runs on one thread like a concurrent one (on a saturated machine extra
-threads only wait for a core, and cost CPU time to hand work over).
+Every core helps only where the cores are free: a lone call takes them unless
+other processes kept at least half of this process's CPUs busy since the
+previous lone call (``spare_cores``: ``/proc/stat`` for the CPUs of the
+process's affinity, less this process's own CPU time), else it runs on one
+thread like a concurrent one (on a saturated machine extra threads only wait
+for a core, and cost CPU time to hand work over). The process's own work
+never counts against it: a batch job calling ``predict`` in a loop keeps every
+core (the 1-minute load average, which counts the caller's own threads, made
+such a job fall back to one thread as soon as it had kept the cores busy for
+a minute). Where ``/proc/stat`` cannot be read, the load average decides.
 
 A call is *lone* when no other call is in flight as it starts (``run``
 counts calls in flight), or when the batcher says so (``run_lone``: no run
@@ -39,8 +45,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -51,13 +58,79 @@ RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
 WIDE, NARROW, SPLIT = "wide", "narrow", "split"
 
 
-def spare_cores(cores: int) -> bool:
-    """Whether the machine has free cores for a lone call: its 1-minute load average is below ``cores``
-    (True where the platform has no load average)."""
+#: The least time between two readings of ``/proc/stat``: calls within it reuse the last answer.
+CPU_WATCH_INTERVAL_S = 0.25
+
+
+class CpuWatch:
+    """How busy other processes keep this process's CPUs, between one reading and the next (thread-safe).
+
+    ``read`` returns ``(busy CPU seconds of the CPUs, this process's CPU seconds, the CPUs counted)``, or None
+    where it cannot tell (then the 1-minute load average decides, as ``spare`` says)."""
+
+    def __init__(self, read: Optional[Callable[[], Optional[Tuple[float, float, int]]]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read or read_proc_stat
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: Optional[Tuple[float, float, float]] = None  # (when, busy, own)
+        self._answer = True
+
+    def spare(self, cores: int) -> bool:
+        """Whether other processes left at least half of the CPUs free since the previous reading."""
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last[0] < CPU_WATCH_INTERVAL_S:
+                return self._answer
+            reading = self._read()
+            if reading is None:
+                self._answer = _load_average_below(cores)
+                return self._answer
+            busy, own, cpus = reading
+            if self._last is not None and now > self._last[0]:
+                others = max(0.0, (busy - self._last[1]) - (own - self._last[2])) / (now - self._last[0])
+                self._answer = others < cpus / 2
+            else:  # the first reading: nothing to compare with yet
+                self._answer = _load_average_below(cores)
+            self._last = (now, busy, own)
+            return self._answer
+
+
+def read_proc_stat() -> Optional[Tuple[float, float, int]]:
+    """Busy CPU seconds of the CPUs this process may run on (``/proc/stat``), this process's CPU seconds, and
+    how many CPUs were counted; None off Linux or when the file cannot be read."""
+    try:
+        allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        tick = float(os.sysconf("SC_CLK_TCK"))
+        busy, cpus = 0, 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, _, rest = line.partition(" ")
+                if name not in allowed:
+                    continue
+                # user nice system idle iowait irq softirq steal (guest time is inside user)
+                fields = [int(x) for x in rest.split()[:8]]
+                busy += sum(fields) - fields[3] - fields[4]
+                cpus += 1
+        return (busy / tick, time.process_time(), cpus) if cpus else None
+    except (OSError, AttributeError, ValueError, IndexError):
+        return None
+
+
+def _load_average_below(cores: int) -> bool:
     try:
         return os.getloadavg()[0] < cores
     except (OSError, AttributeError):
         return True
+
+
+_WATCH = CpuWatch()
+
+
+def spare_cores(cores: int) -> bool:
+    """Whether the CPUs are free for a lone call: other processes kept less than half of them busy since the
+    previous lone call (see the module doc)."""
+    return _WATCH.spare(cores)
 
 
 class Lanes:
