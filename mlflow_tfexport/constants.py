@@ -179,3 +179,6 @@ EXPORT_CONFIG_ENTRY_POINTS = "mlflow_tfexport.export_configs"
 #: every ``BATCH_STATS_INTERVAL_S``), for benchmarks/serve_load.py's rows per run of a server process.
 BATCH_STATS_ENV = "MLFLOW_TFEXPORT_BATCH_STATS"
 BATCH_STATS_INTERVAL_S = 0.2
+#: Seconds without a call that found company (another call in flight, a run going, calls waiting) before a call
+#: of a model may run lone again, on every core (serving/batching.py, serving/runtimes/lanes.py).
+LONE_AFTER_QUIET_S = 1.0

@@ -410,14 +410,62 @@ def test_a_lone_call_holds_every_run_and_calls_arriving_meanwhile_share_the_next
         np.testing.assert_array_equal(results[i], [[(i + 1) * (3 + i)]])
 
 
+def test_a_call_is_lone_only_after_a_quiet_second() -> None:
+    """Between the requests of concurrent clients the model is idle for moments: a call arriving in such a
+    moment is not lone (it would hold every slot for one request's rows) until no call has found company for
+    LONE_AFTER_QUIET_S; a caller alone (a loop of predict calls) is lone every time."""
+    from mlflow_tfexport.constants import LONE_AFTER_QUIET_S
+
+    now = [0.0]
+    release, entered = threading.Event(), threading.Event()
+    lone_rows: List[int] = []
+
+    def lone(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        lone_rows.append(int(feeds["input_ids"][0, 0]))
+        if lone_rows[-1] == 9:
+            entered.set()
+            assert release.wait(60)
+        return _answer(feeds)
+
+    batcher = Batcher(_answer, outputs=(), pad_token_id=0, max_batch_rows=64, max_batch_tokens=4096, max_runs=2,
+                      run_lone=lone, clock=lambda: now[0])
+
+    def call(value: int) -> None:
+        batcher.run({"input_ids": np.full((1, 3), value, dtype=np.int64)})
+
+    for value in (1, 2, 3):  # one caller, call after call: lone each time
+        call(value)
+    held = threading.Thread(target=call, args=(9,))
+    held.start()
+    assert entered.wait(60)
+    company = threading.Thread(target=call, args=(5,))  # arrives while the lone run goes: company
+    company.start()
+    for _ in range(3000):
+        with batcher._lock:
+            if batcher._queue:
+                break
+        threading.Event().wait(0.01)
+    release.set()
+    held.join()
+    company.join()
+    now[0] += LONE_AFTER_QUIET_S / 2
+    call(6)  # the model is idle, but a call had company half a quiet period ago: a shared run
+    now[0] += LONE_AFTER_QUIET_S
+    call(7)  # a quiet period since: lone again
+    assert lone_rows == [1, 2, 3, 9, 7], lone_rows
+    assert batcher.lone_runs == 5 and batcher.runs == 7
+
+
 @pytest.mark.integration
 def test_onnx_variants_are_written_with_threads_chosen_by_the_workload(
         models: Dict[str, str], pyfuncs: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The ONNX variant's MLmodel says intra_op_num_threads: auto; loaded, it has a one-thread session and a
     session with a thread per core; a lone predict runs on every core (on a machine with spare cores: the
-    load average is set to 0 here, as this machine is shared) and answers as one thread does; a number in
-    model_config gives one session of that many threads."""
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    check says so here, as this machine is shared) and answers as one thread does; a number in model_config
+    gives one session of that many threads."""
+    from mlflow_tfexport.serving.runtimes import lanes
+
+    monkeypatch.setattr(lanes, "spare_cores", lambda cores: True)
     assert _mlmodel_config(models["cls-onnx"])["intra_op_num_threads"] == "auto"
     cores = len(os.sched_getaffinity(0))
     fresh = mlflow.pyfunc.load_model(models["cls-onnx"])

@@ -5,10 +5,13 @@ request tokenizes its own rows, with its own params, in its own thread (a bad
 row is refused there, before anything is merged); only the model run is shared.
 ``Batcher.run`` takes one call's feeds (int64 ``[rows, sequence]`` arrays):
 
-- no run going and no call waiting (a lone call): the call runs at once on
-  ``run_lone`` when the runner has one (every core, ``runtimes/lanes.py``),
-  holding every run slot, so calls arriving meanwhile wait and share the next
-  runs;
+- no run going, no call waiting and no call with company for
+  ``LONE_AFTER_QUIET_S`` (a lone call: an in-process ``predict``, one client
+  of a server): the call runs at once on ``run_lone`` when the runner has one
+  (every core, ``runtimes/lanes.py``), holding every run slot, so calls
+  arriving meanwhile wait and share the next runs. Between the requests of
+  concurrent clients the model is idle for moments too; a call in such a
+  moment is not lone (it would hold every slot on one request's rows);
 - fewer than ``concurrent_runs`` runs going: the call runs at once, alone (no
   added wait at low load), on one thread where the runner has lanes;
 - that many runs going: the call waits in a bounded queue. When a run ends,
@@ -53,7 +56,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlflow_tfexport.constants import BATCH_STATS_ENV, BATCH_STATS_INTERVAL_S, FlavorKey
+from mlflow_tfexport.constants import BATCH_STATS_ENV, BATCH_STATS_INTERVAL_S, LONE_AFTER_QUIET_S, FlavorKey
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.formats import BATCHING_MODEL_CONFIG, default_model_config
 from mlflow_tfexport.serving.runtimes.base import Runner
@@ -108,8 +111,12 @@ class Batcher:
         max_queued: int = MAX_QUEUED_CALLS,
         max_runs: int = 1,
         run_lone: Optional[RunFn] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run = run
+        self._clock = clock
+        #: When a call last found company (``clock``): calls within ``LONE_AFTER_QUIET_S`` of it are not lone.
+        self._company_at = -float("inf")
         #: The run of a lone call (every core); None: lone calls run as any other, in one slot.
         self._run_lone = run_lone
         self._axes = {o.name: dict(o.axes) for o in outputs}
@@ -140,8 +147,12 @@ class Batcher:
             return self._run(feeds)
         call = _Call(feeds, merge_key(feeds), int(shape[0]), int(shape[1]))
         lone = False
+        now = self._clock()
         with self._lock:
-            if self._run_lone is not None and self._running == 0 and not self._queue:
+            idle = self._running == 0 and not self._queue
+            if not idle:
+                self._company_at = now
+            if self._run_lone is not None and idle and now - self._company_at >= LONE_AFTER_QUIET_S:
                 self._running, lone = self.max_runs, True  # every slot: later calls wait and share runs
                 batch: Optional[List[_Call]] = [call]
             elif self._running < self.max_runs:

@@ -28,9 +28,11 @@ core (the 1-minute load average, which counts the caller's own threads, made
 such a job fall back to one thread as soon as it had kept the cores busy for
 a minute). Where ``/proc/stat`` cannot be read, the load average decides.
 
-A call is *lone* when no other call is in flight as it starts (``run``
-counts calls in flight), or when the batcher says so (``run_lone``: no run
-going and nobody waiting, ``serving/batching.py``). A lone call of at least
+A call is *lone* when no other call is in flight as it starts and none had
+company for ``LONE_AFTER_QUIET_S`` (``run`` counts calls in flight), or when
+the batcher says so (``run_lone``: no run going, nobody waiting, and the same
+quiet second, ``serving/batching.py``): the moments in which the requests of
+concurrent clients leave the model idle do not make a call lone. A lone call of at least
 one row per core runs as one single-threaded run per core on the narrow
 session, each on a contiguous slice of its rows (rows are independent:
 attention-masked padding, as in the batcher's merged runs), and the slices'
@@ -50,6 +52,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from mlflow_tfexport.constants import LONE_AFTER_QUIET_S
 
 Feeds = Dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Dict[str, np.ndarray]]
@@ -148,13 +152,17 @@ class Lanes:
         self.batch_axes = None if batch_axes is None else dict(batch_axes)
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._company_at = -float("inf")  # when a call last started with another in flight
         self._pool: Optional[ThreadPoolExecutor] = None
         self.taken: Dict[str, int] = {WIDE: 0, NARROW: 0, SPLIT: 0}
 
     def run(self, feeds: Feeds) -> Dict[str, np.ndarray]:
         """``feeds``' outputs: all cores when no other call is in flight, else one thread."""
+        now = time.monotonic()
         with self._lock:
-            lone = self._in_flight == 0
+            if self._in_flight:
+                self._company_at = now
+            lone = self._in_flight == 0 and now - self._company_at >= LONE_AFTER_QUIET_S
             self._in_flight += 1
         try:
             return self.run_lone(feeds) if lone else self.run_shared(feeds)
