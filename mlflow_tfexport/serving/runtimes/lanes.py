@@ -8,8 +8,11 @@ CPU second on one thread each, one run per core. onnxruntime fixes a
 session's intra-op threads when the session is made, so ``Lanes`` holds two
 runs of the same graph (``intra_op_num_threads: "auto"``):
 
-- ``wide``: a session with one intra-op thread per core (worker threads do not
-  spin after a run, so they leave the cores to the next concurrent runs);
+- ``wide``: a session with one intra-op thread per core, onnxruntime's
+  spinning workers left on (a lone sentence took 1.22x onnxruntime's default
+  session without spinning, 0.93x with it: ``benchmarks/threads.py``, 2 cores);
+  concurrent calls never run on it, as a call is lone only after a quiet
+  second;
 - ``narrow``: a session with one thread, which concurrent calls share (a
   session's ``run`` is safe from several threads at once).
 

@@ -41,7 +41,7 @@ class OnnxRunner:
         #: With ``"auto"`` threads on several cores: the session of lone calls, one intra-op thread per core.
         self.wide_session: Any = None
         if auto and cores > 1 and "CUDAExecutionProvider" not in self.session.get_providers():
-            self.wide_session = new_session(path, {**config, "intra_op_num_threads": cores}, spinning=False)
+            self.wide_session = new_session(path, {**config, "intra_op_num_threads": cores})
         self.lanes: Optional[Lanes] = None
         if self.wide_session is not None:
             self.lanes = Lanes(self._runner(self.session), self._runner(self.wide_session), cores, batch_axes)
