@@ -100,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: exports a model or starts a process (server, CLI, interpreter): not in the fast tier"
     )
+    config.addinivalue_line(
+        "markers", "alone: its assertions are about time or CPU: `make test` runs these after the parallel run, "
+        "serially, so that no other worker's tests share the cores with them"
+    )
     # pytest-xdist registers it too; registered here for runs without xdist (the CI's side virtualenvs).
     config.addinivalue_line("markers", "xdist_group(name): tests that run on the same xdist worker")
     if FAST_TIER:
