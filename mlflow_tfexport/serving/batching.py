@@ -56,10 +56,11 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlflow_tfexport.constants import BATCH_STATS_ENV, BATCH_STATS_INTERVAL_S, LONE_AFTER_QUIET_S, FlavorKey
+from mlflow_tfexport.constants import BATCH_STATS_ENV, BATCH_STATS_INTERVAL_S, FlavorKey
 from mlflow_tfexport.errors import TfexportError
 from mlflow_tfexport.formats import BATCHING_MODEL_CONFIG, default_model_config
 from mlflow_tfexport.serving.runtimes.base import Runner
+from mlflow_tfexport.serving.runtimes.lanes import Company
 from mlflow_tfexport.tasks import BATCH, SEQUENCE, TEXT, OutputSpec, TaskSpec
 
 #: ``model_config`` keys (defaults per format in ``formats.py``).
@@ -115,8 +116,7 @@ class Batcher:
     ) -> None:
         self._run = run
         self._clock = clock
-        #: When a call last found company (``clock``): calls within ``LONE_AFTER_QUIET_S`` of it are not lone.
-        self._company_at = -float("inf")
+        self._company = Company()  # whether a call is lone: idle, and no call with company for a quiet second
         #: The run of a lone call (every core); None: lone calls run as any other, in one slot.
         self._run_lone = run_lone
         self._axes = {o.name: dict(o.axes) for o in outputs}
@@ -149,10 +149,8 @@ class Batcher:
         lone = False
         now = self._clock()
         with self._lock:
-            idle = self._running == 0 and not self._queue
-            if not idle:
-                self._company_at = now
-            if self._run_lone is not None and idle and now - self._company_at >= LONE_AFTER_QUIET_S:
+            alone = self._company.lone(self._running == 0 and not self._queue, now)
+            if self._run_lone is not None and alone:
                 self._running, lone = self.max_runs, True  # every slot: later calls wait and share runs
                 batch: Optional[List[_Call]] = [call]
             elif self._running < self.max_runs:

@@ -140,6 +140,21 @@ def spare_cores(cores: int) -> bool:
     return _WATCH.spare(cores)
 
 
+class Company:
+    """When a model's calls last had company, and so whether a call starting now is lone (the rule of the
+    module doc: idle, and no call with company for ``LONE_AFTER_QUIET_S``). Not locked: its owner (``Lanes``,
+    ``Batcher``) calls it under its own lock."""
+
+    def __init__(self) -> None:
+        self._at = -float("inf")
+
+    def lone(self, idle: bool, now: float) -> bool:
+        """Whether a call starting at ``now`` is lone; ``idle``: no other call in flight or waiting."""
+        if not idle:
+            self._at = now
+        return idle and now - self._at >= LONE_AFTER_QUIET_S
+
+
 class Lanes:
     """Runs each call on the wide run, the narrow run, or as slices on the narrow run (see the module doc)."""
 
@@ -155,7 +170,7 @@ class Lanes:
         self.batch_axes = None if batch_axes is None else dict(batch_axes)
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._company_at = -float("inf")  # when a call last started with another in flight
+        self._company = Company()
         self._pool: Optional[ThreadPoolExecutor] = None
         self.taken: Dict[str, int] = {WIDE: 0, NARROW: 0, SPLIT: 0}
 
@@ -163,9 +178,7 @@ class Lanes:
         """``feeds``' outputs: all cores when no other call is in flight, else one thread."""
         now = time.monotonic()
         with self._lock:
-            if self._in_flight:
-                self._company_at = now
-            lone = self._in_flight == 0 and now - self._company_at >= LONE_AFTER_QUIET_S
+            lone = self._company.lone(self._in_flight == 0, now)
             self._in_flight += 1
         try:
             return self.run_lone(feeds) if lone else self.run_shared(feeds)
