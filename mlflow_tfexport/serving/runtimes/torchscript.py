@@ -53,14 +53,14 @@ def decoder_fn(decoders: Mapping[Tuple[Shape, int], Any], torch: Any, device: An
     ``[B, 1, V]``. A decoder traced before the ``decoder_position`` input (three inputs, logits at every
     position ``[B, T, V]``) still serves: its logits are gathered at ``decoder_position`` here."""
     arity = {key: len(module.forward.schema.arguments) - 1 for key, module in decoders.items()}
+    runs = {key: bucket_fn({key[0]: module}, torch, device) for key, module in decoders.items()}
 
     def run(shape: Shape, length: int, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         key = (shape, length)
-        run_one = bucket_fn({shape: decoders[key]}, torch, device)
         if arity[key] == len(arrays):
-            return run_one(shape, arrays)
+            return runs[key](shape, arrays)
         position = np.asarray(arrays[-1])
-        logits = run_one(shape, arrays[:-1])[0]
+        logits = runs[key](shape, arrays[:-1])[0]
         return [logits[np.arange(len(position)), position][:, None]]
 
     return run
