@@ -32,7 +32,7 @@ docs:
 # worker, so its module-scoped models and servers are built once, unless it sets SPREAD_OVER_WORKERS
 # (tests/conftest.py). Two workers on 2 cores: 14:41 with the `alone` tests against 17:31 serial, quiet
 # (docs/architecture.md, "Test suite").
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 # Tests marked `alone` (their assertions are about time or CPU) run afterwards, serially. Exit status 5 (no test
 # selected, e.g. by a PYTEST_ARGS="-k ..." that names tests of one kind only) is not a failure.

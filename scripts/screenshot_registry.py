@@ -133,7 +133,9 @@ def start_server(workdir: str) -> tuple[subprocess.Popen[bytes], str, str]:
         "--allowed-hosts", f"127.0.0.1:{port},localhost:{port},{UI_HOST}:{port}",
     ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=child_env(), stdin=subprocess.DEVNULL, stdout=log,
+        # No background job workers (MLflow's huey consumers): the screenshots use none, and they cost seconds of CPU.
+        env = child_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -14,6 +14,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Idle OpenMP threads (torch's intra-op pool, libgomp) sleep at once instead of spinning. Two test workers on two
+# cores each run torch on every core: spinning threads took the other worker's cores. Measured on
+# test_static_seq2seq + test_vision with `-n 2`: 143 CPU-s and 77 s spinning, 79 CPU-s and 44 s passive. Set before
+# torch is imported here (libgomp reads it when loaded); the servers and scripts the tests start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +134,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         if item.get_closest_marker("xdist_group") or getattr(module, SPREAD, False):
             continue
         item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    # xdist hands out work units in collection order: the grouped modules (tens of seconds each) first, the spread
+    # tests (a few seconds each) last, where they fill the gaps while the last groups finish. In collection order
+    # the 164 architecture cells came first and a module group could start on a worker when the others had none
+    # left.
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 #: Set while a test item runs (its fixtures' setup and teardown included): the fast tier's guards are armed.

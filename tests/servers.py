@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, TypeVar
 
 import requests
 
@@ -74,6 +75,30 @@ def running(
         yield proc
     finally:
         stop(proc)
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def all_at_once(contexts: Mapping[str, ContextManager[T]]) -> Iterator[Dict[str, T]]:
+    """Enter several server contexts in threads, so that their starts (each mostly one core importing) overlap;
+    exit every one that started, also when another failed to."""
+    with contextlib.ExitStack() as stack:
+        with ThreadPoolExecutor(max_workers=max(1, len(contexts))) as pool:
+            futures = {name: pool.submit(context.__enter__) for name, context in contexts.items()}
+        entered: Dict[str, T] = {}
+        errors: List[BaseException] = []
+        for name, future in futures.items():
+            error = future.exception()
+            if error is None:
+                entered[name] = future.result()
+                stack.push(contexts[name].__exit__)
+            else:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+        yield entered
 
 
 class ScoringServer:

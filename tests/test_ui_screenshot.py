@@ -144,7 +144,6 @@ def test_a_refused_promotion_shows_on_the_version_page(tmp_path: Any, tiny_model
         if _in_ci():
             pytest.fail(f"{reason} (CI=true: install it with .ci/apt-packages.sh)")
         pytest.skip(reason)
-    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no background job workers: starts quicker
     proc, url, _ = script.start_server(str(tmp_path))
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     try:
