@@ -30,8 +30,8 @@ docs:
 
 # The whole suite on TEST_WORKERS pytest-xdist processes (0: serial, in-process). Each test module runs whole on one
 # worker, so its module-scoped models and servers are built once, unless it sets SPREAD_OVER_WORKERS
-# (tests/conftest.py). Two workers on 2 cores: 14:41 with the `alone` tests against 17:31 serial, quiet
-# (docs/architecture.md, "Test suite").
+# (tests/conftest.py). Three workers on 2 cores (some tests wait on servers and webhooks): `make test` 8:00 quiet,
+# the pytest steps 6:56 + 0:48, against 17:31 serial (docs/architecture.md, "Test suite").
 TEST_WORKERS ?= 3
 
 # Tests marked `alone` (their assertions are about time or CPU) run afterwards, serially. Exit status 5 (no test
