@@ -38,13 +38,13 @@ def main() -> None:
 
     import mlflow
     import torch
-    from harness import minilm
+    from harness import minilm, use_registry
 
     import mlflow_tfexport
 
     root = tempfile.mkdtemp(prefix="bench-ts-")
     os.chdir(root)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    use_registry(root)
     model, tokenizer = minilm("classifier")
     with mlflow.start_run():
         mlflow_tfexport.log_model(model, tokenizer=tokenizer, registered_model_name="bench-minilm")

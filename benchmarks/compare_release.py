@@ -35,6 +35,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from harness import use_registry  # noqa: E402
 from serve_load import SENTENCES, classifier, load  # noqa: E402
 from servers import models_serve  # noqa: E402
 
@@ -46,7 +47,7 @@ def export(dst: str) -> None:
 
     root = tempfile.mkdtemp(prefix="compare-release-")
     os.chdir(root)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    use_registry(root)
     model, tok = classifier()
     with mlflow.start_run():
         mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="minilm")

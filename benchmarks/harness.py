@@ -92,15 +92,23 @@ def minilm(head: str = "classifier", *, seed: int = 0, fine_tune_steps: int = 0)
     return model.eval(), tokenizer
 
 
-def use_registry(root: str, experiment: Optional[str] = None) -> str:
-    """Point MLflow at a fresh SQLite tracking store and registry in ``root``; returns its URI."""
+def use_registry(root: str, experiment: str = "tfexport-benchmarks") -> str:
+    """Point MLflow at a fresh SQLite tracking store and registry in ``root``; returns its URI.
+
+    The experiment's artifacts go to ``root/artifacts`` too: with a SQLite store MLflow's default
+    artifact root is ``./mlruns`` of the working directory, so a benchmark run from a checkout would
+    leave its models (over a GB for ``quantization.py``) there.
+    """
+    import pathlib
+
     import mlflow
 
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if experiment:
-        mlflow.set_experiment(experiment)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=pathlib.Path(root, "artifacts").resolve().as_uri())
+    mlflow.set_experiment(experiment)
     return uri
 
 

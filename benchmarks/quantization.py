@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import cpu_config, interleaved, log, machine, minilm, write_results  # noqa: E402
+from harness import cpu_config, interleaved, log, machine, minilm, use_registry, write_results  # noqa: E402
 
 DATA = os.path.join(HERE, "..", "examples", "data", "reviews.csv")
 SHAPES: Tuple[Tuple[int, int], ...] = ((1, 16), (32, 128))
@@ -269,10 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         import mlflow
 
-        db = f"sqlite:///{workdir}/mlflow.db"
-        mlflow.set_tracking_uri(db)
-        mlflow.set_registry_uri(db)
-        mlflow.set_experiment("tfexport-quantization")
+        use_registry(workdir, "tfexport-quantization")
         log(f"Machine: {res['machine']}\nTexts: {len(texts)} rows from {origin}")
         log("[1/3] MiniLM-L6 classifier and embedder")
         models = load_models()

@@ -59,6 +59,7 @@ from harness import (  # noqa: E402  (benchmarks/harness.py: model, timing, mach
     minilm_path,
     serve_throughput,
     trace_buckets,
+    use_registry,
     write_results,
 )
 
@@ -82,10 +83,7 @@ def setup(workdir: str, seed: int = 0) -> Dict[str, Any]:
     from mlflow_tfexport.errors import TfexportError
     from mlflow_tfexport.export.formats import get_backend
 
-    db = f"sqlite:///{workdir}/mlflow.db"
-    mlflow.set_tracking_uri(db)
-    mlflow.set_registry_uri(db)
-    mlflow.set_experiment("tfexport-benchmarks")
+    use_registry(workdir)
     model, tokenizer = minilm("classifier", seed=seed, fine_tune_steps=15)
     name = "minilm-l6-sentiment"
     info: Dict[str, Any] = {"variants": {}, "skipped": {}, "export_seconds": {}}

@@ -77,7 +77,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from harness import minilm  # noqa: E402
+from harness import minilm, use_registry  # noqa: E402
 from servers import models_serve  # noqa: E402
 
 from mlflow_tfexport.constants import BATCH_STATS_ENV  # noqa: E402
@@ -294,8 +294,7 @@ def build(root: str) -> Tuple[str, Dict[str, str]]:
 
     import mlflow_tfexport
 
-    uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
+    uri = use_registry(root)
     model, tok = classifier()
     with mlflow.start_run():
         mlflow.tfexport.log_model(model, tokenizer=tok, registered_model_name="minilm")

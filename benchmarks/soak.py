@@ -44,7 +44,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import requests  # noqa: E402
-from harness import minilm  # noqa: E402
+from harness import minilm, use_registry  # noqa: E402
 from serve_load import SENTENCES  # noqa: E402
 from servers import ScoringServer, models_serve  # noqa: E402
 
@@ -268,15 +268,11 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
 
-    import mlflow
-
     from mlflow_tfexport.registry import promote
 
     root = tempfile.mkdtemp(prefix="soak-")
     os.chdir(root)
-    uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    uri = use_registry(root)
     versions = build_variants(args.tiny)
     results: Dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "cpus": os.cpu_count(),
                                "model": "tiny random BERT" if args.tiny else "MiniLM-L6", "mix": sorted(MIX)}

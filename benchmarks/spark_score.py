@@ -60,14 +60,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     import mlflow
     import pandas as pd
     import torch
-    from harness import minilm
+    from harness import minilm, use_registry
     from pyspark.sql import SparkSession
 
     import mlflow_tfexport
 
     root = tempfile.mkdtemp(prefix="bench-spark-")
     os.chdir(root)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    use_registry(root)
     model, tokenizer = minilm("classifier")
     with mlflow.start_run():
         mlflow_tfexport.log_model(model, tokenizer=tokenizer, registered_model_name="bench-spark",
