@@ -14,10 +14,10 @@ recognise (the SDPA graph leaves attention unfused).
 
 - ``"int8"``: ``quantize_dynamic``, int8 weights with one scale per output channel, activations
   quantised per batch at run time. The default int8: on 332 real review sentences
-  (``benchmarks/quantization.py``), the MiniLM-L6 embedder keeps a cosine of 0.992 mean / 0.973 min
-  with the source where one scale per weight tensor keeps 0.960 / 0.896, and the fine-tuned classifier
-  0.988 of the labels against 0.979, at the same speed (two runs on 2 shared cores: 1.4-2.2x fp32 at
-  1x16, 1.65-2.0x at 32x128; 2.0-2.25x at 32x128 on an ``optimize=True`` graph).
+  (``benchmarks/quantization.py``, ``benchmarks/results/quantization.md``: 2 quiet cores), the MiniLM-L6
+  embedder keeps a cosine of 0.992 mean / 0.983 min with the source where one scale per weight tensor
+  keeps 0.960 / 0.886, and the fine-tuned classifier 0.994 of the labels against 0.973, at about the same
+  speed (2.2x fp32 at 1x16, 1.7-1.8x at 32x128; on an ``optimize=True`` graph 2.1-2.6x / 1.7-1.8x).
 - ``"int8-per-tensor"``: ``quantize_dynamic`` with one scale per weight tensor (onnxruntime's own
   default, and this package's int8 before per-channel weights).
 - ``"int8-blockwise"``: ``MatMulNBitsQuantizer`` with 8 bits: int8 weights with one scale per block of
@@ -25,14 +25,14 @@ recognise (the SDPA graph leaves attention unfused).
   row and block at run time (``MatMulNBits``, accuracy level 4), so one outlier token no longer sets
   the scale of the whole batch. The most accurate int8 on real text (MiniLM-L6: embedder cosine
   0.999 mean / 0.996 min, 0.998 min on an ``optimize=True`` graph; classifier labels 1.0), slower than
-  ``"int8"`` (1.3-1.6x fp32 at 1x16, 1.2-1.4x at 32x128) and larger (the embedding table stays float).
+  ``"int8"`` (1.4-1.8x fp32 at 1x16, 1.1x at 32x128) and larger (the embedding table stays float).
 - ``"int8-static"``: ``quantize_static`` in QDQ format: activations quantised with fixed scales,
   calibrated (MinMax) on rows of real text (``export/onnx/calibration.py``: the validation data,
   else built-in texts); weights per channel unless ``quantize_per_channel=False``. Only matrix
   products with a constant weight are quantised (activation x activation products, attention
   scores, stay float). QDQ is the form accelerator execution providers (TensorRT, OpenVINO, QNN)
   read; on CPU it was slower and less accurate than dynamic int8 for MiniLM-L6 (embedder cosine
-  0.930 mean / 0.836 min, classifier labels 0.949, 1.4-1.75x fp32 at 32x128: one fixed scale per
+  0.925 mean / 0.848 min, classifier labels 0.952, 1.5-1.6x fp32 at 32x128: one fixed scale per
   activation tensor cannot hold its outlier activations), so it is not the default.
 
 ``quantize_op_types`` (default ``DEFAULT_OP_TYPES`` of the mode), ``quantize_per_channel`` and
