@@ -248,8 +248,10 @@ def compare_predictions(source_dir: str, exported_dir: str, task: str) -> None:
         np.testing.assert_allclose(np.asarray(got["score"]), np.asarray(src["score"]), atol=1e-4, rtol=0)
     elif task == FE:
         np.testing.assert_allclose(np.asarray(got), np.asarray(src), atol=1e-4, rtol=0)
-    else:
+    elif task in (TG, T2T):
         assert got == src
+    else:
+        raise AssertionError(f"compare_predictions has no comparison for the task {task!r}")
 
 
 def run_cell(arch_name: str, task: str, exporter: str = LEGACY, *, predictions: bool = True) -> CellResult:
